@@ -1,0 +1,3 @@
+"""effjax: efficient transformers in JAX and Flax."""
+
+__version__ = "0.1.0"

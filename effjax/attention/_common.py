@@ -1,0 +1,126 @@
+"""Shared checks and small numerical pieces of every attention variant (private).
+
+Shape letters follow ``jax.nn.dot_product_attention``::
+
+  B batch, T query length, S key/value length, N query heads,
+  K key/value heads (K divides N), G = N // K, H head dimension.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# A finite fill for masked logits: exp(MASK_VALUE - max) underflows to exactly 0 in float32,
+# while gradients through it stay finite (-inf would give NaN for rows with no key).
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionDims:
+    """Sizes read off validated query/key/value arrays."""
+
+    batch: int
+    q_len: int
+    kv_len: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    value_dim: int
+
+    @property
+    def groups(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+
+def _shape(x) -> tuple[int, ...]:
+    return tuple(getattr(x, "shape", np.shape(x)))
+
+
+def check_qkv(query, key, value) -> AttentionDims:
+    """Validates ``query [B,T,N,H]``, ``key [B,S,K,H]``, ``value [B,S,K,Hv]`` at trace time."""
+    qs, ks, vs = _shape(query), _shape(key), _shape(value)
+    for name, s, letters in (("query", qs, "BTNH"), ("key", ks, "BSKH"), ("value", vs, "BSKH")):
+        if len(s) != 4:
+            raise ValueError(f"{name} must have rank 4 [{', '.join(letters)}], got shape {s}")
+    b, t, n, h = qs
+    if ks[0] != b or vs[0] != b:
+        raise ValueError(
+            f"batch sizes differ: query {qs}, key {ks}, value {vs} (dimension 0 must match)"
+        )
+    if ks[1] != vs[1]:
+        raise ValueError(f"key and value lengths differ: key {ks}, value {vs} (dimension 1)")
+    if ks[2] != vs[2]:
+        raise ValueError(f"key and value head counts differ: key {ks}, value {vs} (dimension 2)")
+    if ks[3] != h:
+        raise ValueError(f"query and key head dims differ: query {qs}, key {ks} (dimension 3)")
+    k = ks[2]
+    if k == 0 or n % k:
+        raise ValueError(
+            f"key/value heads K={k} must divide query heads N={n}: query {qs}, key {ks}"
+        )
+    return AttentionDims(b, t, ks[1], n, k, h, vs[3])
+
+
+def check_padding_mask(padding_mask, dims: AttentionDims) -> jax.Array | None:
+    """Validates ``padding_mask`` bool [B, S] (True = a real key)."""
+    if padding_mask is None:
+        return None
+    shape = _shape(padding_mask)
+    if shape != (dims.batch, dims.kv_len):
+        raise ValueError(
+            f"padding_mask must have shape [B, S] = {(dims.batch, dims.kv_len)}, got {shape}"
+        )
+    padding_mask = jnp.asarray(padding_mask)
+    if padding_mask.dtype != jnp.bool_:
+        raise ValueError(f"padding_mask must be bool, got dtype {padding_mask.dtype}")
+    return padding_mask
+
+
+def check_positive(name: str, value: int) -> int:
+    if not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+def resolve_scale(scale: float | None, head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+
+
+def group_heads(query: jax.Array, num_kv_heads: int) -> jax.Array:
+    """[B, T, N, H] -> [B, T, K, G, H], the query heads that share one key/value head."""
+    b, t, n, h = query.shape
+    return query.reshape(b, t, num_kv_heads, n // num_kv_heads, h)
+
+
+def ungroup_heads(x: jax.Array) -> jax.Array:
+    """[B, T, K, G, H] -> [B, T, N, H]."""
+    b, t, k, g, h = x.shape
+    return x.reshape(b, t, k * g, h)
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pad_axis(x: jax.Array, axis: int, new_len: int, value=0) -> jax.Array:
+    """Pads ``x`` with ``value`` at the end of ``axis`` up to ``new_len``."""
+    extra = new_len - x.shape[axis]
+    if extra == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def masked_softmax(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """Float32 softmax over the last axis; masked entries and rows with no key give 0."""
+    logits = logits.astype(jnp.float32)
+    if mask is None:
+        return jax.nn.softmax(logits, axis=-1)
+    weights = jax.nn.softmax(jnp.where(mask, logits, MASK_VALUE), axis=-1)
+    return jnp.where(mask, weights, 0.0)

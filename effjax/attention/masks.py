@@ -1,0 +1,126 @@
+"""Compact attention-mask descriptions and their dense expansion.
+
+Efficient variants never build a ``[T, S]`` array: they describe which keys a
+query sees compactly (a window ``(left, right)``, a dilation, global-token flags
+``[B, T]``, a padding mask ``[B, S]``, block tables ``[..., T/b, r]``). The
+functions here turn those descriptions into the dense bool masks that
+:func:`effjax.attention.dot_product_attention` takes, so tests can check
+``variant(q, k, v, ...) == dot_product_attention(q, k, v, mask=dense_mask)``.
+The dense expansions cost O(T S) memory: use them in tests and small examples.
+
+Conventions: True = attend. Positions are bottom-right aligned when ``T != S``:
+query ``t`` sits at key position ``t + (S - T)`` (as in decoding against a cache).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def combine(*masks: jax.Array | None) -> jax.Array | None:
+    """Logical AND of broadcastable bool masks, skipping ``None``; ``None`` if all are."""
+    present = [m for m in masks if m is not None]
+    if not present:
+        return None
+    out = present[0]
+    for m in present[1:]:
+        out = jnp.logical_and(out, m)
+    return out
+
+
+def query_positions(q_len: int, kv_len: int) -> np.ndarray:
+    """Key-axis position of each query, bottom-right aligned: ``t + (S - T)``. int [T]."""
+    return np.arange(q_len) + (kv_len - q_len)
+
+
+def causal_mask(q_len: int, kv_len: int) -> jax.Array:
+    """Dense causal mask bool [T, S]: query ``t`` sees keys ``s <= t + (S - T)``.
+
+    Example:
+      >>> causal_mask(2, 3).astype(int).tolist()
+      [[1, 1, 0], [1, 1, 1]]
+    """
+    rel = np.arange(kv_len)[None, :] - query_positions(q_len, kv_len)[:, None]
+    return jnp.asarray(rel <= 0)
+
+
+def normalize_window(window_size: int | tuple[int, int]) -> tuple[int, int]:
+    """``w -> (w, w)``; checks ``(left, right)`` are non-negative ints.
+
+    ``left`` keys before and ``right`` keys after the query's own position are seen
+    (the query's own key is always in the window), as ``local_window_size`` in
+    :func:`jax.nn.dot_product_attention`.
+    """
+    if isinstance(window_size, (int, np.integer)):
+        window = (int(window_size), int(window_size))
+    elif isinstance(window_size, (tuple, list)) and len(window_size) == 2:
+        window = (int(window_size[0]), int(window_size[1]))
+    else:
+        raise ValueError(f"window_size must be an int or (left, right), got {window_size!r}")
+    if min(window) < 0:
+        raise ValueError(f"window_size must be non-negative, got {window_size!r}")
+    return window
+
+
+def window_mask(
+    q_len: int,
+    kv_len: int,
+    window_size: int | tuple[int, int],
+    *,
+    dilation: int = 1,
+    is_causal: bool = False,
+) -> jax.Array:
+    """Dense sliding-window mask bool [T, S].
+
+    Query ``t`` (at key position ``p = t + S - T``) sees key ``p + j * dilation`` for
+    ``-left <= j <= right`` (Longformer's dilated window); ``is_causal`` drops ``j > 0``.
+
+    Example:
+      >>> window_mask(4, 4, (1, 0)).astype(int).tolist()
+      [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]]
+    """
+    left, right = normalize_window(window_size)
+    if dilation < 1:
+        raise ValueError(f"dilation must be >= 1, got {dilation}")
+    if is_causal:
+        right = 0
+    rel = np.arange(kv_len)[None, :] - query_positions(q_len, kv_len)[:, None]
+    seen = (rel >= -left * dilation) & (rel <= right * dilation) & (rel % dilation == 0)
+    return jnp.asarray(seen)
+
+
+def padding_mask_to_dense(padding_mask: jax.Array) -> jax.Array:
+    """Padding mask bool [B, S] (True = real key) -> bool [B, 1, 1, S]."""
+    return jnp.asarray(padding_mask)[:, None, None, :]
+
+
+def global_tokens_mask(global_mask: jax.Array) -> jax.Array:
+    """Longformer global tokens bool [B, T] -> bool [B, 1, T, T] (self-attention).
+
+    A global token attends to every token, and every token attends to it.
+    """
+    g = jnp.asarray(global_mask)
+    return jnp.logical_or(g[:, None, :, None], g[:, None, None, :])
+
+
+def block_indices_to_block_mask(indices: jax.Array, num_kv_blocks: int) -> jax.Array:
+    """Block table int [..., Tb, r] (key-block ids per query block) -> bool [..., Tb, Sb].
+
+    Entries outside ``[0, num_kv_blocks)`` are ignored, so ``-1`` can mark unused slots.
+    """
+    hits = jax.nn.one_hot(indices, num_kv_blocks, dtype=jnp.int32)
+    return jnp.sum(hits, axis=-2) > 0
+
+
+def block_mask_to_dense(
+    block_mask: jax.Array, block_size: int, q_len: int, kv_len: int
+) -> jax.Array:
+    """Block-level mask bool [..., Tb, Sb] -> token-level bool [..., T, S].
+
+    Query ``t`` and key ``s`` are in blocks ``t // block_size`` and ``s // block_size``;
+    trailing positions past ``T`` or ``S`` in the last blocks are cut off.
+    """
+    dense = jnp.repeat(jnp.repeat(block_mask, block_size, axis=-2), block_size, axis=-1)
+    return dense[..., :q_len, :kv_len]
