@@ -81,7 +81,10 @@ def check_against_reference(
     assert out.shape == expected.shape, f"output shape {out.shape} != {expected.shape}"
     assert out.dtype == value.dtype, f"output dtype {out.dtype} != value dtype {value.dtype}"
     np.testing.assert_allclose(
-        np.asarray(out, np.float32), np.asarray(expected, np.float32), atol=atol, rtol=rtol,
+        np.asarray(out, np.float32),
+        np.asarray(expected, np.float32),
+        atol=atol,
+        rtol=rtol,
         err_msg="forward output differs from the dense reference",
     )
     if not check_grads:
@@ -96,7 +99,10 @@ def check_against_reference(
     want = jax.grad(loss(reference), argnums=(0, 1, 2))(query, key, value)
     for name, g, w in zip(("query", "key", "value"), got, want, strict=True):
         np.testing.assert_allclose(
-            np.asarray(g, np.float32), np.asarray(w, np.float32), atol=atol, rtol=rtol,
+            np.asarray(g, np.float32),
+            np.asarray(w, np.float32),
+            atol=atol,
+            rtol=rtol,
             err_msg=f"gradient with respect to {name} differs from the dense reference",
         )
 

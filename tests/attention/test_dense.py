@@ -35,16 +35,22 @@ def numpy_attention(q, k, v, mask=None, scale=None):
 class DenseVsJaxTest(parameterized.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.named_parameters(
-        ("mha", 4, 4, False), ("gqa", 4, 2, False), ("mqa", 4, 1, False),
-        ("mha_causal", 4, 4, True), ("gqa_causal", 6, 3, True),
+        ("mha", 4, 4, False),
+        ("gqa", 4, 2, False),
+        ("mqa", 4, 1, False),
+        ("mha_causal", 4, 4, True),
+        ("gqa_causal", 6, 3, True),
     )
     def test_matches_jax_nn(self, num_heads, num_kv_heads, is_causal):
         q, k, v = testing.random_qkv(
             jax.random.key(0), q_len=13, num_heads=num_heads, num_kv_heads=num_kv_heads
         )
         bias = jax.random.normal(jax.random.key(3), (1, num_heads, 13, 13))
-        # jax.nn averages all values on rows with no key where effjax returns zeros: keep the diagonal.
-        mask = jax.random.bernoulli(jax.random.key(4), 0.8, (2, 1, 13, 13)) | jnp.eye(13, dtype=bool)[None, None]
+        # jax.nn averages all values on rows with no key; effjax returns zeros: keep the diagonal.
+        mask = (
+            jax.random.bernoulli(jax.random.key(4), 0.8, (2, 1, 13, 13))
+            | jnp.eye(13, dtype=bool)[None, None]
+        )
         fn = self.variant(functools.partial(dot_product_attention, is_causal=is_causal))
         got = fn(q, k, v, mask=mask, bias=bias)
         want = jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal)
@@ -74,9 +80,10 @@ class DenseVsNumpyTest(parameterized.TestCase):
         )
         pad = testing.random_padding_mask(jax.random.key(6), 2, kv_len)
         got = dot_product_attention(q, k, v, padding_mask=pad, is_causal=True, scale=0.3)
-        mask = np.asarray(masks.causal_mask(q_len, kv_len))[None, None] & np.asarray(pad)[
-            :, None, None, :
-        ]
+        mask = (
+            np.asarray(masks.causal_mask(q_len, kv_len))[None, None]
+            & np.asarray(pad)[:, None, None, :]
+        )
         np.testing.assert_allclose(got, numpy_attention(q, k, v, mask, 0.3), atol=1e-5)
 
     def test_bottom_right_alignment_by_hand(self):
@@ -90,9 +97,9 @@ class DenseVsNumpyTest(parameterized.TestCase):
         mask = jnp.ones((1, 1, 4, 6), bool).at[:, :, 2, :].set(False)
         out = dot_product_attention(q, k, v, mask=mask)
         np.testing.assert_array_equal(out[:, 2], 0.0)
-        grads = jax.grad(lambda q, k, v: dot_product_attention(q, k, v, mask=mask).sum(), (0, 1, 2))(
-            q, k, v
-        )
+        grads = jax.grad(
+            lambda q, k, v: dot_product_attention(q, k, v, mask=mask).sum(), (0, 1, 2)
+        )(q, k, v)
         for g in grads:
             assert np.all(np.isfinite(g))
         np.testing.assert_array_equal(grads[0][:, 2], 0.0)
@@ -109,7 +116,9 @@ class DenseVsNumpyTest(parameterized.TestCase):
         qb, kb, vb = (x.astype(jnp.bfloat16) for x in (q, k, v))
         out = dot_product_attention(qb, kb, vb)
         assert out.dtype == jnp.bfloat16
-        want = numpy_attention(qb.astype(jnp.float32), kb.astype(jnp.float32), vb.astype(jnp.float32))
+        want = numpy_attention(
+            qb.astype(jnp.float32), kb.astype(jnp.float32), vb.astype(jnp.float32)
+        )
         # Only the final cast to bfloat16 rounds: error within bfloat16's half-ulp of the output.
         np.testing.assert_allclose(np.asarray(out, np.float32), want, atol=1e-2, rtol=8e-3)
 
@@ -185,11 +194,13 @@ class TransformationsTest(parameterized.TestCase):
 
     def test_jit_under_named_sharding(self):
         mesh = Mesh(np.array(jax.devices()), ("data",))
-        sharded = [jax.device_put(x, NamedSharding(mesh, P("data"))) for x in (self.q, self.k, self.v)]
+        sharded = [
+            jax.device_put(x, NamedSharding(mesh, P("data"))) for x in (self.q, self.k, self.v)
+        ]
         np.testing.assert_allclose(jax.jit(dot_product_attention)(*sharded), self.want, atol=1e-5)
 
     def test_pmap(self):
-        out = jax.pmap(dot_product_attention)(
-            self.q[:, None], self.k[:, None], self.v[:, None]
-        )[:, 0]
+        out = jax.pmap(dot_product_attention)(self.q[:, None], self.k[:, None], self.v[:, None])[
+            :, 0
+        ]
         np.testing.assert_allclose(out, self.want, atol=1e-5)

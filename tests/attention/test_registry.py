@@ -10,7 +10,7 @@ def test_dense_is_registered():
 
 
 def test_unknown_name_lists_registered():
-    with pytest.raises(ValueError, match="unknown attention 'nope'; registered: .*dense"):
+    with pytest.raises(ValueError, match=r"unknown attention 'nope'; registered: .*dense"):
         ea.get("nope")
 
 

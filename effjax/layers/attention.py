@@ -1,0 +1,204 @@
+"""Multi-head attention as a Flax linen module, on any effjax attention variant."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.core import FrozenDict
+
+from effjax.attention import registry
+from effjax.layers import variants
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention whose core is any registered attention variant.
+
+    ``inputs_q [B, T, D] -> [B, T, out_features or D]``: project to
+    ``query [B, T, N, H]``, ``key``/``value [B, S, K, H]`` (GQA when
+    ``num_kv_heads < num_heads``), apply the variant, project back.
+
+    Attributes:
+      num_heads: N, query heads.
+      qkv_features: N * H, default the input's feature size.
+      out_features: output size, default the input's feature size.
+      num_kv_heads: K, key/value heads (must divide N), default N.
+      attention: a registry name (``"dense"``, ``"local"``, ...) or an attention function.
+      attention_options: keyword options of the variant (``{"window_size": 128}``).
+      is_causal: causal self-attention (passed to the variant).
+      dropout_rate: dropout on the attention output before the output projection.
+        Sparse and linear variants never materialise attention weights, so unlike
+        flax's layer this does not drop individual weights.
+      deterministic: default of the call argument (True when neither is given): True
+        disables dropout and makes randomised variants use a fixed evaluation key;
+        pass False when training.
+      decode: autoregressive decoding with a ``"cache"`` collection. Initialise with
+        an input of the maximum length, then call with ``T`` new tokens per step.
+      dtype: computation dtype; param_dtype: parameter dtype.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from effjax.layers import MultiHeadAttention
+      >>> layer = MultiHeadAttention(num_heads=4, attention="dense", is_causal=True)
+      >>> x = jnp.ones((2, 16, 32))
+      >>> variables = layer.init(jax.random.key(0), x)
+      >>> layer.apply(variables, x).shape
+      (2, 16, 32)
+    """
+
+    num_heads: int
+    qkv_features: int | None = None
+    out_features: int | None = None
+    num_kv_heads: int | None = None
+    attention: str | Callable[..., jax.Array] = "dense"
+    attention_options: Mapping[str, Any] = FrozenDict()
+    is_causal: bool = False
+    dropout_rate: float = 0.0
+    deterministic: bool | None = None
+    decode: bool = False
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    use_bias: bool = True
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros_init()
+
+    def _head_sizes(self, in_features: int) -> tuple[int, int, int]:
+        features = self.qkv_features or in_features
+        num_kv_heads = self.num_kv_heads or self.num_heads
+        if features % self.num_heads:
+            raise ValueError(
+                f"qkv_features={features} must be divisible by num_heads={self.num_heads}"
+            )
+        if self.num_heads % num_kv_heads:
+            raise ValueError(f"num_kv_heads={num_kv_heads} must divide num_heads={self.num_heads}")
+        return self.num_heads, num_kv_heads, features // self.num_heads
+
+    def _projection(self, heads: int, head_dim: int, name: str) -> nn.DenseGeneral:
+        return nn.DenseGeneral(
+            features=(heads, head_dim),
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=self.kernel_init,
+            bias_init=self.bias_init,
+            name=name,
+        )
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs_q: jax.Array,
+        inputs_kv: jax.Array | None = None,
+        *,
+        padding_mask: jax.Array | None = None,
+        deterministic: bool | None = None,
+    ) -> jax.Array:
+        """Attends ``inputs_q [B, T, D]`` to ``inputs_kv [B, S, D]`` (default: itself).
+
+        Args:
+          inputs_q: ``[B, T, D]``.
+          inputs_kv: ``[B, S, D]``, default ``inputs_q`` (self-attention).
+          padding_mask: bool ``[B, S]``, True = a real key.
+          deterministic: overrides the attribute of the same name.
+
+        Returns:
+          ``[B, T, out_features]``.
+        """
+        if inputs_q.ndim != 3:
+            raise ValueError(f"inputs_q must be [B, T, D], got shape {inputs_q.shape}")
+        inputs_kv = inputs_q if inputs_kv is None else inputs_kv
+        if deterministic is None:
+            deterministic = True if self.deterministic is None else self.deterministic
+        num_heads, num_kv_heads, head_dim = self._head_sizes(inputs_q.shape[-1])
+
+        query = self._projection(num_heads, head_dim, "query")(inputs_q)
+        key = self._projection(num_kv_heads, head_dim, "key")(inputs_kv)
+        value = self._projection(num_kv_heads, head_dim, "value")(inputs_kv)
+
+        hooks = variants.hooks_for(self.attention)
+        options = dict(self.attention_options)
+        if hooks.prepare is not None:
+            options.update(hooks.prepare(self, query, key, value, options, deterministic))
+
+        if self.decode:
+            out = self._decode_step(hooks, query, key, value, options, padding_mask)
+        else:
+            attention_fn = registry.resolve(self.attention)
+            out = attention_fn(
+                query, key, value, padding_mask=padding_mask, is_causal=self.is_causal, **options
+            )
+
+        if self.dropout_rate > 0.0 and not deterministic:
+            out = nn.Dropout(rate=self.dropout_rate)(out, deterministic=False)
+        return nn.DenseGeneral(
+            features=self.out_features or inputs_q.shape[-1],
+            axis=(-2, -1),
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=self.kernel_init,
+            bias_init=self.bias_init,
+            name="out",
+        )(out)
+
+    def _decode_step(self, hooks, query, key, value, options, padding_mask) -> jax.Array:
+        name = self.attention if isinstance(self.attention, str) else repr(self.attention)
+        if hooks.decode is None:
+            raise ValueError(
+                f"attention {name!r} has no decoding cache; decode=True needs a variant that "
+                "registers one (effjax.layers.variants.register_layer_hooks)"
+            )
+        if not self.is_causal:
+            raise ValueError("decode=True requires is_causal=True")
+        if padding_mask is not None:
+            raise ValueError("padding_mask is not supported with decode=True")
+        return hooks.decode(self, query, key, value, options)
+
+
+def as_flax_attention_fn(
+    attention: str | Callable[..., jax.Array] = "dense", **options: Any
+) -> Callable[..., jax.Array]:
+    """An ``attention_fn`` for :class:`flax.linen.MultiHeadDotProductAttention`.
+
+    Flax calls ``attention_fn(query, key, value, bias, mask, **flax_kwargs)`` with
+    ``query [B, T, N, H]``. Only the dense variant takes flax's dense ``mask``/``bias``;
+    other variants are configured by ``options`` (their compact masks) and refuse a
+    dense mask rather than silently ignore it. Flax's attention-weight dropout is
+    refused: effjax's variants never materialise the weights.
+
+    Example:
+      >>> import flax.linen as nn
+      >>> from effjax.layers import as_flax_attention_fn
+      >>> layer = nn.MultiHeadDotProductAttention(
+      ...     num_heads=4, attention_fn=as_flax_attention_fn("dense"))
+    """
+    attention_fn = registry.resolve(attention)
+
+    def flax_attention_fn(
+        query, key, value, bias=None, mask=None, *, dropout_rate=0.0, deterministic=True, **_
+    ):
+        if dropout_rate > 0.0 and not deterministic:
+            raise ValueError(
+                "attention-weight dropout is not available in effjax variants; "
+                "use effjax.layers.MultiHeadAttention(dropout_rate=...) instead"
+            )
+        extra = {}
+        if mask is not None:
+            # flax builds masks as float 0/1 (nn.make_attention_mask): take them as bool.
+            extra["mask"] = jnp.asarray(mask).astype(bool)
+        if bias is not None:
+            extra["bias"] = bias
+        if extra and attention_fn is not registry.get("dense"):
+            raise ValueError(
+                f"attention {attention!r} takes no dense mask or bias from flax; "
+                "describe the pattern through its own options"
+            )
+        return attention_fn(query, key, value, **extra, **options)
+
+    return flax_attention_fn
