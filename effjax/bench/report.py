@@ -1,0 +1,230 @@
+"""results.md and the log-log plots of a benchmark run, and the checks of effjax's claims."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+BASELINE = "jax"
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeedClaim:
+    """``variant`` forward at ``seq_len`` at least ``min_speedup`` x faster than the baseline."""
+
+    variant: str
+    min_speedup: float
+    seq_len: int = 4096
+
+
+SPEED_CLAIMS = (
+    SpeedClaim("local", 5.0),
+    SpeedClaim("global_local", 4.0),
+    SpeedClaim("block_sparse", 3.0),
+    SpeedClaim("lsh", 2.0),
+    SpeedClaim("performer", 4.0),
+    SpeedClaim("linear", 5.0),
+    SpeedClaim("linformer", 4.0),
+)
+MEMORY_GROWTH = (4096, 16384, 4.6)
+"""Compiled memory of a sub-quadratic variant grows at most 4.6x from T=4096 to T=16384."""
+
+
+def _index(records: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str, int], dict]:
+    return {(r["kind"], r["variant"], r["mode"], r["seq_len"]): r for r in records}
+
+
+def _fmt_time(r: dict | None) -> str:
+    if r is None:
+        return ""
+    if r["status"] != "ok":
+        return r["status"].upper()
+    return f"{r['time_s'] * 1e3:.3g}"
+
+
+def _fmt_mb(r: dict | None) -> str:
+    if r is None or r.get("peak_bytes") is None:
+        return ""
+    return f"{r['peak_bytes'] / 2**20:.4g}"
+
+
+def speedup(records: dict, variant: str, mode: str, seq_len: int, kind="attention"):
+    base = records.get((kind, BASELINE, mode, seq_len))
+    mine = records.get((kind, variant, mode, seq_len))
+    if not base or not mine or base["status"] != "ok" or mine["status"] != "ok":
+        return None
+    return base["time_s"] / mine["time_s"]
+
+
+def flop_rate_fraction(record: dict, peak_flops: float | None) -> float | None:
+    if not peak_flops or record["status"] != "ok" or not record.get("flops"):
+        return None
+    return record["flops"] / record["time_s"] / peak_flops
+
+
+def _table(records: list[dict], kind: str, mode: str, peak_flops: float | None) -> list[str]:
+    rows = [r for r in records if r["kind"] == kind and r["mode"] == mode]
+    if not rows:
+        return []
+    index = _index(rows)
+    lens = sorted({r["seq_len"] for r in rows})
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    head = "| variant | " + " | ".join(f"T={t}" for t in lens) + " |"
+    lines = [
+        f"### {kind}, {mode}: time ms (speed-up vs jax.nn) / compiled MB / % of matmul peak",
+        "",
+        head,
+        "|---" * (len(lens) + 1) + "|",
+    ]
+    for v in variants:
+        cells = []
+        for t in lens:
+            r = index.get((kind, v, mode, t))
+            s = speedup(index, v, mode, t, kind)
+            frac = flop_rate_fraction(r, peak_flops) if r else None
+            cell = _fmt_time(r)
+            if s is not None and v != BASELINE:
+                cell += f" ({s:.2g}x)"
+            cell += f" / {_fmt_mb(r)}"
+            if frac is not None:
+                cell += f" / {100 * frac:.2g}%"
+            cells.append(cell)
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def claim_lines(records: list[dict]) -> list[str]:
+    """Each speed and memory claim of the issues, checked against this run."""
+    index = _index(records)
+    lines = ["## Claims checked in this run", "", "| claim | measured | holds |", "|---|---|---|"]
+    for c in SPEED_CLAIMS:
+        s = speedup(index, c.variant, "fwd", c.seq_len)
+        if s is None:
+            continue
+        lines.append(
+            f"| {c.variant} fwd at T={c.seq_len} >= {c.min_speedup:g}x faster than jax.nn "
+            f"| {s:.2f}x | {'yes' if s >= c.min_speedup else 'NO'} |"
+        )
+    lo, hi, limit = MEMORY_GROWTH
+    for variant in dict.fromkeys(r["variant"] for r in records if r["kind"] == "attention"):
+        for mode in ("fwd", "fwd_bwd"):
+            a = index.get(("attention", variant, mode, lo))
+            b = index.get(("attention", variant, mode, hi))
+            if not a or not b or not a.get("peak_bytes") or not b.get("peak_bytes"):
+                continue
+            growth = b["peak_bytes"] / a["peak_bytes"]
+            expected = "<=" if variant not in (BASELINE, "dense") else "(quadratic)"
+            holds = ("yes" if growth <= limit else "NO") if expected == "<=" else "-"
+            lines.append(
+                f"| {variant} {mode} compiled memory T={lo}->{hi} {expected} {limit:g}x "
+                f"| {growth:.2f}x | {holds} |"
+            )
+    eff = sparsity_efficiency(index, 4096)
+    if eff:
+        lines += [
+            "",
+            "Sparsity efficiency at T=4096, fwd: (dense time / variant time) / "
+            "(dense FLOPs / variant FLOPs); 1 = the variant turns every FLOP saved into "
+            "time saved.",
+            "",
+        ]
+        lines += [f"- {v}: {e:.2f}" for v, e in eff.items()]
+    return [*lines, ""]
+
+
+def sparsity_efficiency(index: dict, seq_len: int) -> dict[str, float]:
+    base = index.get(("attention", BASELINE, "fwd", seq_len))
+    out = {}
+    if not base or base["status"] != "ok":
+        return out
+    for (kind, variant, mode, t), r in index.items():
+        if kind != "attention" or mode != "fwd" or t != seq_len or variant == BASELINE:
+            continue
+        if r["status"] == "ok" and r.get("flops"):
+            out[variant] = (base["time_s"] / r["time_s"]) / (base["flops"] / r["flops"])
+    return out
+
+
+def write_markdown(
+    records: list[dict],
+    path: Path,
+    *,
+    env: dict[str, Any],
+    peak_flops: float | None,
+    command: str,
+) -> None:
+    lines = [
+        "# effjax bench results",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Backend {env['backend']}, device {env['device_kind']} x{env['device_count']}, "
+        f"jax {env['jax_version']}"
+        + (f"; measured matmul peak {peak_flops / 1e9:.1f} GFLOP/s" if peak_flops else "")
+        + ".",
+        "",
+        "Times are medians; speed-ups are ratios to jax.nn.dot_product_attention measured in "
+        "the same run; memory is XLA's compiled memory analysis (temporaries + arguments + "
+        "outputs). OOM: over the run's memory limit (not run; its compiled footprint is shown).",
+        "",
+    ]
+    lines += claim_lines(records)
+    for kind in dict.fromkeys(r["kind"] for r in records):
+        for mode in ("fwd", "fwd_bwd"):
+            lines += _table(records, kind, mode, peak_flops)
+    _atomic_write(path, "\n".join(lines))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_plots(records: list[dict], out_dir: Path) -> list[Path]:
+    """time_<kind>_<mode>.png and memory_<kind>_<mode>.png: log-log, one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["kind"], r["mode"])].append(r)
+    written = []
+    for (kind, mode), rows in groups.items():
+        for field, label, scale in (
+            ("time_s", "time (s)", 1.0),
+            ("peak_bytes", "memory (MiB)", 2**-20),
+        ):
+            fig, ax = plt.subplots(figsize=(6.4, 4.4))
+            for variant in dict.fromkeys(r["variant"] for r in rows):
+                pts = sorted(
+                    (r["seq_len"], r[field] * scale)
+                    for r in rows
+                    if r["variant"] == variant
+                    and r.get(field) is not None
+                    and (field != "time_s" or r["status"] == "ok")
+                )
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), marker="o", label=variant)
+            ax.set(
+                xscale="log",
+                yscale="log",
+                xlabel="sequence length",
+                ylabel=label,
+                title=f"{kind} {mode}: {label.split(' ')[0]} vs length",
+            )
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+            name = f"{'time' if field == 'time_s' else 'memory'}_{kind}_{mode}.png"
+            tmp = out_dir / f".{name}.tmp.png"
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
+            plt.close(fig)
+            os.replace(tmp, out_dir / name)
+            written.append(out_dir / name)
+    return written

@@ -1,0 +1,59 @@
+"""Runs a benchmark configuration end to end: records, table, plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from effjax.bench import measure, report, runner
+
+
+def _total_steps(config: runner.BenchConfig) -> int:
+    variants = {runner.BASELINE, *config.variants}
+    return len(config.seq_lens) * len(config.modes) * len(variants)
+
+
+def run_benchmark(
+    config: runner.BenchConfig, out_dir: str | Path, *, command: str = "", progress: bool = True
+) -> list[dict[str, Any]]:
+    """Measures ``config`` and writes ``out_dir``/results.jsonl, results.md and PNG plots.
+
+    Each record is appended to results.jsonl as soon as it is measured; the table and
+    plots are written (atomically) at the end.
+
+    Returns:
+      The records, one per (variant, length, mode).
+    """
+    config.validate()
+    out_dir = Path(out_dir)
+    writer = runner.RecordWriter(out_dir / "results.jsonl")
+    env = runner.environment()
+    peak = measure.matmul_peak_flops(jnp.dtype(config.dtype))
+    env_with_peak = {**env, "matmul_peak_flops": peak}
+
+    records = []
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("effjax bench", total=_total_steps(config))
+        for record in runner.attention_records(config, env_with_peak):
+            records.append(record)
+            writer.write(record)
+            bar.update(
+                task,
+                advance=1,
+                description=f"{record['variant']:>12} T={record['seq_len']:<6} {record['mode']}",
+            )
+
+    report.write_markdown(
+        records, out_dir / "results.md", env=env, peak_flops=peak, command=command
+    )
+    report.write_plots(records, out_dir)
+    return records

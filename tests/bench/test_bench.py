@@ -1,0 +1,125 @@
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from effjax import cli
+from effjax.bench import BenchConfig, measure, read_records, report, run_benchmark, suite
+
+DESIGN_FIELDS = {
+    "variant",
+    "options",
+    "mode",
+    "batch",
+    "seq_len",
+    "heads",
+    "head_dim",
+    "dtype",
+    "time_s",
+    "time_s_min",
+    "peak_bytes",
+    "flops",
+    "backend",
+    "device_kind",
+    "jax_version",
+}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    config = BenchConfig(
+        variants=("dense",),
+        seq_lens=(64, 128),
+        batch=1,
+        heads=2,
+        head_dim=16,
+        min_repeats=1,
+        max_repeats=2,
+        min_time_s=0.0,
+    )
+    return out, run_benchmark(config, out, progress=False)
+
+
+def test_records_carry_design_fields_and_files_are_written(quick_run):
+    out, records = quick_run
+    assert len(records) == 2 * 2 * 2  # (jax, dense) x 2 lengths x 2 modes
+    on_disk = read_records(out / "results.jsonl")
+    assert on_disk == json.loads(json.dumps(records))
+    for r in on_disk:
+        assert r.keys() >= DESIGN_FIELDS
+        assert r["status"] == "ok" and r["time_s_min"] <= r["time_s"]
+    for name in ("results.md", "time_attention_fwd.png", "memory_attention_fwd_bwd.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_compiled_memory_of_dense_grows_quadratically(quick_run):
+    # The [T, S] logits dominate: doubling T must roughly quadruple the temporaries.
+    _, records = quick_run
+    mem = {
+        r["seq_len"]: r["peak_bytes"]
+        for r in records
+        if r["variant"] == "dense" and r["mode"] == "fwd"
+    }
+    assert 2.5 < mem[128] / mem[64] <= 4.0
+
+
+def test_flops_are_counted_by_hand():
+    shape = suite.Shape(batch=2, seq_len=10, heads=3, head_dim=4)
+    # QK^T and PV: 2 * (2 T S H) per head per batch.
+    assert suite.spec_for("dense").flops(shape, {}) == 2 * 3 * 2 * (2 * 10 * 10 * 4)
+    assert suite.spec_for("local").flops(shape, {}) == suite.spec_for("dense").flops(shape, {})
+
+
+def test_memory_limit_marks_oom_without_running():
+    result = measure.measure(lambda x: x @ x.T, (jnp.ones((256, 256)),), memory_limit_bytes=1024)
+    assert result.status == "oom" and result.peak_bytes > 1024 and result.time_s is None
+
+
+def test_compile_failure_is_recorded_not_raised():
+    def bad(x):
+        raise RuntimeError("boom")
+
+    result = measure.measure(bad, (jnp.ones(3),))
+    assert result.status == "error" and "boom" in result.error
+
+
+def test_claims_table_flags_a_missed_target():
+    base = {"kind": "attention", "mode": "fwd", "seq_len": 4096, "status": "ok", "flops": 8.0}
+    records = [
+        {**base, "variant": "jax", "time_s": 1.0, "peak_bytes": 1},
+        {**base, "variant": "local", "time_s": 0.5, "peak_bytes": 1, "flops": 1.0},
+    ]
+    text = "\n".join(report.claim_lines(records))
+    assert "local fwd at T=4096 >= 5x faster than jax.nn | 2.00x | NO" in text
+    # 2x faster for 8x fewer FLOPs: a quarter of the saving turned into time.
+    assert np.isclose(
+        report.sparsity_efficiency(
+            {(r["kind"], r["variant"], r["mode"], r["seq_len"]): r for r in records}, 4096
+        )["local"],
+        0.25,
+    )
+
+
+def test_torn_last_line_is_skipped(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text('{"a": 1}\n{"a": 2')
+    assert read_records(path) == [{"a": 1}]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "--variants", "nope"], "unknown variant"),
+        (["bench", "--dtype", "int3"], "dtype must be one of"),
+        (["bench", "--batch", "0"], "batch must be positive"),
+        (["bench", "--seq-lens", "0,128"], "seq_lens must be positive"),
+    ],
+)
+def test_bad_options_fail_before_running(argv, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*argv, "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
