@@ -39,6 +39,13 @@ def _add_bench_parser(subparsers) -> None:
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--head-dim", type=int, default=64)
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--layers", action="store_true", help="also whole encoder layers")
+    p.add_argument(
+        "--peers",
+        action="store_true",
+        help="also Hugging Face PyTorch BigBird/Longformer/Reformer beside effjax "
+        "(needs the peers extra: torch)",
+    )
     p.add_argument("--quick", action="store_true", help="short lengths, few repeats (~1 min)")
     p.add_argument(
         "--memory-limit-gb",
@@ -86,6 +93,8 @@ def _bench_config(args):
         head_dim=args.head_dim,
         dtype=args.dtype,
         memory_limit_bytes=limit_bytes,
+        layers=args.layers,
+        peers=args.peers,
         **quick,
     )
 

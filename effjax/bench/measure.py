@@ -6,6 +6,7 @@ import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,13 +49,17 @@ def _device_bytes(device: jax.Device) -> tuple[int, int] | None:
 
 
 def _time_calls(
-    call: Callable[[], jax.Array], min_repeats: int, max_repeats: int, min_time_s: float
+    call: Callable[[], Any],
+    min_repeats: int,
+    max_repeats: int,
+    min_time_s: float,
+    sync: Callable[[Any], Any] = jax.block_until_ready,
 ) -> list[float]:
-    jax.block_until_ready(call())  # warm-up: first-run allocations and caches
+    sync(call())  # warm-up: first-run allocations and caches
     times: list[float] = []
     while len(times) < max_repeats and (len(times) < min_repeats or sum(times) < min_time_s):
         start = time.perf_counter()
-        jax.block_until_ready(call())
+        sync(call())
         times.append(time.perf_counter() - start)
     return times
 
@@ -95,6 +100,22 @@ def measure(
     if before is not None and after is not None and after[1] > before[1]:
         peak = max(peak or 0, after[1] - before[0])
     return Measurement("ok", statistics.median(times), min(times), peak)
+
+
+def measure_python(
+    call: Callable[[], Any],
+    sync: Callable[[], None],
+    *,
+    min_repeats: int = 3,
+    max_repeats: int = 20,
+    min_time_s: float = 1.0,
+) -> Measurement:
+    """Times a non-JAX callable (a PyTorch peer); ``sync`` waits for its device."""
+    try:
+        times = _time_calls(call, min_repeats, max_repeats, min_time_s, lambda _: sync())
+    except Exception as err:
+        return Measurement("oom" if _is_oom(err) else "error", error=str(err)[:500])
+    return Measurement("ok", statistics.median(times), min(times))
 
 
 def matmul_peak_flops(dtype: jnp.dtype, *, size: int | None = None) -> float:

@@ -42,6 +42,8 @@ class BenchConfig:
     max_repeats: int = 20
     min_time_s: float = 1.0
     memory_limit_bytes: int | None = None
+    layers: bool = False
+    peers: bool = False
 
     def validate(self) -> None:
         """Raises ValueError naming the bad option, before anything runs."""

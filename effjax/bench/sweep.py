@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from effjax.bench import measure, report, runner
+from effjax.bench import measure, models, report, runner
 
 
 def _total_steps(config: runner.BenchConfig) -> int:
     variants = {runner.BASELINE, *config.variants}
-    return len(config.seq_lens) * len(config.modes) * len(variants)
+    per_kind = len(config.seq_lens) * len(config.modes) * len(variants)
+    peers = models.peer_step_count(config) if config.peers else 0
+    return per_kind * (2 if config.layers else 1) + peers
+
+
+def _all_records(config: runner.BenchConfig, env: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield from runner.attention_records(config, env)
+    if config.layers:
+        yield from models.layer_records(config, env)
+    if config.peers:
+        yield from models.peer_records(config, env)
 
 
 def run_benchmark(
@@ -43,7 +54,7 @@ def run_benchmark(
     )
     with Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("effjax bench", total=_total_steps(config))
-        for record in runner.attention_records(config, env_with_peak):
+        for record in _all_records(config, env_with_peak):
             records.append(record)
             writer.write(record)
             bar.update(

@@ -123,3 +123,60 @@ def test_bad_options_fail_before_running(argv, message, tmp_path, capsys):
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_peer_claims_compare_effjax_with_the_model_it_faces():
+    base = {"kind": "model", "mode": "fwd", "seq_len": 4096, "status": "ok"}
+    records = [
+        {**base, "variant": "hf_bigbird_block_sparse", "time_s": 3.0},
+        {**base, "variant": "effjax_bigbird_block_sparse", "time_s": 1.0},
+        {**base, "variant": "hf_reformer_lsh", "time_s": 1.0},
+        {**base, "variant": "effjax_reformer_lsh", "time_s": 2.0},
+    ]
+    text = "\n".join(report.claim_lines(records))
+    assert "effjax bigbird_block_sparse model at T=4096 >= 2x" in text and "| 3.00x | yes |" in text
+    assert "| 0.50x | NO |" in text
+    assert report.baseline_of("model", "hf_reformer_lsh") is None
+    assert report.baseline_of("layer", "local") == "jax"
+
+
+def test_layer_records_time_whole_encoder_layers(tmp_path):
+    config = BenchConfig(
+        variants=("dense",),
+        seq_lens=(32,),
+        modes=("fwd",),
+        heads=2,
+        head_dim=8,
+        min_repeats=1,
+        max_repeats=1,
+        min_time_s=0.0,
+        layers=True,
+    )
+    records = run_benchmark(config, tmp_path, progress=False)
+    layers = {r["variant"]: r for r in records if r["kind"] == "layer"}
+    assert set(layers) == {"jax", "dense"}
+    # Same layer, same parameters: the attention core is the only difference, so the
+    # compiled footprints of the two layers match to within the attention's temporaries.
+    jax_bytes, dense_bytes = layers["jax"]["peak_bytes"], layers["dense"]["peak_bytes"]
+    assert abs(jax_bytes - dense_bytes) < 0.5 * jax_bytes
+
+
+@pytest.mark.slow
+def test_peers_run_hugging_face_models_beside_effjax(tmp_path):
+    pytest.importorskip("torch")
+    config = BenchConfig(
+        variants=("dense",),
+        seq_lens=(128,),
+        modes=("fwd",),
+        heads=2,
+        head_dim=8,
+        min_repeats=1,
+        max_repeats=1,
+        min_time_s=0.0,
+        peers=True,
+    )
+    records = run_benchmark(config, tmp_path, progress=False)
+    models = {r["variant"]: r for r in records if r["kind"] == "model"}
+    assert {"hf_bigbird_original_full", "effjax_bigbird_original_full"} <= models.keys()
+    assert all(r["status"] == "ok" and r["time_s"] > 0 for r in models.values())
+    assert "torch_version" in models["hf_reformer_full"]
