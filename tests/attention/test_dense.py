@@ -1,6 +1,8 @@
 import functools
 
 import chex
+import hypothesis
+import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -204,3 +206,35 @@ class TransformationsTest(parameterized.TestCase):
             :, 0
         ]
         np.testing.assert_allclose(out, self.want, atol=1e-5)
+
+
+@hypothesis.settings(max_examples=8, deadline=None)
+@hypothesis.given(
+    batch=st.integers(1, 2),
+    q_len=st.integers(1, 9),
+    extra_kv=st.integers(0, 5),
+    kv_heads=st.sampled_from([1, 2]),
+    groups=st.integers(1, 3),
+    head_dim=st.sampled_from([1, 4]),
+    is_causal=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_any_shape_matches_numpy(
+    batch, q_len, extra_kv, kv_heads, groups, head_dim, is_causal, seed
+):
+    kv_len = q_len + extra_kv
+    q, k, v = testing.random_qkv(
+        jax.random.key(seed),
+        batch=batch,
+        q_len=q_len,
+        kv_len=kv_len,
+        num_heads=kv_heads * groups,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+    )
+    pad = testing.random_padding_mask(jax.random.key(seed + 1), batch, kv_len)
+    mask = np.asarray(pad)[:, None, None, :]
+    if is_causal:
+        mask = mask & np.asarray(masks.causal_mask(q_len, kv_len))[None, None]
+    got = dot_product_attention(q, k, v, padding_mask=pad, is_causal=is_causal)
+    np.testing.assert_allclose(got, numpy_attention(q, k, v, mask), atol=1e-5)
