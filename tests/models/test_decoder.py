@@ -47,7 +47,7 @@ def test_greedy_generation_equals_recomputing_the_full_sequence(lm):
 
 
 def test_cached_step_logits_equal_the_full_causal_pass(lm):
-    model, params, prompt = lm
+    model, params, _prompt = lm
     seq = jax.random.randint(jax.random.key(5), (B, 7), 0, 40)
     full = jax.jit(model.apply)({"params": params}, seq)
     decoder = model.clone(decode=True)
@@ -66,7 +66,7 @@ def test_cached_step_logits_equal_the_full_causal_pass(lm):
 
 
 def test_future_tokens_do_not_change_past_logits(lm):
-    model, params, prompt = lm
+    model, params, _prompt = lm
     seq = jax.random.randint(jax.random.key(6), (B, 8), 0, 40)
     changed = seq.at[:, 5:].set(0)
     apply = jax.jit(model.apply)

@@ -39,7 +39,7 @@ def jit_apply(model):
 
 
 def test_padding_tokens_do_not_change_real_outputs(tiny):
-    cfg, model, variables, ids = tiny
+    _cfg, model, variables, ids = tiny
     mask = right_padding([T, 7], T)
     other = ids.at[1, 7:].set(4)
     apply = jit_apply(model)
@@ -68,7 +68,7 @@ def test_registered_variant_by_name_gets_options_and_padding(tiny):
 
 
 def test_per_layer_options_reach_each_layer(tiny):
-    cfg, model, variables, ids = tiny
+    cfg, _model, variables, ids = tiny
     seen = []
 
     def spy(query, key, value, *, window_size, padding_mask=None, is_causal=False):
@@ -85,7 +85,7 @@ def test_per_layer_options_reach_each_layer(tiny):
 
 
 def test_token_types_change_outputs_and_default_to_zero(tiny):
-    cfg, model, variables, ids = tiny
+    _cfg, model, variables, ids = tiny
     apply = jit_apply(model)
     zeros = apply(variables, ids, token_type_ids=jnp.zeros_like(ids))
     np.testing.assert_array_equal(apply(variables, ids), zeros)
@@ -107,7 +107,7 @@ def test_classifier_is_a_dense_layer_on_the_pooled_first_token(tiny):
 
 
 def test_dropout_only_when_not_deterministic(tiny):
-    cfg, model, variables, ids = tiny
+    _cfg, model, variables, ids = tiny
     apply = jit_apply(model)
     a = apply(variables, ids, deterministic=False, rngs={"dropout": jax.random.key(0)})
     b = apply(variables, ids, deterministic=False, rngs={"dropout": jax.random.key(1)})
@@ -126,7 +126,7 @@ def test_input_longer_than_position_table_raises(tiny):
 
 
 def test_bad_mask_shape_raises(tiny):
-    cfg, model, variables, ids = tiny
+    _cfg, model, variables, ids = tiny
     with pytest.raises(ValueError, match=r"attention_mask shape \(2, 5\) != input_ids shape"):
         model.apply(variables, ids, jnp.ones((B, 5), jnp.int32))
 
