@@ -142,7 +142,7 @@ def copy_checkpoint(src, dst):
 def test_missing_files_are_named(minilm_path, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_hf_encoder(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="has no config.json"):
+    with pytest.raises(FileNotFoundError, match=r"has no config\.json"):
         load_hf_encoder(tmp_path)
     (tmp_path / "config.json").write_text((minilm_path / "config.json").read_text())
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
@@ -165,7 +165,7 @@ def test_missing_and_misshaped_tensors_are_named(minilm_path, tmp_path):
 
 def test_unsupported_model_type_is_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    with pytest.raises(ValueError, match="model_type='gpt2'"):
+    with pytest.raises(ValueError, match=r"model_type='gpt2'"):
         load_hf_encoder(tmp_path)
 
 
