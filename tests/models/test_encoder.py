@@ -1,0 +1,162 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import effjax.attention as ea
+from effjax.attention import dot_product_attention, masks
+from effjax.models import (
+    Encoder,
+    EncoderForSequenceClassification,
+    extend_position_embeddings,
+)
+from tests.models.conftest import random_ids, right_padding, tiny_config
+
+B, T = 2, 12
+
+
+def windowed_dense(query, key, value, *, window_size, padding_mask=None, is_causal=False):
+    """A stand-in for a sparse variant: dense attention under a sliding-window mask."""
+    mask = masks.window_mask(query.shape[1], key.shape[1], window_size, is_causal=is_causal)
+    return dot_product_attention(
+        query, key, value, mask=mask[None, None], padding_mask=padding_mask, is_causal=is_causal
+    )
+
+
+ea.register("test_windowed_dense", windowed_dense, overwrite=True)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = tiny_config()
+    model = Encoder(cfg)
+    ids = random_ids(cfg, B, T)
+    return cfg, model, jax.jit(model.init)(jax.random.key(1), ids), ids
+
+
+def jit_apply(model):
+    return jax.jit(model.apply, static_argnames="deterministic")
+
+
+def test_padding_tokens_do_not_change_real_outputs(tiny):
+    _cfg, model, variables, ids = tiny
+    mask = right_padding([T, 7], T)
+    other = ids.at[1, 7:].set(4)
+    apply = jit_apply(model)
+    out = apply(variables, ids, mask)
+    out2 = apply(variables, other, mask)
+    np.testing.assert_allclose(out[1, :7], out2[1, :7], atol=1e-5)
+    assert not np.allclose(out[1, :7], apply(variables, other)[1, :7], atol=1e-3)
+
+
+def test_registered_variant_by_name_gets_options_and_padding(tiny):
+    cfg, model, variables, ids = tiny
+    mask = right_padding([T, 9], T)
+    dense = model.apply(variables, ids, mask)
+    wide = Encoder(
+        cfg.replace(attention="test_windowed_dense", attention_options={"window_size": T})
+    )
+    np.testing.assert_allclose(wide.apply(variables, ids, mask), dense, atol=1e-5)
+    narrow = Encoder(
+        cfg.replace(attention="test_windowed_dense", attention_options={"window_size": 1})
+    )
+    got = narrow.apply(variables, ids, mask)
+    assert not np.allclose(got, dense, atol=1e-3)
+    # The same window given per call (attention_kwargs) must give the same result.
+    per_call = wide.apply(variables, ids, mask, attention_kwargs={"window_size": 1})
+    np.testing.assert_allclose(per_call, got, atol=1e-6)
+
+
+def test_per_layer_options_reach_each_layer(tiny):
+    cfg, _model, variables, ids = tiny
+    seen = []
+
+    def spy(query, key, value, *, window_size, padding_mask=None, is_causal=False):
+        seen.append((window_size, is_causal, None if padding_mask is None else padding_mask.shape))
+        return windowed_dense(query, key, value, window_size=window_size, padding_mask=padding_mask)
+
+    spy_cfg = cfg.replace(
+        attention=spy.__name__,
+        layer_attention_options=[{"window_size": 2}, {"window_size": 5}],
+    )
+    ea.register("spy", spy, overwrite=True)
+    Encoder(spy_cfg).apply(variables, ids, right_padding([T, 3], T))
+    assert seen == [(2, False, (B, T)), (5, False, (B, T))]
+
+
+def test_token_types_change_outputs_and_default_to_zero(tiny):
+    _cfg, model, variables, ids = tiny
+    apply = jit_apply(model)
+    zeros = apply(variables, ids, token_type_ids=jnp.zeros_like(ids))
+    np.testing.assert_array_equal(apply(variables, ids), zeros)
+    ones = apply(variables, ids, token_type_ids=jnp.ones_like(ids))
+    assert not np.allclose(ones, zeros, atol=1e-3)
+
+
+def test_classifier_is_a_dense_layer_on_the_pooled_first_token(tiny):
+    cfg, model, variables, ids = tiny
+    clf = EncoderForSequenceClassification(cfg, num_labels=3)
+    kernel, bias = jax.random.normal(jax.random.key(2), (2, cfg.hidden_size, 3))
+    params = {"encoder": variables["params"], "classifier": {"kernel": kernel, "bias": bias[0]}}
+    logits = clf.apply({"params": params}, ids)
+    hidden = jit_apply(model)(variables, ids)
+    pooler = variables["params"]["pooler"]
+    pooled = jnp.tanh(hidden[:, 0] @ pooler["kernel"] + pooler["bias"][None])
+    want = pooled @ params["classifier"]["kernel"] + params["classifier"]["bias"][None]
+    np.testing.assert_allclose(logits, want, atol=1e-5)
+
+
+def test_dropout_only_when_not_deterministic(tiny):
+    _cfg, model, variables, ids = tiny
+    apply = jit_apply(model)
+    a = apply(variables, ids, deterministic=False, rngs={"dropout": jax.random.key(0)})
+    b = apply(variables, ids, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    assert not np.allclose(a, b, atol=1e-3)
+    np.testing.assert_array_equal(apply(variables, ids), apply(variables, ids, deterministic=True))
+
+
+def test_input_longer_than_position_table_raises(tiny):
+    cfg, model, variables, _ = tiny
+    too_long = jnp.ones((1, cfg.max_position_embeddings + 1), jnp.int32)
+    with pytest.raises(ValueError, match="25 tokens but the position table covers 24"):
+        model.apply(variables, too_long)
+    roberta = tiny_config(model_type="roberta", position_offset=2, pad_token_id=1)
+    with pytest.raises(ValueError, match="23 tokens but the position table covers 22"):
+        Encoder(roberta).init(jax.random.key(0), jnp.ones((1, 23), jnp.int32))
+
+
+def test_bad_mask_shape_raises(tiny):
+    _cfg, model, variables, ids = tiny
+    with pytest.raises(ValueError, match=r"attention_mask shape \(2, 5\) != input_ids shape"):
+        model.apply(variables, ids, jnp.ones((B, 5), jnp.int32))
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta"])
+def test_extended_positions_tile_the_table_and_keep_short_inputs(tiny, model_type):
+    offset = 2 if model_type == "roberta" else 0
+    cfg = tiny_config(model_type=model_type, position_offset=offset, pad_token_id=1)
+    ids = random_ids(cfg, B, cfg.max_length)
+    variables = tiny[2]  # same shapes: the RoBERTa offset only moves where positions start
+    longer, long_cfg = extend_position_embeddings(variables, cfg, 3 * cfg.max_length - 5)
+
+    old = np.asarray(variables["params"]["embeddings"]["position_embeddings"]["embedding"])
+    new = np.asarray(longer["params"]["embeddings"]["position_embeddings"]["embedding"])
+    assert long_cfg.max_length == 3 * cfg.max_length - 5
+    assert new.shape == (offset + long_cfg.max_length, cfg.hidden_size)
+    learned = old[offset:]
+    for p in (0, cfg.max_length - 1, cfg.max_length, 2 * cfg.max_length + 3):
+        np.testing.assert_array_equal(new[offset + p], learned[p % cfg.max_length])
+    np.testing.assert_array_equal(new[:offset], old[:offset])
+
+    long_apply = jit_apply(Encoder(long_cfg))
+    np.testing.assert_allclose(
+        long_apply(longer, ids), jit_apply(Encoder(cfg))(variables, ids), atol=1e-6
+    )
+    long_ids = random_ids(cfg, 1, long_cfg.max_length, seed=4)
+    assert np.isfinite(long_apply(longer, long_ids)).all()
+
+
+def test_extension_refuses_to_shrink(tiny):
+    cfg, _, variables, _ = tiny
+    with pytest.raises(ValueError, match="new_max_len=10 is shorter than the current 24"):
+        extend_position_embeddings(variables, cfg, 10)
