@@ -155,9 +155,7 @@ class ClassificationData:
 
     def _batch(self, split: str, indices: Sequence[int], length: int | None) -> dict:
         sequences, labels = self.splits[split]
-        tokens, mask = pad_batch(
-            [sequences[i] for i in indices], length=length, pad_id=self.pad_id
-        )
+        tokens, mask = pad_batch([sequences[i] for i in indices], length=length, pad_id=self.pad_id)
         return {
             "inputs": tokens,
             "padding_mask": mask,

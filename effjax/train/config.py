@@ -46,7 +46,7 @@ class DataConfig:
     """
 
     kind: str = "listops"
-    listops: ListOpsSpec = ListOpsSpec()
+    listops: ListOpsSpec = dataclasses.field(default_factory=ListOpsSpec)
     cache_dir: str = "~/.cache/effjax/data"
     path: str | None = None
     tokenizer: str | None = None
@@ -131,8 +131,8 @@ class ExperimentConfig:
     name: str
     data: DataConfig
     model: Any
-    optimizer: OptimizerConfig = OptimizerConfig()
-    run: RunConfig = RunConfig()
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
     num_classes: int = 10
 
     def replace(self, **changes) -> ExperimentConfig:
@@ -147,9 +147,19 @@ class ExperimentConfig:
 
 #: Fields that may change between a run and its resumption; everything else must match.
 RESUMABLE_CHANGES = frozenset(
-    {"run.num_steps", "run.log_every", "run.eval_every", "run.eval_examples", "run.progress",
-     "run.checkpoint_every", "run.max_checkpoints", "run.mesh_data", "run.mesh_model",
-     "run.sharding", "name"}
+    {
+        "run.num_steps",
+        "run.log_every",
+        "run.eval_every",
+        "run.eval_examples",
+        "run.progress",
+        "run.checkpoint_every",
+        "run.max_checkpoints",
+        "run.mesh_data",
+        "run.mesh_model",
+        "run.sharding",
+        "name",
+    }
 )
 
 

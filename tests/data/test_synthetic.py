@@ -7,9 +7,7 @@ from effjax.data import synthetic
 
 
 def test_associative_recall_label_is_the_queried_value():
-    tokens, labels = synthetic.associative_recall(
-        50, num_pairs=6, num_keys=8, num_values=5, seed=1
-    )
+    tokens, labels = synthetic.associative_recall(50, num_pairs=6, num_keys=8, num_values=5, seed=1)
     assert tokens.shape == (50, 14)
     for row, label in zip(tokens, labels, strict=True):
         keys, values = row[0:12:2], row[1:12:2]
@@ -32,9 +30,7 @@ def test_repeat_tasks_targets_repeat_the_first_half(task):
     np.testing.assert_array_equal(data["targets"][:, :-1], data["inputs"][:, 1:])
     # The loss covers exactly the targets in the second half.
     assert data["targets"][data["loss_mask"]].size == 4 * 6
-    np.testing.assert_array_equal(
-        data["targets"][data["loss_mask"]].reshape(4, 6), sequence[:, 6:]
-    )
+    np.testing.assert_array_equal(data["targets"][data["loss_mask"]].reshape(4, 6), sequence[:, 6:])
 
 
 def test_duplication_is_0w0w_and_copy_has_separator():

