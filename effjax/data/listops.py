@@ -235,6 +235,7 @@ def _build_split(spec: ListOpsSpec, split: str, path: Path) -> None:
     import datasets
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    datasets.disable_progress_bars()
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         built = datasets.Dataset.from_generator(
             _split_generator,

@@ -101,11 +101,15 @@ def forward(
     train: bool,
     rng: jax.Array | None,
 ) -> jax.Array:
-    """``model(inputs, padding_mask=..., deterministic=not train)`` with dropout keys."""
+    """``model(inputs, padding_mask, deterministic=not train)`` with dropout keys.
+
+    The mask is passed positionally, as effjax.models' encoders take it
+    (``attention_mask``, True/1 = a real token).
+    """
     return model.apply(
         {"params": params},
         batch["inputs"],
-        padding_mask=batch["padding_mask"],
+        batch["padding_mask"],
         deterministic=not train,
         rngs=None if rng is None else {"dropout": rng},
     )
@@ -153,7 +157,7 @@ def init_state(
     variables = model.init(
         {"params": init_key, "dropout": init_key},
         batch["inputs"],
-        padding_mask=batch["padding_mask"],
+        batch["padding_mask"],
         deterministic=True,
     )
     params = variables["params"]
@@ -296,16 +300,18 @@ def _progress(enabled: bool, total: int, start: int):
 # ---------------------------------------------------------------- evaluation
 
 
-def evaluate(
-    model: nn.Module, params: Any, batches, loss_fn: LossFn = classification_loss
-) -> dict[str, float]:
-    """Example-weighted mean of ``loss_fn``'s metrics over ``batches``."""
-    apply = jax.jit(lambda p, b: loss_fn(forward(model, p, b, train=False, rng=None), b)[1])
+def make_eval_step(model: nn.Module, loss_fn: LossFn = classification_loss) -> Callable:
+    """``eval_step(params, batch) -> metrics`` (jitted, deterministic)."""
+    return jax.jit(lambda p, b: loss_fn(forward(model, p, b, train=False, rng=None), b)[1])
+
+
+def evaluate(eval_step: Callable, params: Any, batches) -> dict[str, float]:
+    """Example-weighted mean of ``eval_step``'s metrics over ``batches``."""
     totals: dict[str, float] = {}
     count = 0
     for batch in batches:
         size = len(batch["labels"])
-        for name, value in apply(params, batch).items():
+        for name, value in eval_step(params, batch).items():
             totals[name] = totals.get(name, 0.0) + float(value) * size
         count += size
     return {name: total / count for name, total in totals.items()}
@@ -327,13 +333,15 @@ def train(
     Args:
       config: the experiment (``run`` sets steps, intervals, seed, mesh).
       workdir: where config.json, checkpoints, metrics.jsonl and tensorboard/ live.
-      model: a linen module called as ``model(inputs, padding_mask=, deterministic=)``.
+      model: a linen module called as ``model(inputs, padding_mask, deterministic=)``
+        (effjax.models.EncoderForSequenceClassification).
       data: ``train_batch(step) -> batch`` and ``eval_batches(split, limit)``
         (effjax.data.batching.ClassificationData).
       loss_fn: ``(logits, batch) -> (loss, metrics)``.
 
     Returns:
-      ``{"step", "stopped" (a signal stopped the run), "validation/<metric>",
+      ``{"step", "stopped" (the signal that stopped the run, else 0), "state",
+      "validation/<metric>",
       "test/<metric>"}`` (test metrics when the run completed and data has a test split).
 
     Raises:
@@ -385,6 +393,7 @@ def train(
     log = _MetricsLog(workdir, start)
 
     step_fn = make_train_step(model, tx, run.seed, loss_fn)
+    eval_step = make_eval_step(model, loss_fn)
     compiled: dict[Any, Callable] = {}
 
     def train_step(state, batch):
@@ -400,12 +409,12 @@ def train(
             manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
 
     def run_eval(split: str, limit: int | None, step: int) -> dict[str, float]:
-        values = evaluate(model, state.params, data.eval_batches(split, limit), loss_fn)
+        values = evaluate(eval_step, state.params, data.eval_batches(split, limit))
         values = {f"{split}/{name}": value for name, value in values.items()}
         log.write(step, values)
         return values
 
-    result: dict[str, Any] = {"stopped": False}
+    result: dict[str, Any] = {"stopped": 0}
     pending: list[dict] = []
     bar, task = _progress(run.progress, run.num_steps, start)
     try:
@@ -431,7 +440,7 @@ def train(
                 bar.update(task, completed=done)
                 if stop:
                     save(done)
-                    result["stopped"] = True
+                    result["stopped"] = stop[0]
                     break
             else:
                 save(run.num_steps)

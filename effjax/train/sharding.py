@@ -51,7 +51,7 @@ TENSOR_RULES: Rules = (
     ("heads", "model"),
     ("kv", None),
     ("mlp", "model"),
-    ("vocab", "model"),
+    ("vocab", None),  # small vocabularies (ListOps: 17) rarely divide the model axis
 )
 #: As TENSOR_RULES, and the batch's length axis split over "model" too.
 SEQUENCE_RULES: Rules = (("length", "model"), *TENSOR_RULES[:1], *TENSOR_RULES[2:])

@@ -17,7 +17,7 @@ class TinyClassifier(nn.Module):
     num_classes: int = 4
 
     @nn.compact
-    def __call__(self, inputs, *, padding_mask, deterministic=True):
+    def __call__(self, inputs, padding_mask, *, deterministic=True):
         x = nn.Embed(self.vocab_size, self.features, name="token_embed")(inputs)
         x = x + MultiHeadAttention(num_heads=2, name="attention")(x, padding_mask=padding_mask)
         x = nn.Dropout(0.1)(x, deterministic=deterministic)
