@@ -35,6 +35,10 @@ def _command(config, workdir):
     ]
 
 
+def _cache(home):
+    return str(home / ".cache/effjax/data")
+
+
 def _records(workdir):
     path = Path(workdir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -85,7 +89,7 @@ def _resume_config(home, smoke_home):
         import dataclasses, runpy
         smoke = runpy.run_path({str(ROOT / "configs/smoke.py")!r})["config"]
         config = smoke.replace(
-            data=dataclasses.replace(smoke.data, cache_dir={str(smoke_home / ".cache/effjax/data")!r}),
+            data=dataclasses.replace(smoke.data, cache_dir={_cache(smoke_home)!r}),
             run=dataclasses.replace(smoke.run, checkpoint_every=10),
         )
     """)
@@ -184,7 +188,7 @@ def test_incompatible_checkpoint_stops_and_overwrites_nothing(smoke_run, tmp_pat
         smoke = runpy.run_path({str(ROOT / "configs/smoke.py")!r})["config"]
         config = smoke.replace(
             model=smoke.model.replace(hidden_size=64),
-            data=dataclasses.replace(smoke.data, cache_dir={str(smoke_home / ".cache/effjax/data")!r}),
+            data=dataclasses.replace(smoke.data, cache_dir={_cache(smoke_home)!r}),
         )
     """)
     )

@@ -68,14 +68,14 @@ def test_incompatible_workdir_is_refused_untouched(tmp_path):
     loop.train(tiny_config(num_steps=5), tmp_path, model=TinyClassifier(), data=tiny_data())
     before = _snapshot(tmp_path)
     other = tiny_config(num_steps=5).replace(optimizer=OptimizerConfig(learning_rate=1.0))
-    with pytest.raises(ValueError, match="optimizer.learning_rate: checkpoint has 0.03"):
+    with pytest.raises(ValueError, match=r"optimizer\.learning_rate: checkpoint has 0\.03"):
         loop.train(other, tmp_path, model=TinyClassifier(), data=tiny_data())
     wider = TinyClassifier(features=32)  # same config, but the checkpoint's shapes differ
     with pytest.raises(ValueError, match="does not fit the model"):
         loop.train(tiny_config(num_steps=5), tmp_path, model=wider, data=tiny_data())
     (tmp_path / "config.json").unlink()
     before.pop(next(k for k in before if str(k) == "config.json"))
-    with pytest.raises(ValueError, match="no config.json"):
+    with pytest.raises(ValueError, match=r"no config\.json"):
         loop.train(tiny_config(num_steps=5), tmp_path, model=TinyClassifier(), data=tiny_data())
     assert _snapshot(tmp_path) == before
 
