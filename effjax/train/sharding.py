@@ -170,9 +170,11 @@ def pmap_train_step(step: Callable, axis_name: str = "batch") -> Callable:
     return jax.pmap(step, axis_name=axis_name, donate_argnums=0)
 
 
-def replicate(tree: Any, devices: Sequence[jax.Device] | None = None) -> Any:
-    """One copy of ``tree`` per device, stacked on a new leading axis (for pmap)."""
-    return jax.device_put_replicated(tree, list(devices or jax.local_devices()))
+def replicate(tree: Any, num_devices: int | None = None) -> Any:
+    """``num_devices`` (default: all local devices) copies of ``tree`` on a new leading
+    axis, the layout ``jax.pmap`` takes (it places copy ``i`` on device ``i``)."""
+    count = num_devices or jax.local_device_count()
+    return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (count, *np.shape(x))), tree)
 
 
 def unreplicate(tree: Any) -> Any:
