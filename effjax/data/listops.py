@@ -1,0 +1,246 @@
+"""ListOps (Nangia & Bowman 2018) as defined by the Long Range Arena (Tay et al. 2020).
+
+An expression is a tree of operators over digits 0-9, written in prefix form::
+
+    [MAX 4 3 [MIN 2 3 ] 1 0 [MED 1 5 8 9 2 ] ]   ->  5
+
+``MIN``/``MAX`` take the minimum/maximum of their arguments, ``MED`` the integer
+median (``int(numpy.median(args))``, the LRA definition), ``SM`` the sum modulo 10.
+The label is the value of the whole expression (10 classes). LRA draws trees with
+at most 10 arguments per operator, depth at most 10, and keeps expressions whose
+token count lies strictly between 500 and 2000; duplicates are removed. Each node
+below the depth limit is an operator with probability ``operator_prob`` (LRA: 0.25)
+and a digit otherwise.
+
+Token ids (``VOCAB``): 0 is padding, digits ``d`` are ``d + 1``, then the four
+operators and the closing bracket.
+
+Example:
+  >>> from effjax.data.listops import evaluate, tokenize
+  >>> evaluate(tokenize("[SM 4 [MAX 2 9 ] 8 ]"))
+  1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+PAD_ID = 0
+OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
+CLOSE = "]"
+VOCAB: tuple[str, ...] = ("<pad>", *(str(d) for d in range(10)), *OPERATORS, CLOSE)
+TOKEN_IDS = {token: i for i, token in enumerate(VOCAB)}
+NUM_CLASSES = 10
+SPLITS = ("train", "validation", "test")
+
+
+def _median(args: Sequence[int]) -> int:
+    return int(np.median(args))
+
+
+_APPLY = {
+    "[MIN": min,
+    "[MAX": max,
+    "[MED": _median,
+    "[SM": lambda args: sum(args) % 10,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ListOpsSpec:
+    """How ListOps expressions are drawn. Defaults are the LRA task.
+
+    Attributes:
+      min_length: expressions must have more than this many tokens (LRA: 500).
+      max_length: and fewer than this many (LRA: 2000).
+      max_depth: operator nesting limit, the root being depth 1 (LRA: 10).
+      max_args: most arguments per operator; the least is 2 (LRA: 10).
+      operator_prob: probability that a node above the depth limit is an operator (LRA: 0.25).
+      num_train, num_validation, num_test: split sizes (LRA: 96k / 2k / 2k).
+      seed: the generator's seed.
+    """
+
+    min_length: int = 500
+    max_length: int = 2000
+    max_depth: int = 10
+    max_args: int = 10
+    operator_prob: float = 0.25
+    num_train: int = 96_000
+    num_validation: int = 2_000
+    num_test: int = 2_000
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.min_length < self.max_length - 1:
+            raise ValueError(
+                f"need 0 <= min_length < max_length - 1, got min_length={self.min_length}, "
+                f"max_length={self.max_length}"
+            )
+        if self.max_depth < 1 or self.max_args < 2:
+            raise ValueError(
+                f"need max_depth >= 1 and max_args >= 2, got {self.max_depth}, {self.max_args}"
+            )
+        if not 0.0 < self.operator_prob <= 1.0:
+            raise ValueError(f"operator_prob must be in (0, 1], got {self.operator_prob}")
+
+    def split_sizes(self) -> dict[str, int]:
+        return dict(zip(SPLITS, (self.num_train, self.num_validation, self.num_test), strict=True))
+
+    def fingerprint(self) -> str:
+        """A short hash of the spec, naming its cache directory."""
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _draw_tree(rng: np.random.Generator, depth: int, spec: ListOpsSpec) -> tuple[list[str], int]:
+    """One subtree as (tokens, value); ``depth`` counts the root as 1."""
+    if depth > spec.max_depth or rng.random() >= spec.operator_prob:
+        digit = int(rng.integers(10))
+        return [str(digit)], digit
+    operator = OPERATORS[int(rng.integers(len(OPERATORS)))]
+    tokens, values = [operator], []
+    for _ in range(int(rng.integers(2, spec.max_args + 1))):
+        sub_tokens, sub_value = _draw_tree(rng, depth + 1, spec)
+        tokens += sub_tokens
+        values.append(sub_value)
+    tokens.append(CLOSE)
+    return tokens, _APPLY[operator](values)
+
+
+def generate_expressions(spec: ListOpsSpec) -> Iterator[tuple[str, int]]:
+    """Endless unique ``(source, label)`` pairs whose length lies in the spec's range.
+
+    The root is always an operator (a lone digit is not a list operation). Draws whose
+    token count falls outside ``(min_length, max_length)`` or repeat an earlier
+    expression are rejected, as in LRA.
+    """
+    rng = np.random.default_rng(spec.seed)
+    seen: set[str] = set()
+    while True:
+        operator = OPERATORS[int(rng.integers(len(OPERATORS)))]
+        tokens, values = [operator], []
+        for _ in range(int(rng.integers(2, spec.max_args + 1))):
+            sub_tokens, sub_value = _draw_tree(rng, 2, spec)
+            tokens += sub_tokens
+            values.append(sub_value)
+        tokens.append(CLOSE)
+        source = " ".join(tokens)
+        if spec.min_length < len(tokens) < spec.max_length and source not in seen:
+            seen.add(source)
+            yield source, _APPLY[operator](values)
+
+
+def tokenize(source: str) -> list[int]:
+    """Space-separated ListOps source -> token ids (see ``VOCAB``)."""
+    try:
+        return [TOKEN_IDS[token] for token in source.split()]
+    except KeyError as error:
+        raise ValueError(f"unknown ListOps token {error.args[0]!r} in {source[:80]!r}") from None
+
+
+def evaluate(token_ids: Sequence[int]) -> int:
+    """The value of a tokenized expression (padding ignored), by a stack machine.
+
+    Raises:
+      ValueError: the tokens do not form exactly one well-bracketed expression.
+    """
+    stack: list[tuple[str, list[int]]] = []
+    result: int | None = None
+    for token_id in token_ids:
+        if token_id == PAD_ID:
+            continue
+        if result is not None:
+            raise ValueError("tokens continue after the expression ended")
+        token = VOCAB[int(token_id)]
+        if token in _APPLY:
+            stack.append((token, []))
+            continue
+        if token == CLOSE:
+            if not stack:
+                raise ValueError("']' without an open operator")
+            operator, args = stack.pop()
+            if not args:
+                raise ValueError(f"{operator} closed without arguments")
+            value = _APPLY[operator](args)
+        else:
+            value = int(token)
+        if stack:
+            stack[-1][1].append(value)
+        else:
+            result = value
+    if stack or result is None:
+        raise ValueError("unterminated expression")
+    return result
+
+
+def depth(token_ids: Sequence[int]) -> int:
+    """Operator nesting depth of a tokenized expression (a lone digit has depth 0)."""
+    level = deepest = 0
+    for token_id in token_ids:
+        token = VOCAB[int(token_id)]
+        level += token in _APPLY
+        level -= token == CLOSE
+        deepest = max(deepest, level)
+    return deepest
+
+
+def _split_generator(spec_json: str, split: str):
+    spec = ListOpsSpec(**json.loads(spec_json))
+    sizes = spec.split_sizes()
+    # All splits come from one stream, so no expression appears in two splits.
+    skip = sum(sizes[s] for s in SPLITS[: SPLITS.index(split)])
+    for index, (source, label) in enumerate(generate_expressions(spec)):
+        if index >= skip + sizes[split]:
+            return
+        if index >= skip:
+            yield {"source": source, "input_ids": tokenize(source), "label": label}
+
+
+def load_listops(spec: ListOpsSpec, cache_dir: str | Path):
+    """The ListOps splits as a ``datasets.DatasetDict``, built once and cached.
+
+    The first call generates with ``Dataset.from_generator`` and stores each split
+    with ``save_to_disk`` under ``cache_dir/listops-<fingerprint>``; later calls
+    ``load_from_disk``. Columns: ``source`` (str), ``input_ids`` (list of int),
+    ``label`` (int in 0..9).
+
+    Example:
+      >>> spec = ListOpsSpec(min_length=20, max_length=60, max_depth=3, num_train=8,
+      ...                    num_validation=2, num_test=2)
+      >>> ds = load_listops(spec, "/tmp/listops-cache")  # doctest: +SKIP
+      >>> ds["train"][0]["label"]  # doctest: +SKIP
+    """
+    import datasets
+
+    root = Path(cache_dir) / f"listops-{spec.fingerprint()}"
+    splits = {}
+    for split in SPLITS:
+        path = root / split
+        if not path.exists():
+            _build_split(spec, split, path)
+        splits[split] = datasets.load_from_disk(str(path))
+    return datasets.DatasetDict(splits)
+
+
+def _build_split(spec: ListOpsSpec, split: str, path: Path) -> None:
+    """Generates one split and moves it into ``path`` in one rename (no half-written cache)."""
+    import datasets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    datasets.disable_progress_bars()
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        built = datasets.Dataset.from_generator(
+            _split_generator,
+            gen_kwargs={"spec_json": json.dumps(dataclasses.asdict(spec)), "split": split},
+            cache_dir=str(Path(scratch) / "build"),
+        )
+        built.save_to_disk(str(Path(scratch) / "saved"))
+        os.replace(Path(scratch) / "saved", path)

@@ -1,0 +1,455 @@
+"""The training loop: resumable, evaluated, logged, checkpointed, sharded.
+
+Everything a step depends on is a function of ``(seed, step)``: the batch
+(``data.train_batch(step)``, see effjax.data.batching.BatchOrder) and the random key
+(``jax.random.fold_in(key(seed), step)``). Restoring the parameters and optimizer
+state of step ``s`` from a checkpoint therefore continues exactly as the
+uninterrupted run would have. SIGINT/SIGTERM finish the current step, save a
+checkpoint and return; a crash loses at most ``checkpoint_every`` steps.
+
+Files in the work directory:
+
+* ``config.json``: the run's configuration; a rerun must match it (run-control
+  fields such as ``num_steps`` or intervals may change; see
+  effjax.train.config.RESUMABLE_CHANGES), else :func:`train` stops before writing.
+* ``checkpoints/<step>/``: orbax checkpoints (written to a temporary directory and
+  renamed, so a checkpoint is complete or absent).
+* ``metrics.jsonl``: one JSON object per log or evaluation, appended with a single
+  ``write`` each; records after the restored step are dropped on resume.
+* ``tensorboard/``: the same scalars as TensorBoard event files (tensorboardX).
+
+Example:
+  >>> result = train(config, "/tmp/run", model=model, data=data)  # doctest: +SKIP
+  >>> result["test/accuracy"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import struct
+
+from effjax.train import sharding
+from effjax.train.config import ExperimentConfig, OptimizerConfig, incompatibilities, to_json
+
+
+class TrainState(struct.PyTreeNode):
+    """``step`` (int32 scalar), ``params`` and ``opt_state``: all a resumed run needs."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def make_schedule(config: OptimizerConfig, num_steps: int) -> optax.Schedule:
+    """Linear warm-up to ``learning_rate`` then cosine/linear/constant decay.
+
+    The decay ends at ``decay_steps`` (default ``num_steps``) at
+    ``end_fraction * learning_rate``.
+    """
+    total = config.decay_steps or num_steps
+    peak, end = config.learning_rate, config.learning_rate * config.end_fraction
+    warmup = min(config.warmup_steps, total)
+    if config.decay == "constant":
+        decay = optax.constant_schedule(peak)
+    elif config.decay == "linear":
+        decay = optax.linear_schedule(peak, end, max(total - warmup, 1))
+    else:
+        decay = optax.cosine_decay_schedule(peak, max(total - warmup, 1), alpha=end / peak)
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def make_optimizer(config: OptimizerConfig, num_steps: int) -> optax.GradientTransformation:
+    """AdamW on :func:`make_schedule`, after global-norm clipping when configured."""
+    adamw = optax.adamw(
+        make_schedule(config, num_steps),
+        b1=config.b1,
+        b2=config.b2,
+        weight_decay=config.weight_decay,
+    )
+    if config.grad_clip is None:
+        return adamw
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw)
+
+
+def classification_loss(logits: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict]:
+    """Mean cross-entropy of ``logits [B, C]`` against ``batch["labels"] [B]``, and accuracy."""
+    labels = batch["labels"]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    accuracy = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return loss.mean(), {"loss": loss.mean(), "accuracy": accuracy.mean()}
+
+
+def forward(
+    model: nn.Module,
+    params: Any,
+    batch: dict[str, jax.Array],
+    *,
+    train: bool,
+    rng: jax.Array | None,
+) -> jax.Array:
+    """``model(inputs, padding_mask, deterministic=not train)`` with dropout keys.
+
+    The mask is passed positionally, as effjax.models' encoders take it
+    (``attention_mask``, True/1 = a real token).
+    """
+    return model.apply(
+        {"params": params},
+        batch["inputs"],
+        batch["padding_mask"],
+        deterministic=not train,
+        rngs=None if rng is None else {"dropout": rng},
+    )
+
+
+LossFn = Callable[[jax.Array, dict], tuple[jax.Array, dict]]
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    seed: int,
+    loss_fn: LossFn = classification_loss,
+    axis_name: str | None = None,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """``step(state, batch) -> (state, metrics)``; the key is ``fold_in(key(seed), step)``.
+
+    With ``axis_name`` (pmap), gradients and metrics are averaged over that axis, so
+    equal per-device batches give the full batch's mean-loss gradient.
+    """
+    base_key = jax.random.key(seed)
+
+    def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        rng = jax.random.fold_in(base_key, state.step)
+
+        def loss(params):
+            return loss_fn(forward(model, params, batch, train=True, rng=rng), batch)
+
+        (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+        if axis_name is not None:
+            grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return step
+
+
+def init_state(
+    model: nn.Module, tx: optax.GradientTransformation, seed: int, batch: dict
+) -> TrainState:
+    """Parameters from ``key(seed)`` (split off the step keys) and a fresh optimizer state."""
+    init_key = jax.random.fold_in(jax.random.key(seed), -1 % 2**31)
+    variables = model.init(
+        {"params": init_key, "dropout": init_key},
+        batch["inputs"],
+        batch["padding_mask"],
+        deterministic=True,
+    )
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+# ---------------------------------------------------------------- work directory
+
+
+def _read_saved_config(workdir: Path) -> dict | None:
+    path = workdir / "config.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def check_workdir(workdir: Path, config: ExperimentConfig) -> None:
+    """Stops with a clear message when ``workdir`` belongs to another experiment.
+
+    Raises:
+      ValueError: ``workdir/config.json`` differs in a field that a resumed run
+        cannot change, or checkpoints exist without a config.json (not an effjax
+        work directory).
+    """
+    saved = _read_saved_config(workdir)
+    ckpt_dir = workdir / "checkpoints"
+    has_checkpoints = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
+    if saved is None:
+        if has_checkpoints:
+            raise ValueError(
+                f"workdir {workdir} holds checkpoints but no config.json; refusing to "
+                "resume or overwrite them (use a new --workdir)"
+            )
+        return
+    problems = incompatibilities(saved, config)
+    if problems:
+        raise ValueError(
+            f"workdir {workdir} holds a run with a different configuration; refusing to "
+            "resume or overwrite it (use a new --workdir). Differences:\n  " + "\n  ".join(problems)
+        )
+
+
+def _check_checkpoint_structure(manager: ocp.CheckpointManager, step: int, abstract) -> None:
+    """Parameter names and shapes of the checkpoint equal the model's (before restoring)."""
+    metadata = manager.item_metadata(step)["state"]
+    tree = getattr(metadata, "tree", metadata)
+    saved_params = tree.get("params") if isinstance(tree, dict) else None
+    if saved_params is None:
+        raise ValueError(f"checkpoint {step} in {manager.directory} holds no train state")
+    saved = {
+        sharding._path_name(p): tuple(leaf.shape)
+        for p, leaf in jax.tree_util.tree_flatten_with_path(saved_params)[0]
+    }
+    wanted = {
+        sharding._path_name(p): tuple(leaf.shape)
+        for p, leaf in jax.tree_util.tree_flatten_with_path(abstract.params)[0]
+    }
+    if saved != wanted:
+        diff = sorted(set(saved.items()) ^ set(wanted.items()))[:6]
+        raise ValueError(
+            f"checkpoint {step} in {manager.directory} does not fit the model "
+            f"(first differences, (path, shape)): {diff}"
+        )
+
+
+class _MetricsLog:
+    """``metrics.jsonl`` (one ``os.write`` per record) plus TensorBoard scalars."""
+
+    def __init__(self, workdir: Path, resume_step: int):
+        self.path = workdir / "metrics.jsonl"
+        self._drop_after(resume_step)
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(str(workdir / "tensorboard"))
+
+    def _drop_after(self, step: int) -> None:
+        # Records past the checkpoint belong to steps that will be recomputed.
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        if len(kept) != len(lines):
+            scratch = self.path.with_suffix(".jsonl.tmp")
+            scratch.write_text("".join(kept))
+            os.replace(scratch, self.path)
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        record = {"step": step, "time": time.time(), **values}
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(record) + "\n").encode())
+        finally:
+            os.close(fd)
+        for name, value in values.items():
+            self.writer.add_scalar(name, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@contextlib.contextmanager
+def _stop_requests() -> Iterator[list[int]]:
+    """Catches SIGINT/SIGTERM into a list instead of killing the process mid-step."""
+    received: list[int] = []
+    previous = {}
+
+    def handler(signum, _frame):
+        received.append(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, handler)
+    try:
+        yield received
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def _progress(enabled: bool, total: int, start: int):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+        disable=not enabled,
+        transient=False,
+    )
+    task = bar.add_task("train", total=total, completed=start, status="")
+    return bar, task
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def make_eval_step(model: nn.Module, loss_fn: LossFn = classification_loss) -> Callable:
+    """``eval_step(params, batch) -> metrics`` (jitted, deterministic)."""
+    return jax.jit(lambda p, b: loss_fn(forward(model, p, b, train=False, rng=None), b)[1])
+
+
+def evaluate(eval_step: Callable, params: Any, batches) -> dict[str, float]:
+    """Example-weighted mean of ``eval_step``'s metrics over ``batches``."""
+    totals: dict[str, float] = {}
+    count = 0
+    for batch in batches:
+        size = len(batch["labels"])
+        for name, value in eval_step(params, batch).items():
+            totals[name] = totals.get(name, 0.0) + float(value) * size
+        count += size
+    return {name: total / count for name, total in totals.items()}
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train(
+    config: ExperimentConfig,
+    workdir: str | Path,
+    *,
+    model: nn.Module,
+    data,
+    loss_fn: LossFn = classification_loss,
+) -> dict[str, Any]:
+    """Trains ``model`` on ``data`` per ``config``, resuming from ``workdir``'s checkpoint.
+
+    Args:
+      config: the experiment (``run`` sets steps, intervals, seed, mesh).
+      workdir: where config.json, checkpoints, metrics.jsonl and tensorboard/ live.
+      model: a linen module called as ``model(inputs, padding_mask, deterministic=)``
+        (effjax.models.EncoderForSequenceClassification).
+      data: ``train_batch(step) -> batch`` and ``eval_batches(split, limit)``
+        (effjax.data.batching.ClassificationData).
+      loss_fn: ``(logits, batch) -> (loss, metrics)``.
+
+    Returns:
+      ``{"step", "stopped" (the signal that stopped the run, else 0), "state",
+      "validation/<metric>",
+      "test/<metric>"}`` (test metrics when the run completed and data has a test split).
+
+    Raises:
+      ValueError: the work directory holds another experiment or an incompatible
+        checkpoint (nothing is written in that case).
+    """
+    workdir = Path(workdir)
+    run = config.run
+    check_workdir(workdir, config)
+
+    tx = make_optimizer(config.optimizer, run.num_steps)
+    mesh = sharding.make_mesh(run.mesh_data, run.mesh_model)
+    rules = sharding.RULES[run.sharding]
+    example = data.train_batch(0)
+    abstract = jax.eval_shape(lambda b: init_state(model, tx, run.seed, b), example)
+    state_sharding = sharding.state_shardings(abstract, tx, mesh, rules)
+
+    manager = ocp.CheckpointManager(
+        (workdir / "checkpoints").absolute(),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=run.max_checkpoints, enable_async_checkpointing=False, create=False
+        ),
+        item_handlers={"state": ocp.StandardCheckpointHandler()},
+    )
+    latest = manager.latest_step() if (workdir / "checkpoints").is_dir() else None
+    if latest is not None:
+        _check_checkpoint_structure(manager, latest, abstract)
+        target = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract,
+            state_sharding,
+        )
+        state = manager.restore(
+            latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        )["state"]
+    else:
+        state = jax.jit(lambda b: init_state(model, tx, run.seed, b), out_shardings=state_sharding)(
+            example
+        )
+    start = int(state.step)
+
+    # Validation is over: from here on the work directory is written.
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "checkpoints").mkdir(exist_ok=True)
+    if not (workdir / "config.json").exists():
+        scratch = workdir / "config.json.tmp"
+        scratch.write_text(json.dumps(to_json(config), indent=2))
+        os.replace(scratch, workdir / "config.json")
+    log = _MetricsLog(workdir, start)
+
+    step_fn = make_train_step(model, tx, run.seed, loss_fn)
+    eval_step = make_eval_step(model, loss_fn)
+    compiled: dict[Any, Callable] = {}
+
+    def train_step(state, batch):
+        shapes = tuple(sorted((k, v.shape) for k, v in batch.items()))
+        if shapes not in compiled:
+            compiled[shapes] = sharding.jit_sharded(
+                step_fn, state_sharding, sharding.batch_shardings(batch, mesh, rules)
+            )
+        return compiled[shapes](state, batch)
+
+    def save(step: int) -> None:
+        if manager.latest_step() != step:
+            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+
+    def run_eval(split: str, limit: int | None, step: int) -> dict[str, float]:
+        values = evaluate(eval_step, state.params, data.eval_batches(split, limit))
+        values = {f"{split}/{name}": value for name, value in values.items()}
+        log.write(step, values)
+        return values
+
+    result: dict[str, Any] = {"stopped": 0}
+    pending: list[dict] = []
+    bar, task = _progress(run.progress, run.num_steps, start)
+    try:
+        with _stop_requests() as stop, bar:
+            for step in range(start, run.num_steps):
+                state, metrics = train_step(state, data.train_batch(step))
+                pending.append(metrics)
+                done = step + 1
+                if done % run.log_every == 0 or done == run.num_steps:
+                    means = {
+                        f"train/{k}": float(np.mean([m[k] for m in pending])) for k in pending[0]
+                    }
+                    means["train/learning_rate"] = float(
+                        make_schedule(config.optimizer, run.num_steps)(step)
+                    )
+                    log.write(done, means)
+                    bar.update(task, status=f"loss {means['train/loss']:.4f}")
+                    pending.clear()
+                if done % run.eval_every == 0 or done == run.num_steps:
+                    result.update(run_eval("validation", run.eval_examples, done))
+                if done % run.checkpoint_every == 0:
+                    save(done)
+                bar.update(task, completed=done)
+                if stop:
+                    save(done)
+                    result["stopped"] = stop[0]
+                    break
+            else:
+                save(run.num_steps)
+                if "test" in getattr(data, "splits", {}):
+                    result.update(run_eval("test", None, run.num_steps))
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+        log.close()
+    result["step"] = int(state.step)
+    result["state"] = state
+    return result

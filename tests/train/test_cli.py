@@ -1,0 +1,198 @@
+"""`effjax train` from the command line: smoke config, kill-and-resume, refusals."""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from effjax.train.cli import add_train_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _env(home):
+    # HOME redirects the smoke config's ~/.cache data cache into the test's directory.
+    return {**os.environ, "HOME": str(home), "XLA_FLAGS": "", "PYTHONPATH": str(ROOT)}
+
+
+def _command(config, workdir):
+    return [
+        sys.executable,
+        "-m",
+        "effjax.train.cli",
+        str(config),
+        "--workdir",
+        str(workdir),
+        "--no-progress",
+    ]
+
+
+def _cache(home):
+    return str(home / ".cache/effjax/data")
+
+
+def _records(workdir):
+    path = Path(workdir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _final_params(workdir):
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(
+        Path(workdir, "checkpoints").absolute(),
+        item_handlers={"state": ocp.StandardCheckpointHandler()},
+    )
+    state = manager.restore(manager.latest_step())["state"]
+    return manager.latest_step(), state["params"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """configs/smoke.py trained once, uninterrupted, through the command line."""
+    home = tmp_path_factory.mktemp("home")
+    workdir = home / "run"
+    done = subprocess.run(
+        _command(ROOT / "configs/smoke.py", workdir),
+        cwd=ROOT,
+        env=_env(home),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return home, workdir, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_smoke_config_trains_and_loss_falls(smoke_run):
+    _, workdir, summary = smoke_run
+    losses = [r["train/loss"] for r in _records(workdir) if "train/loss" in r]
+    assert losses[-1] < losses[0] - 0.1  # from ~ln(10) = 2.30 down
+    assert summary["step"] == 150 and summary["stopped"] == 0
+    assert summary["validation/accuracy"] > 0.15  # above chance (0.1)
+    assert json.loads((workdir / "config.json").read_text())["name"] == "smoke"
+
+
+def _resume_config(home, smoke_home):
+    # The smoke experiment with a checkpoint every 10 steps, reading the same data cache.
+    path = home / "resume_config.py"
+    path.write_text(
+        textwrap.dedent(f"""
+        import dataclasses, runpy
+        smoke = runpy.run_path({str(ROOT / "configs/smoke.py")!r})["config"]
+        config = smoke.replace(
+            data=dataclasses.replace(smoke.data, cache_dir={_cache(smoke_home)!r}),
+            run=dataclasses.replace(smoke.run, checkpoint_every=10),
+        )
+    """)
+    )
+    return path
+
+
+def _run_until(command, env, workdir, step, sig):
+    """Starts a run and sends ``sig`` once metrics.jsonl reaches ``step``."""
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 240
+    while not any(r["step"] >= step for r in _records(workdir)):
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(sig)
+    process.communicate(timeout=120)
+    return process.returncode
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_to_the_uninterrupted_result(smoke_run, tmp_path, sig):
+    smoke_home, smoke_workdir, summary = smoke_run
+    config = _resume_config(tmp_path, smoke_home)
+    # The resume config only changes checkpoint_every, a run-control field.
+    workdir = tmp_path / "run"
+    env = _env(tmp_path)
+    code = _run_until(_command(config, workdir), env, workdir, 75, sig)
+    stopped_at, _ = _final_params(workdir)
+    if sig == signal.SIGKILL:
+        assert code == -signal.SIGKILL and stopped_at < 150  # crashed mid-run
+    else:
+        assert code == 128 + signal.SIGTERM and 75 <= stopped_at < 150  # saved on the way out
+    again = subprocess.run(
+        _command(config, workdir), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    resumed = json.loads(again.stdout.strip().splitlines()[-1])
+    assert resumed["test/loss"] == summary["test/loss"]
+    (step, params), (_, reference) = _final_params(workdir), _final_params(smoke_workdir)
+    assert step == 150
+    import jax
+
+    jax.tree.map(np.testing.assert_array_equal, params, reference)
+
+
+def _cli(*argv):
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers())
+    args = parser.parse_args(["train", *map(str, argv), "--no-progress"])
+    return args.func(args)
+
+
+def _snapshot(directory):
+    return {p: p.read_bytes() for p in sorted(Path(directory).rglob("*")) if p.is_file()}
+
+
+def test_unknown_field_stops_before_training(tmp_path, capsys):
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        (ROOT / "configs/smoke.py").read_text().replace("learning_rate=", "lerning_rate=")
+    )
+    assert _cli(bad, "--workdir", tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert "unknown field 'lerning_rate' in OptimizerConfig" in err
+    assert "learning_rate" in err.split("known fields:")[1]
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_stops_before_training(tmp_path, capsys):
+    config = tmp_path / "text.py"
+    config.write_text(
+        textwrap.dedent(f"""
+        import dataclasses, runpy
+        from effjax.train.config import DataConfig
+        smoke = runpy.run_path({str(ROOT / "configs/smoke.py")!r})["config"]
+        config = smoke.replace(data=DataConfig(kind="text", path="/no/such/dir", max_length=48),
+                               model=smoke.model.replace(vocab_size=257))
+    """)
+    )
+    assert _cli(config, "--workdir", tmp_path / "run") == 2
+    assert "data.path='/no/such/dir'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_incompatible_checkpoint_stops_and_overwrites_nothing(smoke_run, tmp_path, capsys):
+    smoke_home, smoke_workdir, _ = smoke_run
+    before = _snapshot(smoke_workdir)
+    config = tmp_path / "wider.py"
+    config.write_text(
+        textwrap.dedent(f"""
+        import dataclasses, runpy
+        smoke = runpy.run_path({str(ROOT / "configs/smoke.py")!r})["config"]
+        config = smoke.replace(
+            model=smoke.model.replace(hidden_size=64),
+            data=dataclasses.replace(smoke.data, cache_dir={_cache(smoke_home)!r}),
+        )
+    """)
+    )
+    assert _cli(config, "--workdir", smoke_workdir) == 2
+    err = capsys.readouterr().err
+    assert "model.hidden_size: checkpoint has 32, config has 64" in err
+    assert _snapshot(smoke_workdir) == before
