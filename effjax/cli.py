@@ -1,4 +1,4 @@
-"""The ``effjax`` command: ``effjax bench ...``."""
+"""The ``effjax`` command: ``effjax bench ...`` and ``effjax train CONFIG --workdir DIR``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
+
+from effjax.train.cli import add_train_parser
 
 
 def _csv(cast):
@@ -115,13 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="effjax", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_bench_parser(subparsers)
+    add_train_parser(subparsers)
     args = parser.parse_args(argv)
+    if args.command == "train":
+        return args.func(args)
     try:
-        if args.command == "bench":
-            return _run_bench(args, argv)
+        return _run_bench(args, argv)
     except ValueError as err:
-        parser.exit(2, f"effjax {args.command}: error: {err}\n")
-    return 1
+        parser.exit(2, f"effjax bench: error: {err}\n")
 
 
 if __name__ == "__main__":
