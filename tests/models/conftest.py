@@ -39,7 +39,7 @@ def tiny_config(**changes) -> EncoderConfig:
     base = dict(
         vocab_size=50,
         hidden_size=16,
-        num_layers=2,
+        num_layers=1,
         num_heads=4,
         intermediate_size=32,
         max_position_embeddings=24,
