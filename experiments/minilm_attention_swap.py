@@ -72,7 +72,13 @@ VARIANTS = {
     "global_local": ("global_local", {"window_size": WINDOW}, True),
     "block_sparse": (
         "block_sparse",
-        {"block_size": 64, "num_random_blocks": 3, "num_global_blocks": 2},
+        # A fixed key for the random blocks (the layer's hooks may supply their own).
+        {
+            "block_size": 64,
+            "num_random_blocks": 3,
+            "num_global_blocks": 2,
+            "rng": jax.random.key(0),
+        },
         False,
     ),
 }

@@ -314,20 +314,23 @@ def load_hf_encoder(
       >>> model.config.hidden_size
       384
     """
-    config = load_encoder_config(path, attention=attention, attention_options=attention_options)
-    directory = Path(path)
-    tensors = _normalize_names(_read_tensors(directory))
-    prefix = _find_prefix(tensors, directory)
-    has_pooler = f"{prefix}pooler.dense.weight" in tensors
-    config = config.replace(add_pooler=has_pooler)
-    specs = _encoder_tensors(config, prefix)
-    params = _convert(tensors, specs, str(directory / _WEIGHTS), dtype)
-    _warn_unused(tensors, {s.hf_name for s in specs} | _head_names(config), str(directory))
+    config, params, _ = _load(path, attention, attention_options, dtype, with_mlm_head=False)
     return Encoder(config), {"params": params}
 
 
-def _head_names(config: EncoderConfig) -> set[str]:
-    return {s.hf_name for s in _mlm_head_tensors(config)}
+def _load(path, attention, attention_options, dtype, *, with_mlm_head: bool):
+    """(config, encoder params, MLM-head params or None) of a model directory."""
+    config = load_encoder_config(path, attention=attention, attention_options=attention_options)
+    directory = Path(path)
+    where = str(directory / _WEIGHTS)
+    tensors = _normalize_names(_read_tensors(directory))
+    prefix = _find_prefix(tensors, directory)
+    config = config.replace(add_pooler=f"{prefix}pooler.dense.weight" in tensors)
+    specs, head_specs = _encoder_tensors(config, prefix), _mlm_head_tensors(config)
+    params = _convert(tensors, specs, where, dtype)
+    head = _convert(tensors, head_specs, where, dtype) if with_mlm_head else None
+    _warn_unused(tensors, {s.hf_name for s in specs + head_specs}, str(directory))
+    return config, params, head
 
 
 def load_hf_masked_lm(
@@ -343,15 +346,8 @@ def load_hf_masked_lm(
     ``input_ids [B, T]`` to logits ``[B, T, vocab_size]``. Raises like
     :func:`load_hf_encoder`, naming a missing head tensor.
     """
-    encoder, variables = load_hf_encoder(
-        path, attention=attention, attention_options=attention_options, dtype=dtype
-    )
-    config = encoder.config
-    tensors = _normalize_names(_read_tensors(Path(path)))
-    head = _convert(tensors, _mlm_head_tensors(config), str(Path(path) / _WEIGHTS), dtype)
-    return EncoderForMaskedLM(config), {
-        "params": {"encoder": variables["params"], "mlm_head": head}
-    }
+    config, params, head = _load(path, attention, attention_options, dtype, with_mlm_head=True)
+    return EncoderForMaskedLM(config), {"params": {"encoder": params, "mlm_head": head}}
 
 
 def _hf_config_dict(config: EncoderConfig, architecture: str) -> dict[str, Any]:
