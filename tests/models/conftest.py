@@ -6,7 +6,20 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+import effjax.attention as ea
+from effjax.attention import dot_product_attention, masks
 from effjax.models import EncoderConfig
+
+
+def windowed_dense(query, key, value, *, window_size, padding_mask=None, is_causal=False):
+    """A stand-in for a sparse variant: dense attention under a sliding-window mask."""
+    mask = masks.window_mask(query.shape[1], key.shape[1], window_size, is_causal=is_causal)
+    return dot_product_attention(
+        query, key, value, mask=mask[None, None], padding_mask=padding_mask, is_causal=is_causal
+    )
+
+
+ea.register("test_windowed_dense", windowed_dense, overwrite=True)
 
 
 @pytest.fixture(scope="session")

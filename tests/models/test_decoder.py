@@ -109,6 +109,11 @@ def test_generation_with_a_registered_variant_and_its_decode_hook(lm):
     with pytest.raises(ValueError, match="'test_decoder_dense' has no decoding cache"):
         generate(variant, params, prompt, max_new_tokens=2)
     register_layer_hooks("test_decoder_dense", decode=full_cache_decode)
+    # An array-valued option makes the model unhashable: generate compiles it uncached.
+    default_scale = np.asarray(1 / np.sqrt(model.config.hidden_size // model.config.num_heads))
+    variant = DecoderLM(variant.config.replace(attention_options={"scale": default_scale}))
+    with pytest.raises(TypeError):
+        hash(variant)
     np.testing.assert_array_equal(
         generate(variant, params, prompt, max_new_tokens=NEW),
         generate(model, params, prompt, max_new_tokens=NEW),

@@ -4,26 +4,14 @@ import numpy as np
 import pytest
 
 import effjax.attention as ea
-from effjax.attention import dot_product_attention, masks
 from effjax.models import (
     Encoder,
     EncoderForSequenceClassification,
     extend_position_embeddings,
 )
-from tests.models.conftest import random_ids, right_padding, tiny_config
+from tests.models.conftest import random_ids, right_padding, tiny_config, windowed_dense
 
 B, T = 2, 12
-
-
-def windowed_dense(query, key, value, *, window_size, padding_mask=None, is_causal=False):
-    """A stand-in for a sparse variant: dense attention under a sliding-window mask."""
-    mask = masks.window_mask(query.shape[1], key.shape[1], window_size, is_causal=is_causal)
-    return dot_product_attention(
-        query, key, value, mask=mask[None, None], padding_mask=padding_mask, is_causal=is_causal
-    )
-
-
-ea.register("test_windowed_dense", windowed_dense, overwrite=True)
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,20 @@ def test_minilm_matches_pytorch_bert(minilm_path, minilm_batch, minilm_outputs):
     np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1.0, atol=1e-6)
 
 
+def test_minilm_loads_with_a_registered_variant_by_name(minilm_path, minilm_batch, minilm_outputs):
+    # The stand-in sees every key when its window covers the sentence: equal to dense.
+    model, variables = load_hf_encoder(
+        minilm_path, attention="test_windowed_dense", attention_options={"window_size": 64}
+    )
+    assert (model.config.attention, dict(model.config.attention_options)) == (
+        "test_windowed_dense",
+        {"window_size": 64},
+    )
+    ids, mask = minilm_batch["input_ids"], minilm_batch["attention_mask"]
+    got = jax.jit(model.apply)(variables, jnp.asarray(ids), jnp.asarray(mask))
+    np.testing.assert_allclose(got, minilm_outputs, atol=1e-5)
+
+
 def test_minilm_embeddings_rank_related_sentences_closer(minilm_outputs, minilm_batch):
     mask = jnp.asarray(minilm_batch["attention_mask"])
     e = np.asarray(sentence_embedding(jnp.asarray(minilm_outputs), mask))
