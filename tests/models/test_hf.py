@@ -189,3 +189,45 @@ def test_sentence_embedding_ignores_padding_and_checks_shapes():
     np.testing.assert_allclose(got, [[2.0, 2.0]])
     with pytest.raises(ValueError, match=r"attention_mask \[B, T\]; got \(1, 3, 2\) and \(1, 2\)"):
         sentence_embedding(hidden, jnp.ones((1, 2)))
+
+
+def test_bigbird_checkpoint_loads_and_matches_pytorch(tmp_path):
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    hf_config = transformers.BigBirdConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=32, max_position_embeddings=32, attention_type="original_full",
+        sep_token_id=2, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    reference = transformers.BigBirdModel(hf_config).eval()
+    reference.save_pretrained(tmp_path)
+    model, variables = load_hf_encoder(tmp_path)
+    assert (model.config.model_type, model.config.attention) == ("big_bird", "dense")
+    ids = np.asarray(random_ids(model.config, 2, 9))
+    mask = np.asarray(right_padding([9, 5], 9))
+    with torch.no_grad():
+        want = reference(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
+    got = jax.jit(model.apply)(variables, jnp.asarray(ids), jnp.asarray(mask))
+    np.testing.assert_allclose(got, want.last_hidden_state.numpy(), atol=1e-5)
+    pooled = model.apply(variables, got, method="pooled_output")
+    np.testing.assert_allclose(pooled, want.pooler_output.numpy(), atol=1e-5)
+
+    # Export: transformers reads it back as the same BigBird.
+    out = export_hf_encoder(model, variables, tmp_path / "export")
+    assert json.loads((out / "config.json").read_text())["attention_type"] == "original_full"
+    with torch.no_grad():
+        again = transformers.BigBirdModel.from_pretrained(str(out)).eval()
+        again = again(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
+    np.testing.assert_allclose(again.last_hidden_state.numpy(), want.last_hidden_state, atol=1e-6)
+
+    # A block-sparse BigBird config selects effjax's block_sparse with its settings.
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(attention_type="block_sparse", block_size=8, num_random_blocks=1)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    cfg = load_encoder_config(tmp_path)
+    assert (cfg.attention, dict(cfg.attention_options)) == (
+        "block_sparse",
+        {"block_size": 8, "num_random_blocks": 1},
+    )
