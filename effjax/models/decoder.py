@@ -97,7 +97,11 @@ class DecoderLM(nn.Module):
         padding_mask = padding_mask_from(attention_mask, input_ids)
 
         embed = nn.Embed(
-            cfg.vocab_size, cfg.hidden_size, embedding_init=_init(cfg), name="token_embeddings"
+            cfg.vocab_size,
+            cfg.hidden_size,
+            embedding_init=_init(cfg),
+            dtype=self.dtype,
+            name="token_embeddings",
         )
         positions = self._positions(input_ids.shape[1])
         x = (
