@@ -69,12 +69,25 @@ STDLIB_MODULES = (
 WINDOW = 64  # tokens on each side: 129-token windows (Longformer-base uses 256 + 256 + 1)
 VARIANTS = {
     "local": ("local", {"window_size": WINDOW}, False),
-    "global_local": ("global_local", {"window_size": WINDOW}, True),
+    # max_global_tokens: a static bound on global tokens per row, needed under jit.
+    "global_local": ("global_local", {"window_size": WINDOW, "max_global_tokens": 1}, True),
     "block_sparse": (
         "block_sparse",
         # A fixed key for the random blocks (the layer's hooks may supply their own).
         {
             "block_size": 64,
+            "num_random_blocks": 3,
+            "num_global_blocks": 2,
+            "rng": jax.random.key(0),
+        },
+        False,
+    ),
+    # The same pattern at the local window's budget: (3 window + 2 global + 3 random) blocks
+    # of 16 = 128 keys per query, against local's 129.
+    "block_sparse_16": (
+        "block_sparse",
+        {
+            "block_size": 16,
             "num_random_blocks": 3,
             "num_global_blocks": 2,
             "rng": jax.random.key(0),
@@ -91,7 +104,15 @@ def emulated_local(query, key, value, *, window_size, padding_mask=None, is_caus
 
 
 def emulated_global_local(
-    query, key, value, *, window_size, global_mask, padding_mask=None, is_causal=False
+    query,
+    key,
+    value,
+    *,
+    window_size,
+    global_mask,
+    padding_mask=None,
+    is_causal=False,
+    max_global_tokens=None,  # a bound the real variant needs under jit; the mask needs none
 ):
     """Dense attention under Longformer's window + global-token mask."""
     window = masks.window_mask(query.shape[1], key.shape[1], window_size)[None, None]
