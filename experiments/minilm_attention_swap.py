@@ -264,6 +264,11 @@ def main(argv=None):
     write_report(args, rows, variants, time.time() - start)
 
 
+def printable(options):
+    """Options as text, with a PRNG key shown as 'key' rather than its array repr."""
+    return {k: "fixed key" if k == "rng" else v for k, v in options.items()}
+
+
 def write_report(args, rows, variants, seconds):
     lines = [
         "# all-MiniLM-L6-v2 with efficient attention swapped in (no fine-tuning)",
@@ -282,7 +287,7 @@ def write_report(args, rows, variants, seconds):
         "",
         "Variant options: "
         + "; ".join(
-            f"{label} = {name or VARIANTS[label][0]} {dict(options)}"
+            f"{label} = {name or VARIANTS[label][0]} {printable(options)}"
             + (" + global first token" if g else "")
             for label, name, options, g, _ in variants
         )
