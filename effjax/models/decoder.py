@@ -17,7 +17,13 @@ import jax
 import jax.numpy as jnp
 
 from effjax.models.config import DecoderConfig
-from effjax.models.encoder import _init, check_input_length, feed_forward, self_attention
+from effjax.models.encoder import (
+    _init,
+    check_input_length,
+    feed_forward,
+    padding_mask_from,
+    self_attention,
+)
 
 Dtype = Any
 
@@ -88,10 +94,14 @@ class DecoderLM(nn.Module):
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [B, T], got shape {input_ids.shape}")
         check_input_length(input_ids.shape[1], cfg)
-        padding_mask = None if attention_mask is None else attention_mask.astype(bool)
+        padding_mask = padding_mask_from(attention_mask, input_ids)
 
         embed = nn.Embed(
-            cfg.vocab_size, cfg.hidden_size, embedding_init=_init(cfg), name="token_embeddings"
+            cfg.vocab_size,
+            cfg.hidden_size,
+            embedding_init=_init(cfg),
+            dtype=self.dtype,
+            name="token_embeddings",
         )
         positions = self._positions(input_ids.shape[1])
         x = (

@@ -34,6 +34,17 @@ def check_input_length(length: int, config) -> None:
         )
 
 
+def padding_mask_from(attention_mask: jax.Array | None, input_ids: jax.Array) -> jax.Array | None:
+    """Hugging Face's ``attention_mask [B, T]`` (nonzero = real token) -> bool padding mask."""
+    if attention_mask is None:
+        return None
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask shape {attention_mask.shape} != input_ids shape {input_ids.shape}"
+        )
+    return attention_mask.astype(bool)
+
+
 def encoder_position_ids(input_ids: jax.Array, config: EncoderConfig) -> jax.Array:
     """Position ids ``int [B, T]``: ``offset + t`` for BERT; for RoBERTa real tokens count
     up from ``pad_token_id + 1`` and padding tokens take ``pad_token_id``."""
@@ -202,14 +213,7 @@ class Encoder(nn.Module):
         if input_ids.ndim != 2:
             raise ValueError(f"input_ids must be [B, T], got shape {input_ids.shape}")
         check_input_length(input_ids.shape[1], self.config)
-        padding_mask = None
-        if attention_mask is not None:
-            if attention_mask.shape != input_ids.shape:
-                raise ValueError(
-                    f"attention_mask shape {attention_mask.shape} != input_ids shape "
-                    f"{input_ids.shape}"
-                )
-            padding_mask = attention_mask.astype(bool)
+        padding_mask = padding_mask_from(attention_mask, input_ids)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic)

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints: BERT/RoBERTa encoders in and out of the safetensors layout.
+"""Hugging Face checkpoints: BERT/RoBERTa/BigBird encoders in and out of the safetensors layout.
 
 A model directory holds ``config.json`` and ``model.safetensors`` (or a sharded
 ``model.safetensors.index.json``). Loading needs transformers (for the config) and
@@ -36,7 +36,10 @@ from effjax.models.encoder import Encoder, EncoderForMaskedLM
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "big_bird")
+# Hugging Face class-name stem and the base model's prefix inside a ...ForMaskedLM checkpoint.
+_FAMILIES = {"bert": ("Bert", "bert."), "big_bird": ("BigBird", "bert.")}
+_ROBERTA_FAMILY = ("Roberta", "roberta.")
 _WEIGHTS = "model.safetensors"
 _WEIGHTS_INDEX = "model.safetensors.index.json"
 # Keys a checkpoint may carry that the encoder does not use (buffers, tied copies, NSP head).
@@ -147,14 +150,19 @@ def _encoder_tensors(cfg: EncoderConfig, prefix: str) -> list[_Tensor]:
         tensors += _linear(f"{hf}.output.dense", (*ff, "output"), d, cfg.intermediate_size)
         tensors += _layer_norm(f"{hf}.output.LayerNorm", (*ours, "output_norm"), d)
     if cfg.add_pooler:
-        tensors += _linear(f"{prefix}pooler.dense", ("pooler",), d, d)
+        tensors += _linear(_pooler_name(cfg, prefix), ("pooler",), d, d)
     return tensors
+
+
+def _pooler_name(cfg: EncoderConfig, prefix: str) -> str:
+    """BigBird names its pooler ``pooler``; BERT and RoBERTa ``pooler.dense``."""
+    return f"{prefix}pooler" if cfg.model_type == "big_bird" else f"{prefix}pooler.dense"
 
 
 def _mlm_head_tensors(cfg: EncoderConfig) -> list[_Tensor]:
     """The masked-LM head: BERT's ``cls.predictions.*`` or RoBERTa's ``lm_head.*``."""
     d = cfg.hidden_size
-    if cfg.model_type == "bert":
+    if cfg.model_type in _FAMILIES:
         head, norm, bias = (
             "cls.predictions.transform.dense",
             "cls.predictions.transform.LayerNorm",
@@ -184,7 +192,7 @@ def load_encoder_config(
     attention: str | None = None,
     attention_options: Mapping[str, Any] | None = None,
 ) -> EncoderConfig:
-    """The :class:`EncoderConfig` of a model directory's ``config.json`` (BERT/RoBERTa).
+    """The :class:`EncoderConfig` of a model directory's ``config.json`` (BERT family).
 
     An attention saved by :func:`export_hf_encoder` (``effjax_attention`` keys) is
     restored unless ``attention`` overrides it.
@@ -198,6 +206,12 @@ def load_encoder_config(
             f"{str(directory / 'config.json')!r} has model_type={hf_config.model_type!r}; "
             f"load_hf_encoder reads {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
+    for option, supported in (("rescale_embeddings", False), ("use_bias", True)):
+        if getattr(hf_config, option, supported) != supported:
+            raise ValueError(
+                f"{str(directory / 'config.json')!r} sets {option}="
+                f"{getattr(hf_config, option)!r}; only {option}={supported} is supported"
+            )
     saved_name = getattr(hf_config, "effjax_attention", None)
     saved_options = getattr(hf_config, "effjax_attention_options", None) or {}
     if attention is None and saved_name is not None:
@@ -292,7 +306,7 @@ def load_hf_encoder(
     attention_options: Mapping[str, Any] | None = None,
     dtype=jnp.float32,
 ) -> tuple[Encoder, dict]:
-    """Loads a BERT/RoBERTa encoder from a local Hugging Face model directory.
+    """Loads a BERT/RoBERTa/BigBird encoder from a local Hugging Face model directory.
 
     Args:
       path: a directory with ``config.json`` and ``model.safetensors``.
@@ -314,20 +328,23 @@ def load_hf_encoder(
       >>> model.config.hidden_size
       384
     """
-    config = load_encoder_config(path, attention=attention, attention_options=attention_options)
-    directory = Path(path)
-    tensors = _normalize_names(_read_tensors(directory))
-    prefix = _find_prefix(tensors, directory)
-    has_pooler = f"{prefix}pooler.dense.weight" in tensors
-    config = config.replace(add_pooler=has_pooler)
-    specs = _encoder_tensors(config, prefix)
-    params = _convert(tensors, specs, str(directory / _WEIGHTS), dtype)
-    _warn_unused(tensors, {s.hf_name for s in specs} | _head_names(config), str(directory))
+    config, params, _ = _load(path, attention, attention_options, dtype, with_mlm_head=False)
     return Encoder(config), {"params": params}
 
 
-def _head_names(config: EncoderConfig) -> set[str]:
-    return {s.hf_name for s in _mlm_head_tensors(config)}
+def _load(path, attention, attention_options, dtype, *, with_mlm_head: bool):
+    """(config, encoder params, MLM-head params or None) of a model directory."""
+    config = load_encoder_config(path, attention=attention, attention_options=attention_options)
+    directory = Path(path)
+    where = str(directory / _WEIGHTS)
+    tensors = _normalize_names(_read_tensors(directory))
+    prefix = _find_prefix(tensors, directory)
+    config = config.replace(add_pooler=f"{_pooler_name(config, prefix)}.weight" in tensors)
+    specs, head_specs = _encoder_tensors(config, prefix), _mlm_head_tensors(config)
+    params = _convert(tensors, specs, where, dtype)
+    head = _convert(tensors, head_specs, where, dtype) if with_mlm_head else None
+    _warn_unused(tensors, {s.hf_name for s in specs + head_specs}, str(directory))
+    return config, params, head
 
 
 def load_hf_masked_lm(
@@ -343,15 +360,8 @@ def load_hf_masked_lm(
     ``input_ids [B, T]`` to logits ``[B, T, vocab_size]``. Raises like
     :func:`load_hf_encoder`, naming a missing head tensor.
     """
-    encoder, variables = load_hf_encoder(
-        path, attention=attention, attention_options=attention_options, dtype=dtype
-    )
-    config = encoder.config
-    tensors = _normalize_names(_read_tensors(Path(path)))
-    head = _convert(tensors, _mlm_head_tensors(config), str(Path(path) / _WEIGHTS), dtype)
-    return EncoderForMaskedLM(config), {
-        "params": {"encoder": variables["params"], "mlm_head": head}
-    }
+    config, params, head = _load(path, attention, attention_options, dtype, with_mlm_head=True)
+    return EncoderForMaskedLM(config), {"params": {"encoder": params, "mlm_head": head}}
 
 
 def _hf_config_dict(config: EncoderConfig, architecture: str) -> dict[str, Any]:
@@ -382,10 +392,22 @@ def _hf_config_dict(config: EncoderConfig, architecture: str) -> dict[str, Any]:
         attention_probs_dropout_prob=config.attention_dropout_rate,
         pad_token_id=config.pad_token_id,
         architectures=[architecture],
+        **_bigbird_attention(config),
     ).to_dict()
     if config.attention != "dense" or options:
         hf["effjax_attention"], hf["effjax_attention_options"] = config.attention, options
     return hf
+
+
+def _bigbird_attention(config: EncoderConfig) -> dict[str, Any]:
+    """BigBird's own attention keys, so transformers runs the same pattern."""
+    if config.model_type != "big_bird":
+        return {}
+    if config.attention != "block_sparse":
+        return {"attention_type": "original_full"}
+    options = config.attention_options
+    keys = ("block_size", "num_random_blocks")
+    return {"attention_type": "block_sparse", **{k: options[k] for k in keys if k in options}}
 
 
 def export_hf_encoder(
@@ -412,10 +434,9 @@ def export_hf_encoder(
 
     params = FrozenDict(variables["params"]).unfreeze()
     config = model.config
-    family = "Bert" if config.model_type == "bert" else "Roberta"
+    family, mlm_prefix = _FAMILIES.get(config.model_type, _ROBERTA_FAMILY)
     if isinstance(model, EncoderForMaskedLM):
-        prefix = "bert." if config.model_type == "bert" else "roberta."
-        specs = [(s, params["encoder"]) for s in _encoder_tensors(config, prefix)]
+        specs = [(s, params["encoder"]) for s in _encoder_tensors(config, mlm_prefix)]
         specs += [(s, params["mlm_head"]) for s in _mlm_head_tensors(config)]
         architecture = f"{family}ForMaskedLM"
     elif isinstance(model, Encoder):

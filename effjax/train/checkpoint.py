@@ -11,6 +11,7 @@ Example:
   >>> manager = checkpoint_manager(tempfile.mkdtemp())
   >>> params = {"w": jnp.ones((2, 3))}
   >>> save(manager, 10, params)
+  True
   >>> restore(manager, params)["w"].shape
   (2, 3)
 """

@@ -4,26 +4,14 @@ import numpy as np
 import pytest
 
 import effjax.attention as ea
-from effjax.attention import dot_product_attention, masks
 from effjax.models import (
     Encoder,
     EncoderForSequenceClassification,
     extend_position_embeddings,
 )
-from tests.models.conftest import random_ids, right_padding, tiny_config
+from tests.models.conftest import random_ids, right_padding, tiny_config, windowed_dense
 
 B, T = 2, 12
-
-
-def windowed_dense(query, key, value, *, window_size, padding_mask=None, is_causal=False):
-    """A stand-in for a sparse variant: dense attention under a sliding-window mask."""
-    mask = masks.window_mask(query.shape[1], key.shape[1], window_size, is_causal=is_causal)
-    return dot_product_attention(
-        query, key, value, mask=mask[None, None], padding_mask=padding_mask, is_causal=is_causal
-    )
-
-
-ea.register("test_windowed_dense", windowed_dense, overwrite=True)
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +65,12 @@ def test_per_layer_options_reach_each_layer(tiny):
 
     spy_cfg = cfg.replace(
         attention=spy.__name__,
+        num_layers=2,
         layer_attention_options=[{"window_size": 2}, {"window_size": 5}],
     )
     ea.register("spy", spy, overwrite=True)
-    Encoder(spy_cfg).apply(variables, ids, right_padding([T, 3], T))
+    two_layers = {"params": {**variables["params"], "layer_1": variables["params"]["layer_0"]}}
+    Encoder(spy_cfg).apply(two_layers, ids, right_padding([T, 3], T))
     assert seen == [(2, False, (B, T)), (5, False, (B, T))]
 
 
@@ -112,7 +102,9 @@ def test_dropout_only_when_not_deterministic(tiny):
     a = apply(variables, ids, deterministic=False, rngs={"dropout": jax.random.key(0)})
     b = apply(variables, ids, deterministic=False, rngs={"dropout": jax.random.key(1)})
     assert not np.allclose(a, b, atol=1e-3)
-    np.testing.assert_array_equal(apply(variables, ids), apply(variables, ids, deterministic=True))
+    c = apply(variables, ids, deterministic=True)
+    np.testing.assert_array_equal(c, apply(variables, ids, deterministic=True))
+    assert not np.allclose(a, c, atol=1e-3)
 
 
 def test_input_longer_than_position_table_raises(tiny):

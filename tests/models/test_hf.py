@@ -53,6 +53,20 @@ def test_minilm_matches_pytorch_bert(minilm_path, minilm_batch, minilm_outputs):
     np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1.0, atol=1e-6)
 
 
+def test_minilm_loads_with_a_registered_variant_by_name(minilm_path, minilm_batch, minilm_outputs):
+    # The stand-in sees every key when its window covers the sentence: equal to dense.
+    model, variables = load_hf_encoder(
+        minilm_path, attention="test_windowed_dense", attention_options={"window_size": 64}
+    )
+    assert (model.config.attention, dict(model.config.attention_options)) == (
+        "test_windowed_dense",
+        {"window_size": 64},
+    )
+    ids, mask = minilm_batch["input_ids"], minilm_batch["attention_mask"]
+    got = jax.jit(model.apply)(variables, jnp.asarray(ids), jnp.asarray(mask))
+    np.testing.assert_allclose(got, minilm_outputs, atol=1e-5)
+
+
 def test_minilm_embeddings_rank_related_sentences_closer(minilm_outputs, minilm_batch):
     mask = jnp.asarray(minilm_batch["attention_mask"])
     e = np.asarray(sentence_embedding(jnp.asarray(minilm_outputs), mask))
@@ -163,6 +177,12 @@ def test_missing_and_misshaped_tensors_are_named(minilm_path, tmp_path):
         load_hf_encoder(tmp_path)
 
 
+def test_missing_mlm_head_is_named(minilm_path):
+    # all-MiniLM-L6-v2 ships the bare BertModel, without BERT's masked-LM head.
+    with pytest.raises(ValueError, match=r"missing tensors \['cls.predictions.transform.dense"):
+        load_hf_masked_lm(minilm_path)
+
+
 def test_unsupported_model_type_is_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ValueError, match=r"model_type='gpt2'"):
@@ -175,3 +195,45 @@ def test_sentence_embedding_ignores_padding_and_checks_shapes():
     np.testing.assert_allclose(got, [[2.0, 2.0]])
     with pytest.raises(ValueError, match=r"attention_mask \[B, T\]; got \(1, 3, 2\) and \(1, 2\)"):
         sentence_embedding(hidden, jnp.ones((1, 2)))
+
+
+def test_bigbird_checkpoint_loads_and_matches_pytorch(tmp_path):
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    hf_config = transformers.BigBirdConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=32, max_position_embeddings=32, attention_type="original_full",
+        sep_token_id=2, bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    reference = transformers.BigBirdModel(hf_config).eval()
+    reference.save_pretrained(tmp_path)
+    model, variables = load_hf_encoder(tmp_path)
+    assert (model.config.model_type, model.config.attention) == ("big_bird", "dense")
+    ids = np.asarray(random_ids(model.config, 2, 9))
+    mask = np.asarray(right_padding([9, 5], 9))
+    with torch.no_grad():
+        want = reference(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
+    got = jax.jit(model.apply)(variables, jnp.asarray(ids), jnp.asarray(mask))
+    np.testing.assert_allclose(got, want.last_hidden_state.numpy(), atol=1e-5)
+    pooled = model.apply(variables, got, method="pooled_output")
+    np.testing.assert_allclose(pooled, want.pooler_output.numpy(), atol=1e-5)
+
+    # Export: transformers reads it back as the same BigBird.
+    out = export_hf_encoder(model, variables, tmp_path / "export")
+    assert json.loads((out / "config.json").read_text())["attention_type"] == "original_full"
+    with torch.no_grad():
+        again = transformers.BigBirdModel.from_pretrained(str(out)).eval()
+        again = again(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
+    np.testing.assert_allclose(again.last_hidden_state.numpy(), want.last_hidden_state, atol=1e-6)
+
+    # A block-sparse BigBird config selects effjax's block_sparse with its settings.
+    config = json.loads((tmp_path / "config.json").read_text())
+    config.update(attention_type="block_sparse", block_size=8, num_random_blocks=1)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    cfg = load_encoder_config(tmp_path)
+    assert (cfg.attention, dict(cfg.attention_options)) == (
+        "block_sparse",
+        {"block_size": 8, "num_random_blocks": 1},
+    )
