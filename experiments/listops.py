@@ -35,8 +35,11 @@ VARIANTS = {
     "global_local": ("Longformer", 35.63, {"window_size": 16}),
     "linformer": ("Linformer", 35.70, {}),
     "lsh": ("Reformer", 37.27, {"num_hashes": 2, "num_buckets": 8, "chunk_size": 32}),
-    "block_sparse": ("BigBird", 36.05, {"block_size": 16, "num_random_blocks": 2,
-                                        "num_global_blocks": 1}),
+    "block_sparse": (
+        "BigBird",
+        36.05,
+        {"block_size": 16, "num_random_blocks": 2, "num_global_blocks": 1},
+    ),
     "linear": ("Linear Trans.", 16.13, {}),
     "performer": ("Performer", 18.01, {}),
 }

@@ -54,8 +54,7 @@ def masked_local_attention(query, key, value, *, window_size, padding_mask=None,
     it sees exactly the same keys (the cost differs, which this experiment ignores).
     """
     mask = window_mask(query.shape[1], key.shape[1], window_size)[None, None]
-    return dot_product_attention(query, key, value, mask=mask, padding_mask=padding_mask,
-                                 **kwargs)
+    return dot_product_attention(query, key, value, mask=mask, padding_mask=padding_mask, **kwargs)
 
 
 def local_variant() -> str:
@@ -95,22 +94,39 @@ def perturb(tokens: np.ndarray, how: str, seed: int) -> tuple[np.ndarray, np.nda
     return tokens, mask
 
 
-def train_model(attention: str, options: dict, data: ClassificationData, pairs: int,
-                steps: int, workdir: Path):
+def train_model(
+    attention: str, options: dict, data: ClassificationData, pairs: int, steps: int, workdir: Path
+):
     model_config = EncoderConfig(
-        vocab_size=recall_vocab_size(pairs, NUM_VALUES), hidden_size=64, num_layers=2,
-        num_heads=4, intermediate_size=128, max_position_embeddings=2 * pairs + 2,
-        hidden_dropout_rate=0.0, attention_dropout_rate=0.0, attention=attention,
+        vocab_size=recall_vocab_size(pairs, NUM_VALUES),
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=2 * pairs + 2,
+        hidden_dropout_rate=0.0,
+        attention_dropout_rate=0.0,
+        attention=attention,
         attention_options=options,
     )
     config = ExperimentConfig(
         name=f"recall-{attention}",
-        data=DataConfig(kind="associative_recall", recall_pairs=pairs, recall_vocab=NUM_VALUES,
-                        max_length=2 * pairs + 2),
+        data=DataConfig(
+            kind="associative_recall",
+            recall_pairs=pairs,
+            recall_vocab=NUM_VALUES,
+            max_length=2 * pairs + 2,
+        ),
         model=model_config,
         optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=200),
-        run=RunConfig(batch_size=64, num_steps=steps, log_every=200, eval_every=steps,
-                      checkpoint_every=steps, progress=False),
+        run=RunConfig(
+            batch_size=64,
+            num_steps=steps,
+            log_every=200,
+            eval_every=steps,
+            checkpoint_every=steps,
+            progress=False,
+        ),
         num_classes=NUM_VALUES,
     )
     model = EncoderForSequenceClassification(model_config, num_labels=NUM_VALUES)
@@ -142,7 +158,9 @@ def main() -> None:
     }
     data = ClassificationData(
         {k: (t.tolist(), y.tolist()) for k, (t, y) in splits.items()},
-        batch_size=64, seed=0, max_length=2 * args.pairs + 2,
+        batch_size=64,
+        seed=0,
+        max_length=2 * args.pairs + 2,
     )
     test_tokens, test_labels = splits["test"]
     distant = answer_position(test_tokens) >= 2 + 2 * NEAR
@@ -150,17 +168,22 @@ def main() -> None:
     rows = []
     for label, (attention, options) in models.items():
         start = time.perf_counter()
-        model, params = train_model(attention, options, data, args.pairs, args.steps,
-                                    args.workdir)
+        model, params = train_model(attention, options, data, args.pairs, args.steps, args.workdir)
         seconds = time.perf_counter() - start
         for how in ("none", "shuffle", "replace", "drop"):
             tokens, mask = perturb(test_tokens, how, seed=3)
             loss, correct = measure(model, params, tokens, mask, test_labels)
             for where, select in (("near", ~distant), ("distant", distant)):
-                rows.append({"model": label, "perturbation": how, "answer": where,
-                             "loss": float(loss[select].mean()),
-                             "accuracy": float(correct[select].mean()),
-                             "train_seconds": seconds})
+                rows.append(
+                    {
+                        "model": label,
+                        "perturbation": how,
+                        "answer": where,
+                        "loss": float(loss[select].mean()),
+                        "accuracy": float(correct[select].mean()),
+                        "train_seconds": seconds,
+                    }
+                )
         print(json.dumps(rows[-8:]))
     write_table(rows, args)
 
