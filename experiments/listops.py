@@ -67,7 +67,28 @@ def run_variant(name: str, workdir: Path, steps: int | None, data) -> dict:
     }
 
 
-def write_table(rows: list[dict], path: Path, steps: int, threads: str) -> None:
+def baselines(data) -> tuple[float, float]:
+    """Test accuracy of the majority class and of the outermost operator alone.
+
+    The operator baseline predicts, for each outermost operator, the label most
+    frequent with it in the training split (inputs are ``[CLS, operator, ...]``).
+    """
+    import numpy as np
+
+    train_ids, train_labels = data.splits["train"]
+    test_ids, test_labels = data.splits["test"]
+    test_labels = np.asarray(test_labels)
+    counts = np.zeros((tasks.LISTOPS_VOCAB_SIZE, 10), dtype=int)
+    for ids, label in zip(train_ids, train_labels, strict=True):
+        counts[ids[1], label] += 1
+    by_operator = counts.argmax(axis=1)
+    operator_acc = np.mean([by_operator[ids[1]] for ids in test_ids] == test_labels)
+    majority_acc = np.mean(test_labels == counts.sum(0).argmax())
+    return float(majority_acc), float(operator_acc)
+
+
+def write_table(rows: list[dict], path: Path, steps: int, threads: str, data) -> None:
+    majority, operator = baselines(data)
     lines = [
         "# ListOps: every attention variant at one model size",
         "",
@@ -78,9 +99,12 @@ def write_table(rows: list[dict], path: Path, steps: int, threads: str) -> None:
         f"MLP 128, classification on a prepended CLS token. AdamW 2e-3, {steps} steps of "
         f"batch 32, CPU ({threads}). Test accuracy on all 2,000 test expressions.",
         "",
-        "The LRA column is Tay et al. 2020, Table 1 (full-length ListOps). Predicting from "
-        "the outermost operator alone scores about 36% on our distribution (majority "
-        "class 17%), close to where every LRA model ends.",
+        "The LRA column is Tay et al. 2020, Table 1 (full-length ListOps). Baselines on our "
+        f"test split: majority class {100 * majority:.1f}%; the outermost operator alone "
+        f"(its most frequent label in training) {100 * operator:.1f}%. At this budget the "
+        "dense model reaches the operator baseline and not beyond. The LRA models sit at "
+        "about the same place: on LRA-length expressions (500-2000 tokens, depth 10) from "
+        "this generator the operator baseline is 36.1% (3,000 samples, by the same rule).",
         "",
         "| variant | LRA model | LRA ListOps (%) | ours: test acc. (%) | steps | train time (s) |",
         "|---|---|---|---|---|---|",
@@ -105,11 +129,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="default: the config's 1000")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/effjax-listops"))
     parser.add_argument("--out", type=Path, default=ROOT / "experiments/results/listops.md")
+    parser.add_argument(
+        "--table-only", action="store_true", help="rewrite the table from the saved .json"
+    )
     args = parser.parse_args()
 
     module = _listops_config_module()
     steps = args.steps or module.config.run.num_steps
     data = tasks.build_data(module.config.with_steps(steps))  # shared by all variants
+    threads = os.environ.get("OMP_NUM_THREADS", "2 cores shared with other jobs")
+    if args.table_only:
+        rows = json.loads(args.out.with_suffix(".json").read_text())
+        write_table(rows, args.out, rows[0].get("steps", steps), threads, data)
+        return
     rows = []
     for name in args.variants:
         if name not in VARIANTS:
@@ -126,8 +158,7 @@ def main() -> None:
             row = {"variant": name, "error": f"failed: {type(error).__name__}"}
         print(json.dumps(row))
         rows.append(row)
-    threads = os.environ.get("OMP_NUM_THREADS", "2 shared cores")
-    write_table(rows, args.out, steps, threads)
+    write_table(rows, args.out, steps, threads, data)
     (args.out.with_suffix(".json")).write_text(json.dumps(rows, indent=2))
 
 
