@@ -192,23 +192,20 @@ def depth(token_ids: Sequence[int]) -> int:
     return deepest
 
 
-def _split_generator(spec_json: str, split: str):
+def _examples(spec_json: str):
+    """Every split's examples in one stream (train, validation, test), so none repeats."""
     spec = ListOpsSpec(**json.loads(spec_json))
-    sizes = spec.split_sizes()
-    # All splits come from one stream, so no expression appears in two splits.
-    skip = sum(sizes[s] for s in SPLITS[: SPLITS.index(split)])
-    for index, (source, label) in enumerate(generate_expressions(spec)):
-        if index >= skip + sizes[split]:
-            return
-        if index >= skip:
-            yield {"source": source, "input_ids": tokenize(source), "label": label}
+    total = sum(spec.split_sizes().values())
+    for _, (source, label) in zip(range(total), generate_expressions(spec), strict=False):
+        yield {"source": source, "input_ids": tokenize(source), "label": label}
 
 
 def load_listops(spec: ListOpsSpec, cache_dir: str | Path):
     """The ListOps splits as a ``datasets.DatasetDict``, built once and cached.
 
-    The first call generates with ``Dataset.from_generator`` and stores each split
-    with ``save_to_disk`` under ``cache_dir/listops-<fingerprint>``; later calls
+    The first call generates all splits in one ``Dataset.from_generator`` pass, takes
+    consecutive ranges for train, validation and test, and stores each with
+    ``save_to_disk`` under ``cache_dir/listops-<fingerprint>``; later calls
     ``load_from_disk``. Columns: ``source`` (str), ``input_ids`` (list of int),
     ``label`` (int in 0..9).
 
@@ -221,26 +218,29 @@ def load_listops(spec: ListOpsSpec, cache_dir: str | Path):
     import datasets
 
     root = Path(cache_dir) / f"listops-{spec.fingerprint()}"
-    splits = {}
-    for split in SPLITS:
-        path = root / split
-        if not path.exists():
-            _build_split(spec, split, path)
-        splits[split] = datasets.load_from_disk(str(path))
-    return datasets.DatasetDict(splits)
+    if not all((root / split).exists() for split in SPLITS):
+        _build(spec, root)
+    return datasets.DatasetDict(
+        {split: datasets.load_from_disk(str(root / split)) for split in SPLITS}
+    )
 
 
-def _build_split(spec: ListOpsSpec, split: str, path: Path) -> None:
-    """Generates one split and moves it into ``path`` in one rename (no half-written cache)."""
+def _build(spec: ListOpsSpec, root: Path) -> None:
+    """Generates every split; each lands in ``root/<split>`` by one rename (never half-written)."""
     import datasets
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     datasets.disable_progress_bars()
-    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
-        built = datasets.Dataset.from_generator(
-            _split_generator,
-            gen_kwargs={"spec_json": json.dumps(dataclasses.asdict(spec)), "split": split},
+    with tempfile.TemporaryDirectory(dir=root) as scratch:
+        everything = datasets.Dataset.from_generator(
+            _examples,
+            gen_kwargs={"spec_json": json.dumps(dataclasses.asdict(spec))},
             cache_dir=str(Path(scratch) / "build"),
         )
-        built.save_to_disk(str(Path(scratch) / "saved"))
-        os.replace(Path(scratch) / "saved", path)
+        start = 0
+        for split, size in spec.split_sizes().items():
+            part = everything.select(range(start, start + size))
+            part.save_to_disk(str(Path(scratch) / split))
+            if not (root / split).exists():
+                os.replace(Path(scratch) / split, root / split)
+            start += size

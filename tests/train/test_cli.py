@@ -113,7 +113,7 @@ def _run_until(command, env, workdir, step, sig):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killed_run_resumes_to_the_uninterrupted_result(smoke_run, tmp_path, sig):
     smoke_home, smoke_workdir, summary = smoke_run
     config = _resume_config(tmp_path, smoke_home)

@@ -1,6 +1,7 @@
 """The loop: loss falls, logs are written, resuming reproduces the uninterrupted run."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -19,9 +20,21 @@ def _snapshot(directory):
     }
 
 
-def test_loss_falls_and_logs_are_written(tmp_path):
-    config = tiny_config(num_steps=40, log_every=10, eval_every=20, checkpoint_every=10)
-    result = loop.train(config, tmp_path, model=TinyClassifier(), data=tiny_data())
+def _config(**run):
+    return tiny_config(
+        **{"num_steps": 40, "log_every": 10, "eval_every": 20, "checkpoint_every": 10, **run}
+    )
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """40 uninterrupted steps."""
+    workdir = tmp_path_factory.mktemp("full")
+    return workdir, loop.train(_config(), workdir, model=TinyClassifier(), data=tiny_data())
+
+
+def test_loss_falls_and_logs_are_written(full_run):
+    tmp_path, result = full_run
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert [r["step"] for r in records if "train/loss" in r] == [10, 20, 30, 40]
@@ -48,35 +61,33 @@ def _scalar_tags(path, event_pb2):
     return tags
 
 
-def test_resume_matches_uninterrupted_run(tmp_path):
+def test_resume_matches_uninterrupted_run(full_run, tmp_path):
+    _, full = full_run
     data = tiny_data()
-    full = loop.train(tiny_config(), tmp_path / "full", model=TinyClassifier(), data=data)
-    # A run cut short after 12 steps (checkpoints at 5, 10 and the stop at 12) ...
-    part = loop.train(
-        tiny_config(num_steps=12), tmp_path / "cut", model=TinyClassifier(), data=data
-    )
+    # A run cut short after 12 steps (checkpoints at 10 and the end at 12) ...
+    part = loop.train(_config(num_steps=12), tmp_path / "cut", model=TinyClassifier(), data=data)
     assert part["step"] == 12
     # ... then rerun to the full length resumes from 12, same data order and keys.
-    resumed = loop.train(tiny_config(), tmp_path / "cut", model=TinyClassifier(), data=data)
+    resumed = loop.train(_config(), tmp_path / "cut", model=TinyClassifier(), data=data)
     jax.tree.map(np.testing.assert_array_equal, full["state"].params, resumed["state"].params)
     assert full["test/loss"] == resumed["test/loss"]
     steps = [json.loads(x)["step"] for x in (tmp_path / "cut" / "metrics.jsonl").open()]
     assert steps == sorted(steps)
 
 
-def test_incompatible_workdir_is_refused_untouched(tmp_path):
-    loop.train(tiny_config(num_steps=5), tmp_path, model=TinyClassifier(), data=tiny_data())
+def test_incompatible_workdir_is_refused_untouched(full_run, tmp_path):
+    shutil.copytree(full_run[0], tmp_path, dirs_exist_ok=True)
     before = _snapshot(tmp_path)
-    other = tiny_config(num_steps=5).replace(optimizer=OptimizerConfig(learning_rate=1.0))
+    other = _config().replace(optimizer=OptimizerConfig(learning_rate=1.0))
     with pytest.raises(ValueError, match=r"optimizer\.learning_rate: checkpoint has 0\.03"):
         loop.train(other, tmp_path, model=TinyClassifier(), data=tiny_data())
     wider = TinyClassifier(features=32)  # same config, but the checkpoint's shapes differ
     with pytest.raises(ValueError, match="does not fit the model"):
-        loop.train(tiny_config(num_steps=5), tmp_path, model=wider, data=tiny_data())
+        loop.train(_config(), tmp_path, model=wider, data=tiny_data())
     (tmp_path / "config.json").unlink()
     before.pop(next(k for k in before if str(k) == "config.json"))
     with pytest.raises(ValueError, match=r"no config\.json"):
-        loop.train(tiny_config(num_steps=5), tmp_path, model=TinyClassifier(), data=tiny_data())
+        loop.train(_config(), tmp_path, model=TinyClassifier(), data=tiny_data())
     assert _snapshot(tmp_path) == before
 
 

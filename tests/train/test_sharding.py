@@ -61,7 +61,12 @@ def _close(actual, expected):
 
 
 @pytest.mark.parametrize(
-    ("data", "model_axis", "mode"), [(8, 1, "data"), (4, 2, "tensor"), (4, 2, "sequence")]
+    ("data", "model_axis", "mode"),
+    [
+        pytest.param(8, 1, "data", marks=pytest.mark.slow),
+        (4, 2, "tensor"),
+        pytest.param(4, 2, "sequence", marks=pytest.mark.slow),
+    ],
 )
 def test_mesh_step_equals_single_device(reference, data, model_axis, mode):
     model, tx, state, batches, (expected_state, expected_losses) = reference

@@ -1,0 +1,21 @@
+"""Long-range tasks and text data: ListOps, synthetic tasks, text files, batching."""
+
+from effjax.data.batching import BatchOrder, ClassificationData, bucket_length, pad_batch
+from effjax.data.listops import ListOpsSpec, load_listops
+from effjax.data.synthetic import associative_recall, copy_task, duplication_task
+from effjax.data.text import encode_bytes, load_text_classification, load_tokenizer
+
+__all__ = [
+    "BatchOrder",
+    "ClassificationData",
+    "ListOpsSpec",
+    "associative_recall",
+    "bucket_length",
+    "copy_task",
+    "duplication_task",
+    "encode_bytes",
+    "load_listops",
+    "load_text_classification",
+    "load_tokenizer",
+    "pad_batch",
+]
