@@ -1,0 +1,132 @@
+"""int8 quantization: error bounds, the int8 Dense, QAT's straight-through gradient, checkpoints."""
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from effjax.compress import (
+    QuantizedArray,
+    QuantizedDense,
+    calibrate_scale,
+    dequantize_params,
+    fake_quant,
+    fake_quant_params,
+    quantize_params,
+)
+
+
+def _params():
+    k1, k2 = jax.random.split(jax.random.key(0))
+    kernel = jax.random.normal(k1, (32, 8)).at[:, 3].set(0.0)  # an all-zero output channel
+    return {"dense": {"kernel": kernel, "bias": jax.random.normal(k2, (8,))}}
+
+
+def test_quantize_follows_the_convention_and_error_is_at_most_half_a_step():
+    params = _params()
+    q = quantize_params(params)
+    qk = q["dense"]["kernel"]
+    assert isinstance(qk, QuantizedArray)
+    assert qk.values.dtype == jnp.int8 and qk.scale.dtype == jnp.float32
+    assert qk.scale.shape == (1, 8)
+    w = np.asarray(params["dense"]["kernel"])
+    np.testing.assert_allclose(qk.scale[0], np.abs(w).max(axis=0) / 127, rtol=1e-6)
+    assert np.abs(np.asarray(qk.values)).max(axis=0).tolist() == [127] * 3 + [0] + [127] * 4
+    back = dequantize_params(q)
+    error = np.abs(np.asarray(back["dense"]["kernel"]) - w)
+    assert (error <= np.asarray(qk.scale) / 2 + 1e-7).all()
+    assert (np.asarray(back["dense"]["kernel"])[:, 3] == 0).all()
+    np.testing.assert_array_equal(back["dense"]["bias"], params["dense"]["bias"])  # untouched
+
+
+def test_filter_selecting_nothing_raises():
+    with pytest.raises(ValueError, match="filter_fn selects no parameter"):
+        quantize_params(_params(), filter_fn=lambda path, leaf: "embedding" in path)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "weight_only"])
+def test_quantized_dense_is_close_to_the_float_dense(mode):
+    x = jax.random.normal(jax.random.key(1), (4, 5, 32))
+    dense = nn.Dense(8)
+    params = dense.init(jax.random.key(2), x)["params"]
+    expected = dense.apply({"params": params}, x)
+    layer = QuantizedDense(8, mode=mode)
+    qparams = quantize_params(params)
+    got = jax.jit(layer.apply)({"params": qparams}, x)
+    # Each int8 rounding is off by at most half a step: |dy| <= sum_i |x_i| s_w/2 (+ |w| s_x/2).
+    w_err = jnp.abs(x).sum(-1, keepdims=True) * qparams["kernel"].scale[None] / 2
+    x_err = (
+        jnp.abs(x).max(-1, keepdims=True) / 127 / 2 * jnp.abs(params["kernel"]).sum(0)[None, None]
+        if mode == "dynamic"
+        else 0.0
+    )
+    assert (jnp.abs(got - expected) <= w_err + x_err + 1e-5).all()
+    relative = jnp.linalg.norm(got - expected) / jnp.linalg.norm(expected)
+    assert relative < 0.02
+    if mode == "weight_only":
+        dequantized = x @ qparams["kernel"].dequantize() + params["bias"][None, None]
+        np.testing.assert_allclose(got, dequantized, rtol=1e-5, atol=1e-6)
+
+
+def test_dynamic_mode_runs_an_int8_dot_with_int32_accumulation():
+    x = jnp.ones((2, 16))
+    layer = QuantizedDense(4, mode="dynamic")
+    variables = layer.init(jax.random.key(0), x)
+    jaxpr = jax.make_jaxpr(layer.apply)(variables, x)
+    dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert len(dots) == 1
+    assert [v.aval.dtype for v in dots[0].invars] == [jnp.int8, jnp.int8]
+    assert dots[0].outvars[0].aval.dtype == jnp.int32
+
+
+def test_fake_quant_rounds_forward_and_passes_gradients_straight_through():
+    w = jax.random.normal(jax.random.key(3), (16, 4))
+    q = quantize_params({"w": w})["w"]
+    np.testing.assert_allclose(fake_quant(w), q.dequantize(), rtol=1e-6, atol=1e-7)
+    grad = jax.grad(lambda p: jnp.sum(fake_quant_params(p)["w"] * 3.0))({"w": w})["w"]
+    np.testing.assert_array_equal(grad, np.full(w.shape, 3.0, np.float32))
+    # a static activation scale: values clip at +-127 steps, gradient still identity
+    x = jnp.array([0.1, -0.26, 5.0])
+    np.testing.assert_allclose(fake_quant(x, jnp.float32(0.02)), [0.1, -0.26, 127 * 0.02])
+
+
+def test_calibration_absmax_and_percentile():
+    samples = jnp.concatenate([jnp.linspace(-1.0, 1.0, 10_001), jnp.array([50.0])])
+    np.testing.assert_allclose(calibrate_scale(samples), 50.0 / 127, rtol=1e-6)
+    np.testing.assert_allclose(
+        calibrate_scale(samples, method="percentile", percentile=99.0),
+        float(np.percentile(np.abs(samples), 99.0)) / 127,
+        rtol=1e-5,
+    )
+    with pytest.raises(ValueError, match="percentile"):
+        calibrate_scale(samples, method="percentile", percentile=0.0)
+
+
+def _dir_size(path):
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, files in os.walk(path) for f in files)
+
+
+def test_orbax_checkpoint_of_int8_params_is_under_0_3x_float32(tmp_path):
+    params = {
+        f"layer_{i}": {
+            "kernel": jax.random.normal(jax.random.key(i), (256, 256)),
+            "bias": jnp.zeros(256),
+        }
+        for i in range(4)
+    }
+    qparams = quantize_params(params)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(tmp_path / "float32", params)
+        checkpointer.save(tmp_path / "int8", qparams)
+        checkpointer.wait_until_finished()
+        restored = checkpointer.restore(tmp_path / "int8", qparams)
+    ratio = _dir_size(tmp_path / "int8") / _dir_size(tmp_path / "float32")
+    assert ratio <= 0.3
+    assert restored["layer_0"]["kernel"].values.dtype == jnp.int8
+    np.testing.assert_array_equal(
+        restored["layer_2"]["kernel"].values, qparams["layer_2"]["kernel"].values
+    )
