@@ -1,0 +1,226 @@
+"""A pre-LN causal decoder LM (GPT-2 layout, Radford et al. 2019) and generation.
+
+Blocks ``x = x + Attn(LN(x)); x = x + FF(LN(x))``, a final LayerNorm, a head tied
+to the token embeddings (or not). ``generate`` decodes with the attention layers'
+``"cache"`` collection, so it works for every variant that registers a decode hook
+(effjax.layers.register_layer_hooks), dense's full KV cache included.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from effjax.models.config import DecoderConfig
+from effjax.models.encoder import _init, check_input_length, feed_forward, self_attention
+
+Dtype = Any
+
+
+class DecoderLayer(nn.Module):
+    """Pre-LN causal block ``[B, T, D] -> [B, T, D]``."""
+
+    config: DecoderConfig
+    attention_options: Mapping[str, Any]
+    decode: bool = False
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x, padding_mask, *, deterministic: bool) -> jax.Array:
+        cfg = self.config
+        norm = lambda name: nn.LayerNorm(  # noqa: E731
+            epsilon=cfg.layer_norm_eps, dtype=self.dtype, name=name
+        )
+        attn = self_attention(
+            cfg, self.attention_options, is_causal=True, decode=self.decode, dtype=self.dtype
+        )
+        h = attn(norm("attention_norm")(x), padding_mask=padding_mask, deterministic=deterministic)
+        x = x + nn.Dropout(cfg.hidden_dropout_rate)(h, deterministic=deterministic)
+        return x + feed_forward(cfg, self.dtype)(
+            norm("output_norm")(x), deterministic=deterministic
+        )
+
+
+class DecoderLM(nn.Module):
+    """Causal LM: ``input_ids int [B, T] -> logits float32 [B, T, vocab_size]``.
+
+    With ``decode=True`` each call appends ``T`` tokens to the ``"cache"`` collection
+    (initialise with an input of the full length, as for flax's decoders); positions
+    continue from the cache. Use :func:`generate` rather than driving this by hand.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from effjax.models import DecoderConfig, DecoderLM
+      >>> cfg = DecoderConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+      ...                     intermediate_size=64, max_position_embeddings=32)
+      >>> model = DecoderLM(cfg)
+      >>> ids = jnp.ones((2, 8), jnp.int32)
+      >>> variables = model.init(jax.random.key(0), ids)
+      >>> model.apply(variables, ids).shape
+      (2, 8, 64)
+    """
+
+    config: DecoderConfig
+    decode: bool = False
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        *,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        """Next-token logits ``[B, T, vocab_size]`` (float32).
+
+        Args:
+          input_ids: int ``[B, T]``.
+          attention_mask: ``[B, T]``, nonzero = a real token (right padding); not with decode.
+          deterministic: False enables dropout (needs a ``"dropout"`` rng).
+        """
+        cfg = self.config
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [B, T], got shape {input_ids.shape}")
+        check_input_length(input_ids.shape[1], cfg)
+        padding_mask = None if attention_mask is None else attention_mask.astype(bool)
+
+        embed = nn.Embed(
+            cfg.vocab_size, cfg.hidden_size, embedding_init=_init(cfg), name="token_embeddings"
+        )
+        positions = self._positions(input_ids.shape[1])
+        x = (
+            embed(input_ids)
+            + nn.Embed(
+                cfg.max_position_embeddings,
+                cfg.hidden_size,
+                embedding_init=_init(cfg),
+                name="position_embeddings",
+            )(positions)[None]
+        )
+        x = nn.Dropout(cfg.hidden_dropout_rate)(x, deterministic=deterministic)
+        for i in range(cfg.num_layers):
+            layer = DecoderLayer(
+                cfg, cfg.options_for_layer(i), self.decode, self.dtype, name=f"layer_{i}"
+            )
+            x = layer(x, padding_mask, deterministic=deterministic)
+        x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="final_norm")(x)
+        if cfg.tie_word_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = nn.Dense(
+                cfg.vocab_size, use_bias=False, kernel_init=_init(cfg), name="lm_head"
+            )(x)
+        return logits.astype(jnp.float32)
+
+    def _positions(self, length: int) -> jax.Array:
+        """``int [T]``: ``0..T-1``, or continuing from the cache when decoding."""
+        positions = jnp.arange(length, dtype=jnp.int32)
+        if not self.decode:
+            return positions
+        is_initialized = self.has_variable("cache", "position")
+        start = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+        if not is_initialized:
+            return positions
+        offset = start.value
+        start.value = offset + length
+        return offset + positions
+
+
+def _next_token(logits: jax.Array, key, temperature: float, top_k: int | None) -> jax.Array:
+    """``[B, V] -> int [B]``: argmax without a key, else a sample of ``softmax(logits / T)``
+    restricted to the ``top_k`` most likely tokens."""
+    if key is None:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def generate(
+    model: DecoderLM,
+    params,
+    prompt_ids: jax.Array,
+    *,
+    max_new_tokens: int,
+    rng: jax.Array | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+) -> jax.Array:
+    """Extends ``prompt_ids int [B, P]`` by ``max_new_tokens`` tokens: ``-> int [B, P + n]``.
+
+    The prompt is fed in one step, then one token per step through the attention
+    layers' decoding caches (jitted ``lax.scan``). Greedy when ``rng`` is None,
+    otherwise sampling from ``softmax(logits / temperature)`` (top-k when given),
+    with a fresh subkey per step, so the same ``rng`` gives the same tokens.
+    Prompts in a batch share one length (no padding).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from effjax.models import DecoderConfig, DecoderLM, generate
+      >>> cfg = DecoderConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=4,
+      ...                     intermediate_size=64, max_position_embeddings=16)
+      >>> model = DecoderLM(cfg)
+      >>> prompt = jnp.ones((2, 4), jnp.int32)
+      >>> params = model.init(jax.random.key(0), prompt)["params"]
+      >>> generate(model, params, prompt, max_new_tokens=5).shape
+      (2, 9)
+    """
+    if prompt_ids.ndim != 2 or prompt_ids.shape[1] == 0:
+        raise ValueError(f"prompt_ids must be [B, P] with P >= 1, got shape {prompt_ids.shape}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if rng is not None and temperature <= 0:
+        raise ValueError(f"temperature must be positive when sampling, got {temperature}")
+    if top_k is not None and not 1 <= top_k <= model.config.vocab_size:
+        raise ValueError(f"top_k must be in [1, vocab_size={model.config.vocab_size}], got {top_k}")
+    prompt_len = prompt_ids.shape[1]
+    total = prompt_len + max_new_tokens
+    check_input_length(total, model.config)
+    decoder = model.clone(decode=True)
+    try:
+        hash(decoder)
+        run = _generate_cached
+    except TypeError:  # array-valued attention options: compile for this call only
+        run = jax.jit(functools.partial(_generate, decoder), static_argnums=(3, 4, 5))
+        return run(params, prompt_ids, rng, total, temperature, top_k)
+    return run(decoder, params, prompt_ids, rng, total, temperature, top_k)
+
+
+def _generate(decoder, params, prompt_ids, rng, total, temperature, top_k):
+    batch, prompt_len = prompt_ids.shape
+    steps = total - prompt_len
+    # The cache is sized by the init input; jit drops the unused parameter initialisation.
+    cache = decoder.init(jax.random.key(0), jnp.zeros((batch, total), jnp.int32))["cache"]
+    keys = (None,) * steps if rng is None else tuple(jax.random.split(rng, steps))
+
+    def step(cache, tokens):
+        logits, mutated = decoder.apply(
+            {"params": params, "cache": cache}, tokens, mutable=["cache"]
+        )
+        return mutated["cache"], logits[:, -1]
+
+    cache, logits = step(cache, prompt_ids)
+    first = _next_token(logits, keys[0], temperature, top_k)
+    if steps == 1:
+        return jnp.concatenate([prompt_ids, first[:, None]], axis=1)
+
+    def body(carry, key):
+        cache, token = carry
+        cache, logits = step(cache, token[:, None])
+        token = _next_token(logits, key, temperature, top_k)
+        return (cache, token), token
+
+    scan_keys = None if rng is None else jnp.stack(keys[1:])
+    _, rest = jax.lax.scan(body, (cache, first), scan_keys, length=steps - 1)
+    return jnp.concatenate([prompt_ids, first[:, None], rest.T], axis=1)
+
+
+_generate_cached = jax.jit(_generate, static_argnums=(0, 4, 5, 6))

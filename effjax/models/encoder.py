@@ -1,0 +1,308 @@
+"""A BERT/RoBERTa-style encoder (Devlin et al. 2019) on any effjax attention variant.
+
+Embeddings (word + position + token type, LayerNorm), post-LN blocks
+``x = LN(x + Attn(x)); x = LN(x + FF(x))``, BERT's pooler, and heads for masked-LM
+(tied to the word embeddings) and sequence classification.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from effjax.layers import MultiHeadAttention
+from effjax.models.config import EncoderConfig, activation
+
+Dtype = Any
+
+
+def _init(config) -> nn.initializers.Initializer:
+    return nn.initializers.normal(stddev=config.initializer_range)
+
+
+def check_input_length(length: int, config) -> None:
+    """Raises a ValueError when ``length`` tokens do not fit the position table."""
+    if length > config.max_length:
+        raise ValueError(
+            f"input_ids has {length} tokens but the position table covers {config.max_length} "
+            f"(max_position_embeddings={config.max_position_embeddings}); truncate the input or "
+            "extend the table with effjax.models.extend_position_embeddings"
+        )
+
+
+def encoder_position_ids(input_ids: jax.Array, config: EncoderConfig) -> jax.Array:
+    """Position ids ``int [B, T]``: ``offset + t`` for BERT; for RoBERTa real tokens count
+    up from ``pad_token_id + 1`` and padding tokens take ``pad_token_id``."""
+    length = input_ids.shape[1]
+    if not config.counts_positions_from_tokens:
+        positions = config.position_offset + jnp.arange(length, dtype=jnp.int32)
+        return jnp.broadcast_to(positions[None, :], input_ids.shape)
+    is_token = (input_ids != config.pad_token_id).astype(jnp.int32)
+    return jnp.cumsum(is_token, axis=1) * is_token + config.pad_token_id
+
+
+class Embeddings(nn.Module):
+    """Word + position + token-type embeddings, LayerNorm, dropout: ``int [B, T] -> [B, T, D]``."""
+
+    config: EncoderConfig
+    dtype: Dtype | None = None
+
+    def setup(self):
+        cfg = self.config
+        embed = lambda n, name: nn.Embed(  # noqa: E731
+            n, cfg.hidden_size, embedding_init=_init(cfg), dtype=self.dtype, name=name
+        )
+        self.word_embeddings = embed(cfg.vocab_size, "word_embeddings")
+        self.position_embeddings = embed(cfg.max_position_embeddings, "position_embeddings")
+        self.token_type_embeddings = embed(cfg.type_vocab_size, "token_type_embeddings")
+        self.layer_norm = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype)
+        self.dropout = nn.Dropout(cfg.hidden_dropout_rate)
+
+    def __call__(self, input_ids, token_type_ids, *, deterministic: bool) -> jax.Array:
+        positions = encoder_position_ids(input_ids, self.config)
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(positions)
+            + self.token_type_embeddings(token_type_ids)
+        )
+        return self.dropout(self.layer_norm(x), deterministic=deterministic)
+
+    def attend(self, hidden: jax.Array) -> jax.Array:
+        """``[..., D] -> [..., vocab_size]`` logits against the word embeddings (tied head)."""
+        return self.word_embeddings.attend(hidden)
+
+
+class FeedForward(nn.Module):
+    """``Dense(intermediate) -> act -> Dense(D) -> dropout``, named like BERT's blocks."""
+
+    hidden_size: int
+    intermediate_size: int
+    hidden_act: str
+    dropout_rate: float
+    initializer_range: float = 0.02
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+        init = nn.initializers.normal(stddev=self.initializer_range)
+        h = nn.Dense(
+            self.intermediate_size, kernel_init=init, dtype=self.dtype, name="intermediate"
+        )(x)
+        h = activation(self.hidden_act)(h)
+        h = nn.Dense(self.hidden_size, kernel_init=init, dtype=self.dtype, name="output")(h)
+        return nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+
+
+def self_attention(
+    config, options: Mapping[str, Any], *, is_causal: bool, decode=False, dtype=None
+):
+    """The block's :class:`MultiHeadAttention` for ``config`` with attention ``options``."""
+    return MultiHeadAttention(
+        num_heads=config.num_heads,
+        num_kv_heads=config.num_kv_heads,
+        attention=config.attention,
+        attention_options=options,
+        is_causal=is_causal,
+        decode=decode,
+        dropout_rate=config.attention_dropout_rate,
+        kernel_init=_init(config),
+        dtype=dtype,
+        name="attention",
+    )
+
+
+def feed_forward(config, dtype=None) -> FeedForward:
+    """The block's :class:`FeedForward` for ``config``."""
+    return FeedForward(
+        hidden_size=config.hidden_size,
+        intermediate_size=config.intermediate_size,
+        hidden_act=config.hidden_act,
+        dropout_rate=config.hidden_dropout_rate,
+        initializer_range=config.initializer_range,
+        dtype=dtype,
+        name="feed_forward",
+    )
+
+
+class EncoderLayer(nn.Module):
+    """Post-LN block: ``x = LN(x + Dropout(Attn(x))); x = LN(x + FF(x))``, ``[B, T, D]``."""
+
+    config: EncoderConfig
+    attention_options: Mapping[str, Any]
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x, padding_mask, attention_kwargs=None, *, deterministic: bool) -> jax.Array:
+        cfg = self.config
+        options = {**self.attention_options, **(attention_kwargs or {})}
+        attn = self_attention(cfg, options, is_causal=False, dtype=self.dtype)
+        h = attn(x, padding_mask=padding_mask, deterministic=deterministic)
+        h = nn.Dropout(cfg.hidden_dropout_rate)(h, deterministic=deterministic)
+        x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="attention_norm")(x + h)
+        h = feed_forward(cfg, self.dtype)(x, deterministic=deterministic)
+        return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="output_norm")(x + h)
+
+
+class Encoder(nn.Module):
+    """BERT/RoBERTa encoder: ``input_ids int [B, T] -> last hidden states [B, T, D]``.
+
+    Every layer uses ``config.attention`` with ``config.options_for_layer(i)``; per-call
+    options that depend on the batch (Longformer's ``global_mask [B, T]``) go through
+    ``attention_kwargs``. The attention mask becomes the variant's ``padding_mask``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from effjax.models import Encoder, EncoderConfig
+      >>> cfg = EncoderConfig(vocab_size=100, hidden_size=32, num_layers=2, num_heads=4,
+      ...                     intermediate_size=64)
+      >>> model = Encoder(cfg)
+      >>> ids = jnp.ones((2, 8), jnp.int32)
+      >>> variables = model.init(jax.random.key(0), ids)
+      >>> model.apply(variables, ids).shape
+      (2, 8, 32)
+      >>> model.apply(variables, model.apply(variables, ids), method="pooled_output").shape
+      (2, 32)
+    """
+
+    config: EncoderConfig
+    dtype: Dtype | None = None
+
+    def setup(self):
+        cfg = self.config
+        self.embeddings = Embeddings(cfg, dtype=self.dtype)
+        self.layers = [
+            EncoderLayer(cfg, cfg.options_for_layer(i), dtype=self.dtype, name=f"layer_{i}")
+            for i in range(cfg.num_layers)
+        ]
+        if cfg.add_pooler:
+            self.pooler = nn.Dense(cfg.hidden_size, kernel_init=_init(cfg), dtype=self.dtype)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        *,
+        attention_kwargs: Mapping[str, Any] | None = None,
+        deterministic: bool = True,
+    ) -> jax.Array:
+        """Last hidden states ``[B, T, D]``.
+
+        Args:
+          input_ids: int ``[B, T]``.
+          attention_mask: ``[B, T]``, nonzero = a real token (Hugging Face's convention).
+          token_type_ids: int ``[B, T]``, default zeros.
+          attention_kwargs: extra keyword options for every layer's attention call.
+          deterministic: False enables dropout (needs a ``"dropout"`` rng).
+        """
+        if input_ids.ndim != 2:
+            raise ValueError(f"input_ids must be [B, T], got shape {input_ids.shape}")
+        check_input_length(input_ids.shape[1], self.config)
+        padding_mask = None
+        if attention_mask is not None:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(
+                    f"attention_mask shape {attention_mask.shape} != input_ids shape "
+                    f"{input_ids.shape}"
+                )
+            padding_mask = attention_mask.astype(bool)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic)
+        for layer in self.layers:
+            x = layer(x, padding_mask, attention_kwargs, deterministic=deterministic)
+        if self.is_initializing() and self.config.add_pooler:
+            self.pooled_output(x)  # creates the pooler's parameters at init
+        return x
+
+    def pooled_output(self, hidden: jax.Array) -> jax.Array:
+        """BERT's pooler: ``tanh(Dense(hidden[:, 0]))``, ``[B, T, D] -> [B, D]``."""
+        if not self.config.add_pooler:
+            raise ValueError("this encoder has no pooler (config.add_pooler=False)")
+        return jnp.tanh(self.pooler(hidden[:, 0]))
+
+    def attend(self, hidden: jax.Array) -> jax.Array:
+        """``[..., D] -> [..., vocab_size]`` logits against the word embeddings."""
+        return self.embeddings.attend(hidden)
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's MLM head: ``Dense -> act -> LayerNorm -> (word embeddings)^T + bias``.
+
+    ``attend`` maps ``[..., D]`` to vocabulary logits (the tied word embeddings).
+    """
+
+    config: EncoderConfig
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, hidden: jax.Array, attend) -> jax.Array:
+        cfg = self.config
+        h = nn.Dense(cfg.hidden_size, kernel_init=_init(cfg), dtype=self.dtype, name="transform")(
+            hidden
+        )
+        h = activation(cfg.hidden_act)(h)
+        h = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="layer_norm")(h)
+        bias = self.param("bias", nn.initializers.zeros_init(), (cfg.vocab_size,))
+        return attend(h) + bias[None, None]
+
+
+class EncoderForMaskedLM(nn.Module):
+    """Encoder + tied masked-LM head: ``input_ids [B, T] -> logits [B, T, vocab_size]``.
+
+    Parameters: ``{"encoder": <Encoder params>, "mlm_head": ...}``.
+    """
+
+    config: EncoderConfig
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(
+        self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic=True, **kw
+    ) -> jax.Array:
+        encoder = Encoder(self.config, dtype=self.dtype, name="encoder")
+        hidden = encoder(
+            input_ids, attention_mask, token_type_ids, deterministic=deterministic, **kw
+        )
+        return MaskedLMHead(self.config, dtype=self.dtype, name="mlm_head")(hidden, encoder.attend)
+
+
+class EncoderForSequenceClassification(nn.Module):
+    """Encoder + classifier on the pooled first token: ``[B, T] -> logits [B, num_labels]``.
+
+    ``Dense(num_labels)(Dropout(pooled_output))`` as BERT; without a pooler the first
+    token's hidden state is used. Parameters: ``{"encoder": ..., "classifier": ...}``,
+    so pretrained encoder parameters slot in under ``"encoder"``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from effjax.models import EncoderConfig, EncoderForSequenceClassification
+      >>> cfg = EncoderConfig(vocab_size=100, hidden_size=32, num_layers=1, num_heads=4,
+      ...                     intermediate_size=64)
+      >>> clf = EncoderForSequenceClassification(cfg, num_labels=3)
+      >>> ids = jnp.ones((2, 8), jnp.int32)
+      >>> clf.apply(clf.init(jax.random.key(0), ids), ids).shape
+      (2, 3)
+    """
+
+    config: EncoderConfig
+    num_labels: int
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(
+        self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic=True, **kw
+    ) -> jax.Array:
+        encoder = Encoder(self.config, dtype=self.dtype, name="encoder")
+        hidden = encoder(
+            input_ids, attention_mask, token_type_ids, deterministic=deterministic, **kw
+        )
+        pooled = encoder.pooled_output(hidden) if self.config.add_pooler else hidden[:, 0]
+        pooled = nn.Dropout(self.config.hidden_dropout_rate)(pooled, deterministic=deterministic)
+        return nn.Dense(
+            self.num_labels, kernel_init=_init(self.config), dtype=self.dtype, name="classifier"
+        )(pooled)
