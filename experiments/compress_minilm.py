@@ -15,7 +15,7 @@ Variants (all measured against the float32 teacher on the evaluation texts):
     run weight-only (dequantised inside the jitted forward).
   - L1 20% / 50%: ``magnitude_masks`` per layer on the encoder layers' kernels
     (embeddings untouched), no retraining; and each followed by int8.
-  - 3-layer student: teacher layers (0, 2, 4) (``every_other_layer``), trained with
+  - 3-layer student: teacher layers (0, 3, 5) (``every_other_layer``), trained with
     ``make_distill_step`` for ``--train-seconds`` of CPU time on the training texts,
     loss = cosine on the sentence embeddings + MSE on the last hidden states; then
     int8 and L1 20% + int8 of the student.
@@ -25,8 +25,8 @@ Variants (all measured against the float32 teacher on the evaluation texts):
 Metrics: mean cosine to the teacher's embeddings; Spearman correlation of all pairwise
 cosine similarities against the teacher's; top-10 retrieval agreement (each text as a
 query against the others: the overlap of the two top-10 lists); size on disk (orbax
-checkpoint for ours, ``torch.save`` of the state dict for torch; for pruned variants
-also the size a sparse format would take: kept values + a 1-bit mask); CPU latency of
+checkpoint for ours, which tensorstore compresses, so pruned zeros shrink it a little;
+``torch.save`` of the state dict for torch); CPU latency of
 one batch (median of repeated runs, jitted, after warm-up).
 
 Run: ``python experiments/compress_minilm.py`` (about 10 minutes on 2 busy cores);
@@ -175,19 +175,6 @@ def orbax_mb(params, workdir: Path, name: str) -> float:
     return size
 
 
-def sparse_mb(params) -> float:
-    """Bytes of a sparse format: matrices with zeros store their nonzeros + a 1-bit mask."""
-    total = 0.0
-    for leaf in jax.tree_util.tree_leaves(params):
-        leaf = np.asarray(leaf)
-        nonzero = np.count_nonzero(leaf)
-        if leaf.ndim >= 2 and nonzero < leaf.size:
-            total += nonzero * leaf.itemsize + leaf.size / 8
-        else:
-            total += leaf.nbytes
-    return total / 2**20
-
-
 def median_latency(fn, repeats: int = 5) -> float:
     fn()  # warm-up / compile
     times = []
@@ -324,21 +311,20 @@ def write_markdown(rows, train, args, num_train, path: Path) -> None:
         f"{args.eval_texts} English docstring paragraphs of the Python {sys.version.split()[0]}"
         f" standard library (max {args.max_len} tokens); fidelity is measured against the "
         "teacher's embeddings on the same texts. Size: orbax checkpoint on disk (torch: "
-        "`torch.save` state dict); 'sparse MB' is what a sparse format would need for "
-        "pruned variants (kept values + 1 bit per matrix entry). Latency: one batch of "
+        "`torch.save` state dict); tensorstore compresses orbax checkpoints, so the zeros "
+        "of pruned variants shrink them a little. Latency: one batch of "
         f"{args.batch_size} x {args.max_len} tokens on this machine's 2 CPU cores, shared "
         "with other jobs (so only ratios within this run mean anything).",
         "",
         "| variant | mean cosine | Spearman (pairwise sims) | top-10 overlap | size MB | "
-        "sparse MB | size vs fp32 | latency ms |",
-        "|---|---|---|---|---|---|---|---|",
+        "size vs fp32 | latency ms |",
+        "|---|---|---|---|---|---|---|",
     ]
     base = rows[0]["size_mb"]
     for r in rows:
-        sparse = f"{r['sparse_mb']:.1f}" if r.get("sparse_mb") else ""
         lines.append(
             f"| {r['variant']} | {r['mean_cosine']:.4f} | {r['spearman']:.4f} | "
-            f"{r['top10_overlap']:.3f} | {r['size_mb']:.1f} | {sparse} | "
+            f"{r['top10_overlap']:.3f} | {r['size_mb']:.1f} | "
             f"{r['size_mb'] / base:.2f}x | {1e3 * r['latency_s']:.0f} |"
         )
     lines += [
@@ -350,7 +336,8 @@ def write_markdown(rows, train, args, num_train, path: Path) -> None:
         f"(peak lr {train['lr']}, warm-up 20 steps, cosine decay, weight decay 0.01). "
         f"Loss: `hidden_cosine_loss` on sentence embeddings + `hidden_mse_loss` on the last "
         f"hidden states (masked). Trained on {num_train} docstring paragraphs disjoint from "
-        f"the evaluation set: {train['steps']} steps of batch {train['batch_size']} "
+        f"the evaluation set, truncated to {args.train_max_len} tokens (the mean is 19): "
+        f"{train['steps']} steps of batch {train['batch_size']} "
         f"({train['examples_seen']} examples) in {train['train_seconds']} s of CPU time "
         f"(+{train['compile_seconds']} s compile); loss {train['first_loss']:.4f} -> "
         f"{train['last_loss']:.4f} (mean of the last 10 steps).",
@@ -373,13 +360,13 @@ def plot(rows, path: Path) -> None:
         (axes[1], "spearman", "Spearman of pairwise similarities"),
     ):
         for r in rows:
-            size = r.get("sparse_mb") or r["size_mb"]
+            size = r["size_mb"]
             marker = "s" if r["variant"].startswith("torch") else "o"
             ax.scatter(size, r[key], marker=marker)
             ax.annotate(
                 r["variant"], (size, r[key]), fontsize=7, xytext=(3, 3), textcoords="offset points"
             )
-        ax.set_xlabel("size on disk, MB (sparse format for pruned variants)")
+        ax.set_xlabel("checkpoint size on disk, MB")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     fig.suptitle("all-MiniLM-L6-v2 compressed: fidelity vs size (stdlib docstrings)")
@@ -393,9 +380,10 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--student-layers", type=int, default=3)
-    parser.add_argument("--train-seconds", type=float, default=240.0)
-    parser.add_argument("--max-steps", type=int, default=400)
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--train-max-len", type=int, default=32)
+    parser.add_argument("--train-seconds", type=float, default=300.0)
+    parser.add_argument("--max-steps", type=int, default=600)
+    parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--skip-torch", action="store_true")
     args = parser.parse_args()
 
@@ -407,7 +395,7 @@ def main() -> None:
     print(f"{len(texts)} texts: {len(eval_texts)} eval, {len(train_texts)} train", flush=True)
     tokenizer = load_hf_tokenizer(model_dir)
     eval_tokens = tokenize(tokenizer, eval_texts, args.max_len)
-    train_tokens = tokenize(tokenizer, train_texts, args.max_len)
+    train_tokens = tokenize(tokenizer, train_texts, args.train_max_len)
 
     model, variables = load_hf_encoder(model_dir)
     teacher = {k: v for k, v in variables["params"].items() if k != "pooler"}
@@ -415,7 +403,7 @@ def main() -> None:
     rows = []
     cache = {}
 
-    def measure(name, module, params, *, int8=False, pruned=False):
+    def measure(name, module, params, *, int8=False):
         key = (id(module), int8)
         if key not in cache:
             cache[key] = make_embedder(module, int8=int8)
@@ -431,8 +419,6 @@ def main() -> None:
             "latency_s": median_latency(lambda: embed(params, ids, mask).block_until_ready()),
             "emb": emb,
         }
-        if pruned:
-            row["sparse_mb"] = sparse_mb(params)
         rows.append(row)
         print(
             f"{name}: { {k: v for k, v in row.items() if k != 'emb'} } "
@@ -446,8 +432,8 @@ def main() -> None:
         masks = magnitude_masks(teacher, sparsity, filter_fn=is_layer_kernel)
         pruned = apply_masks(teacher, masks)
         tag = f"L1 {int(sparsity * 100)}%"
-        measure(tag, model, pruned, pruned=True)
-        measure(f"{tag} + int8", model, quantize_params(pruned), int8=True, pruned=True)
+        measure(tag, model, pruned)
+        measure(f"{tag} + int8", model, quantize_params(pruned), int8=True)
 
     student, student_init, student_params, train = distill_student(
         model, teacher, train_tokens, args

@@ -307,20 +307,22 @@ def make_distill_step(**options: Any) -> Callable[[DistillState, Any], tuple[Dis
 
 
 def every_other_layer(num_teacher_layers: int, num_student_layers: int) -> tuple[int, ...]:
-    """Evenly spaced teacher layers for a student, DistilBERT's "one layer out of two".
+    """Evenly spaced teacher layers for a student, first and last included (DistilBERT).
 
-    ``round(i * L_t / L_s)`` for ``i < L_s``: 12 -> 6 gives ``(0, 2, 4, 6, 8, 10)``,
-    6 -> 3 gives ``(0, 2, 4)``.
+    ``floor(i * (L_t - 1) / (L_s - 1) + 1/2)`` for ``i < L_s``: 12 -> 6 gives
+    ``(0, 2, 4, 7, 9, 11)``, the layers DistilBERT's initialisation copies ("one layer
+    out of two", Sanh et al. 2019); 6 -> 3 gives ``(0, 3, 5)``. Keeping the last layer
+    keeps the output space the teacher's heads and pooling were trained on.
     """
     if not 1 <= num_student_layers <= num_teacher_layers:
         raise ValueError(
             f"num_student_layers={num_student_layers} must be in "
             f"[1, num_teacher_layers={num_teacher_layers}]"
         )
-    return tuple(
-        math.floor(i * num_teacher_layers / num_student_layers + 0.5)
-        for i in range(num_student_layers)
-    )
+    if num_student_layers == 1:
+        return (num_teacher_layers - 1,)
+    step = (num_teacher_layers - 1) / (num_student_layers - 1)
+    return tuple(math.floor(i * step + 0.5) for i in range(num_student_layers))
 
 
 def init_student_from_teacher(

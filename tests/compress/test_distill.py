@@ -97,8 +97,11 @@ def test_value_relation_loss_is_zero_for_the_teacher_and_matches_a_direct_comput
 
 
 def test_every_other_layer_and_student_initialisation():
-    assert every_other_layer(6, 3) == (0, 2, 4)
-    assert every_other_layer(12, 6) == (0, 2, 4, 6, 8, 10)
+    assert every_other_layer(12, 6) == (0, 2, 4, 7, 9, 11)  # DistilBERT's extraction
+    assert every_other_layer(6, 3) == (0, 3, 5)
+    assert every_other_layer(4, 4) == (0, 1, 2, 3)
+    with pytest.raises(ValueError, match="num_student_layers"):
+        every_other_layer(3, 6)
     teacher = {
         "embeddings": {"w": jnp.ones(2)},
         "encoder": {f"layer_{i}": {"w": jnp.full(2, float(i))} for i in range(6)},
