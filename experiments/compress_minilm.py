@@ -445,9 +445,7 @@ def main() -> None:
     student_p20 = apply_masks(
         student_params, magnitude_masks(student_params, 0.2, filter_fn=is_layer_kernel)
     )
-    measure(
-        "student + L1 20% + int8", student, quantize_params(student_p20), int8=True, pruned=True
-    )
+    measure("student + L1 20% + int8", student, quantize_params(student_p20), int8=True)
 
     if not args.skip_torch:
         rows += torch_rows(eval_texts, tokenizer, rows[0]["emb"], args, model_dir)
