@@ -76,10 +76,9 @@ def test_attention_transfer_loss_is_mean_row_kl_over_real_queries():
     np.testing.assert_allclose(loss, expected, rtol=1e-6)
 
 
-def test_value_relation_loss_is_zero_for_the_teacher_and_matches_a_direct_computation():
-    k1, k2 = jax.random.split(jax.random.key(0))
-    teacher = jax.random.normal(k1, (2, 5, 4, 8))
-    student = jax.random.normal(k2, (2, 5, 2, 8))  # fewer, so relation heads are re-split
+def test_value_relation_loss_is_zero_for_the_teacher_and_matches_a_direct_computation(normal):
+    teacher = normal((2, 5, 4, 8), seed=0)
+    student = normal((2, 5, 2, 8), seed=1)  # fewer heads, so relation heads are re-split
     loss = jax.jit(value_relation_loss, static_argnames="num_relation_heads")
     assert float(loss(teacher, teacher)) == pytest.approx(0.0, abs=1e-6)
 
@@ -118,21 +117,21 @@ def test_every_other_layer_and_student_initialisation():
         init_student_from_teacher(teacher, (0,), layer_name="block_{}")
 
 
-def _linear_distillation(optimizer):
+def _linear_distillation(optimizer, normal):
     step = make_distill_step(
         student_apply=lambda p, x: x @ p["w"],
         teacher_apply=lambda p, x: x @ p["w"],
         loss_fn=lambda s, t, x: hidden_mse_loss(s, t),
         optimizer=optimizer,
     )
-    teacher = {"w": jax.random.normal(jax.random.key(1), (8, 4))}
+    teacher = {"w": normal((8, 4), seed=1)}
     student = {"w": jnp.zeros((8, 4))}
-    batch = jax.random.normal(jax.random.key(2), (16, 8))
+    batch = normal((16, 8), seed=2)
     return step, init_distill_state(student, teacher, optimizer), batch
 
 
-def test_distill_step_trains_student_towards_frozen_teacher():
-    step, state, batch = _linear_distillation(optax.adam(0.05))
+def test_distill_step_trains_student_towards_frozen_teacher(normal):
+    step, state, batch = _linear_distillation(optax.adam(0.05), normal)
     teacher_before = np.asarray(state.teacher_params["w"])
     losses = []
     for _ in range(100):
@@ -143,8 +142,8 @@ def test_distill_step_trains_student_towards_frozen_teacher():
     assert int(state.step) == 100
 
 
-def test_distill_step_on_a_data_parallel_mesh_equals_single_device():
-    step, state, batch = _linear_distillation(optax.sgd(0.1))
+def test_distill_step_on_a_data_parallel_mesh_equals_single_device(normal):
+    step, state, batch = _linear_distillation(optax.sgd(0.1), normal)
     mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
     sharded_batch = jax.device_put(batch, NamedSharding(mesh, PartitionSpec("data")))
     replicated = jax.device_put(state, NamedSharding(mesh, PartitionSpec()))

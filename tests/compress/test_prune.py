@@ -19,18 +19,17 @@ from effjax.compress import (
 )
 
 
-def _params(seed=0):
-    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+@pytest.fixture
+def params(normal):
     return {
-        "dense_0": {"kernel": jax.random.normal(k1, (16, 8)), "bias": jnp.ones(8)},
-        "dense_1": {"kernel": 3.0 * jax.random.normal(k2, (8, 12)), "bias": jnp.ones(12)},
-        "norm": {"scale": jax.random.normal(k3, (12,))},
+        "dense_0": {"kernel": normal((16, 8), seed=1), "bias": jnp.ones(8)},
+        "dense_1": {"kernel": normal((8, 12), seed=2, scale=3.0), "bias": jnp.ones(12)},
+        "norm": {"scale": normal((12,), seed=3)},
     }
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.2, 0.5, 0.77])
-def test_layer_scope_prunes_exactly_the_smallest_magnitudes_of_each_kernel(sparsity):
-    params = _params()
+def test_layer_scope_prunes_exactly_the_smallest_magnitudes_of_each_kernel(sparsity, params):
     masks = magnitude_masks(params, sparsity, scope="layer")
     for name in ("dense_0", "dense_1"):
         w, keep = np.abs(np.asarray(params[name]["kernel"])), np.asarray(masks[name]["kernel"])
@@ -41,8 +40,7 @@ def test_layer_scope_prunes_exactly_the_smallest_magnitudes_of_each_kernel(spars
     assert np.asarray(masks["norm"]["scale"]).all()
 
 
-def test_global_scope_ranks_all_kernels_on_one_scale():
-    params = _params()
+def test_global_scope_ranks_all_kernels_on_one_scale(params):
     masks = magnitude_masks(params, 0.5, scope="global")
     kernels = [params[n]["kernel"] for n in ("dense_0", "dense_1")]
     keeps = [masks[n]["kernel"] for n in ("dense_0", "dense_1")]
@@ -59,8 +57,7 @@ def test_ties_are_broken_by_flat_index_so_masks_are_deterministic():
     assert masks["w"].tolist() == [[False, False, True, True], [True, True, True, True]]
 
 
-def test_masks_work_under_jit_with_a_traced_sparsity():
-    params = _params()
+def test_masks_work_under_jit_with_a_traced_sparsity(params):
     fn = jax.jit(lambda p, s: magnitude_masks(p, s, scope="global"))
     for sparsity in (0.3, 0.6):
         jitted = fn(params, sparsity)
@@ -68,8 +65,8 @@ def test_masks_work_under_jit_with_a_traced_sparsity():
         assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, jitted, eager))
 
 
-def test_nm_masks_keep_exactly_n_largest_in_every_group_along_the_input_axis():
-    w = jax.random.normal(jax.random.key(3), (16, 6))
+def test_nm_masks_keep_exactly_n_largest_in_every_group_along_the_input_axis(normal):
+    w = normal((16, 6), seed=4)
     keep = np.asarray(nm_masks({"kernel": w}, 2, 4)["kernel"])
     groups = keep.reshape(4, 4, 6)
     assert (groups.sum(axis=1) == 2).all()
@@ -79,8 +76,7 @@ def test_nm_masks_keep_exactly_n_largest_in_every_group_along_the_input_axis():
     assert (kept_min >= dropped_max).all()
 
 
-def test_bad_input_raises_value_error_naming_it():
-    params = _params()
+def test_bad_input_raises_value_error_naming_it(params):
     for bad in (1.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="sparsity"):
             magnitude_masks(params, bad)
@@ -98,20 +94,18 @@ def test_bad_input_raises_value_error_naming_it():
         polynomial_sparsity_schedule(1.0, begin_step=0, end_step=10)
 
 
-def test_filter_fn_can_select_biases():
-    params = _params()
+def test_filter_fn_can_select_biases(params):
     masks = magnitude_masks(params, 0.5, filter_fn=lambda path, leaf: path[-1] == "bias")
     assert (~np.asarray(masks["dense_0"]["bias"])).sum() == 4
     assert np.asarray(masks["dense_0"]["kernel"]).all()
 
 
-def test_keep_masks_keeps_pruned_weights_exactly_zero_through_adamw():
-    params = _params()
+def test_keep_masks_keeps_pruned_weights_exactly_zero_through_adamw(params, normal):
     masks = magnitude_masks(params, 0.5)
     params = apply_masks(params, masks)
     optimizer = optax.chain(optax.adamw(1e-2, weight_decay=0.1), keep_masks(masks))
     state = optimizer.init(params)
-    x = jax.random.normal(jax.random.key(4), (4, 16))
+    x = normal((4, 16), seed=5)
 
     def loss(p):
         h = jnp.tanh(x @ p["dense_0"]["kernel"] + p["dense_0"]["bias"][None])
@@ -149,9 +143,8 @@ def test_movement_scores_accumulate_minus_weight_times_gradient():
 
 
 @pytest.mark.parametrize("method", ["magnitude", "movement"])
-def test_prune_step_follows_the_schedule_and_keeps_pruned_weights_zero(method):
-    params = _params()
-    x = jax.random.normal(jax.random.key(5), (4, 16))
+def test_prune_step_follows_the_schedule_and_keeps_pruned_weights_zero(method, params, normal):
+    x = normal((4, 16), seed=6)
 
     def loss_fn(p, batch):
         return jnp.mean((batch @ p["dense_0"]["kernel"] @ p["dense_1"]["kernel"]) ** 2)
@@ -174,8 +167,7 @@ def test_prune_step_follows_the_schedule_and_keeps_pruned_weights_zero(method):
     assert (~np.asarray(state.masks["dense_1"]["kernel"])).mean() == 0.75
 
 
-def test_apply_masks_zeroes_exactly_the_dropped_entries():
-    params = _params()
+def test_apply_masks_zeroes_exactly_the_dropped_entries(params):
     masks = magnitude_masks(params, 0.3)
     pruned = apply_masks(params, masks)
     leaf, keep = np.asarray(pruned["dense_0"]["kernel"]), np.asarray(masks["dense_0"]["kernel"])

@@ -20,14 +20,13 @@ from effjax.compress import (
 )
 
 
-def _params():
-    k1, k2 = jax.random.split(jax.random.key(0))
-    kernel = jax.random.normal(k1, (32, 8)).at[:, 3].set(0.0)  # an all-zero output channel
-    return {"dense": {"kernel": kernel, "bias": jax.random.normal(k2, (8,))}}
+@pytest.fixture
+def params(normal):
+    kernel = normal((32, 8), seed=1).at[:, 3].set(0.0)  # an all-zero output channel
+    return {"dense": {"kernel": kernel, "bias": normal((8,), seed=2)}}
 
 
-def test_quantize_follows_the_convention_and_error_is_at_most_half_a_step():
-    params = _params()
+def test_quantize_follows_the_convention_and_error_is_at_most_half_a_step(params):
     q = quantize_params(params)
     qk = q["dense"]["kernel"]
     assert isinstance(qk, QuantizedArray)
@@ -43,16 +42,16 @@ def test_quantize_follows_the_convention_and_error_is_at_most_half_a_step():
     np.testing.assert_array_equal(back["dense"]["bias"], params["dense"]["bias"])  # untouched
 
 
-def test_filter_selecting_nothing_raises():
+def test_filter_selecting_nothing_raises(params):
     with pytest.raises(ValueError, match="filter_fn selects no parameter"):
-        quantize_params(_params(), filter_fn=lambda path, leaf: "embedding" in path)
+        quantize_params(params, filter_fn=lambda path, leaf: "embedding" in path)
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "weight_only"])
-def test_quantized_dense_is_close_to_the_float_dense(mode):
-    x = jax.random.normal(jax.random.key(1), (4, 5, 32))
+def test_quantized_dense_is_close_to_the_float_dense(mode, normal, random_init):
+    x = normal((4, 5, 32), seed=3)
     dense = nn.Dense(8)
-    params = dense.init(jax.random.key(2), x)["params"]
+    params = random_init(dense, x)
     expected = dense.apply({"params": params}, x)
     layer = QuantizedDense(8, mode=mode)
     qparams = quantize_params(params)
@@ -75,7 +74,7 @@ def test_quantized_dense_is_close_to_the_float_dense(mode):
 def test_dynamic_mode_runs_an_int8_dot_with_int32_accumulation():
     x = jnp.ones((2, 16))
     layer = QuantizedDense(4, mode="dynamic")
-    variables = layer.init(jax.random.key(0), x)
+    variables = jax.eval_shape(layer.init, jax.random.key(0), x)
     jaxpr = jax.make_jaxpr(layer.apply)(variables, x)
     dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
     assert len(dots) == 1
@@ -83,8 +82,8 @@ def test_dynamic_mode_runs_an_int8_dot_with_int32_accumulation():
     assert dots[0].outvars[0].aval.dtype == jnp.int32
 
 
-def test_fake_quant_rounds_forward_and_passes_gradients_straight_through():
-    w = jax.random.normal(jax.random.key(3), (16, 4))
+def test_fake_quant_rounds_forward_and_passes_gradients_straight_through(normal):
+    w = normal((16, 4), seed=4)
     q = quantize_params({"w": w})["w"]
     np.testing.assert_allclose(fake_quant(w), q.dequantize(), rtol=1e-6, atol=1e-7)
     grad = jax.grad(lambda p: jnp.sum(fake_quant_params(p)["w"] * 3.0))({"w": w})["w"]
@@ -110,10 +109,10 @@ def _dir_size(path):
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, files in os.walk(path) for f in files)
 
 
-def test_orbax_checkpoint_of_int8_params_is_under_0_3x_float32(tmp_path):
+def test_orbax_checkpoint_of_int8_params_is_under_0_3x_float32(tmp_path, normal):
     params = {
         f"layer_{i}": {
-            "kernel": jax.random.normal(jax.random.key(i), (256, 256)),
+            "kernel": normal((256, 256), seed=i),
             "bias": jnp.zeros(256),
         }
         for i in range(4)

@@ -37,11 +37,11 @@ class Block(nn.Module):
 D, N, H, F = 16, 4, 4, 32
 
 
-@pytest.fixture(scope="module")
-def block():
-    x = jax.random.normal(jax.random.key(0), (2, 7, D))
+@pytest.fixture
+def block(normal, random_init):
+    x = normal((2, 7, D))
     model = Block(N, H, F)
-    return model, jax.jit(model.init)(jax.random.key(1), x)["params"], x
+    return model, random_init(model, x, seed=1), x
 
 
 def _loss(model, params, x):
