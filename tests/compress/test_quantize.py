@@ -129,3 +129,18 @@ def test_orbax_checkpoint_of_int8_params_is_under_0_3x_float32(tmp_path, normal)
     np.testing.assert_array_equal(
         restored["layer_2"]["kernel"].values, qparams["layer_2"]["kernel"].values
     )
+
+
+def test_qat_gradient_is_the_loss_gradient_at_the_int8_weights(params, normal):
+    # STE: d/dw L(fake_quant(w)) = L'(q(w)), the gradient at the weights inference will use.
+    x = normal((6, 32), seed=7)
+
+    def loss(p):
+        return jnp.sum(jnp.tanh(x @ p["dense"]["kernel"] + p["dense"]["bias"][None]) ** 2)
+
+    qat_grad = jax.jit(jax.grad(lambda p: loss(fake_quant_params(p))))(params)
+    at_int8 = jax.jit(jax.grad(loss))(dequantize_params(quantize_params(params)))
+    np.testing.assert_allclose(
+        qat_grad["dense"]["kernel"], at_int8["dense"]["kernel"], rtol=1e-5, atol=1e-6
+    )
+    assert not np.allclose(qat_grad["dense"]["kernel"], jax.grad(loss)(params)["dense"]["kernel"])
