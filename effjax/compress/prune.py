@@ -45,7 +45,10 @@ def _keep_mask_from_ranks(scores: jax.Array, sparsity: Any) -> jax.Array:
     flat = scores.reshape(-1)
     order = jnp.argsort(flat, stable=True)
     ranks = jnp.zeros(flat.shape, jnp.int32).at[order].set(jnp.arange(flat.size, dtype=jnp.int32))
-    num_pruned = jnp.round(jnp.asarray(sparsity, jnp.float32) * flat.size).astype(jnp.int32)
+    if isinstance(sparsity, (int, float, np.number)):  # exact count, computed on the host
+        num_pruned = round(float(sparsity) * flat.size)
+    else:  # traced (a schedule under jit)
+        num_pruned = jnp.round(sparsity * flat.size).astype(jnp.int32)
     return (ranks >= num_pruned).reshape(scores.shape)
 
 
