@@ -17,6 +17,9 @@ from effjax.attention.kernel import (
     performer_decode_step,
 )
 
+# One compiled program per shape instead of one per operation (tests stay cheap to compile).
+draw_features = jax.jit(make_performer_features, static_argnums=(1, 2, 3))
+
 
 def quadratic_form(phi, q, k, v, *, is_causal=False, padding_mask=None):
     """sum_s phi(q_t).phi(k_s) v_s / sum_s phi(q_t).phi(k_s), built densely [B, N, T, S]."""
@@ -43,10 +46,11 @@ def assert_same_with_grads(fn, reference, q, k, v, atol=1e-5):
         np.testing.assert_allclose(g, w, atol=atol, rtol=1e-4, err_msg=f"gradient wrt {name}")
 
 
-SHAPES = [  # (q_len, kv_len, num_heads, num_kv_heads)
-    (21, 21, 4, 2),  # GQA, length not a multiple of the chunk size
-    (7, 19, 4, 1),  # MQA, T < S: the first keys are a shared prefix when causal
-    (19, 7, 2, 2),  # T > S: the first queries see no key when causal
+CASES = [  # (q_len, kv_len, num_heads, num_kv_heads, is_causal)
+    (21, 21, 4, 2, False),  # GQA
+    (21, 21, 4, 2, True),  # GQA, length not a multiple of the chunk size
+    (7, 19, 4, 1, True),  # MQA, T < S: the first keys are a shared prefix
+    (19, 7, 2, 2, True),  # T > S: the first queries see no key
 ]
 
 
@@ -54,10 +58,9 @@ def elu_plus_one(x):
     return jax.nn.elu(x) + 1.0
 
 
-@pytest.mark.parametrize("is_causal", [False, True])
-@pytest.mark.parametrize("shape", SHAPES)
-def test_linear_attention_equals_quadratic_form(shape, is_causal):
-    t, s, n, kh = shape
+@pytest.mark.parametrize("case", CASES)
+def test_linear_attention_equals_quadratic_form(case):
+    t, s, n, kh, is_causal = case
     q, k, v = testing.random_qkv(
         jax.random.key(0), batch=2, q_len=t, kv_len=s, num_heads=n, num_kv_heads=kh
     )
@@ -78,8 +81,10 @@ def test_linear_attention_callable_feature_map_and_scale():
     def phi(x):  # a map that changes the feature count, F = 2H
         return jnp.concatenate([jax.nn.softplus(x), jnp.exp(-(x**2))], axis=-1)
 
-    got = linear_attention(q, k, v, feature_map=phi, scale=0.5, is_causal=True)
-    want = quadratic_form(phi, q * 0.5, k, v, is_causal=True)
+    got = jax.jit(functools.partial(linear_attention, feature_map=phi, scale=0.5, is_causal=True))(
+        q, k, v
+    )
+    want = jax.jit(functools.partial(quadratic_form, phi, is_causal=True))(q * 0.5, k, v)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -87,7 +92,7 @@ def test_linear_attention_callable_feature_map_and_scale():
 def test_performer_relu_kernel_equals_its_quadratic_form(is_causal):
     q, k, v = testing.random_qkv(jax.random.key(3), q_len=20, num_heads=4, num_kv_heads=2)
     pad = testing.random_padding_mask(jax.random.key(4), 2, 20)
-    features = make_performer_features(jax.random.key(5), 32, 8)
+    features = draw_features(jax.random.key(5), 32, 8)
 
     def phi(x):
         return jax.nn.relu(jnp.einsum("...h,fh->...f", x, features))
@@ -103,54 +108,67 @@ def test_performer_relu_kernel_equals_its_quadratic_form(is_causal):
     assert_same_with_grads(fn, reference, q, k, v, atol=2e-5)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 3, 4))
-def _rms_error(seed, num_features, shrink, orthogonal, is_causal):
+@functools.partial(jax.jit, static_argnums=(1, 3))
+def performer_errors(seeds, num_features, shrink, orthogonal):
+    """RMS error against dense attention, (bidirectional, causal), one per seed."""
     q, k, v = testing.random_qkv(jax.random.key(10), batch=1, q_len=32, num_heads=2, head_dim=16)
     q, k = q * shrink, k * shrink  # moderate logits, where FAVOR+ is meant to be used
-    features = make_performer_features(jax.random.key(seed), num_features, 16, orthogonal)
-    got = performer_attention(q, k, v, features=features, is_causal=is_causal)
-    want = ea.dot_product_attention(q, k, v, is_causal=is_causal)
-    return jnp.sqrt(jnp.mean((got - want) ** 2))
+
+    def errors(seed):
+        features = make_performer_features(jax.random.key(seed), num_features, 16, orthogonal)
+        return jnp.stack(
+            [
+                jnp.sqrt(
+                    jnp.mean(
+                        (
+                            performer_attention(q, k, v, features=features, is_causal=causal)
+                            - ea.dot_product_attention(q, k, v, is_causal=causal)
+                        )
+                        ** 2
+                    )
+                )
+                for causal in (False, True)
+            ]
+        )
+
+    return jax.vmap(errors)(seeds)
 
 
-def performer_error(num_features, seed, is_causal, orthogonal=True, *, shrink=0.5):
-    return float(_rms_error(seed, num_features, shrink, orthogonal, is_causal))
-
-
-@pytest.mark.parametrize("is_causal", [False, True])
-def test_performer_softmax_error_shrinks_with_more_features(is_causal):
-    errors = [
-        np.mean([performer_error(f, seed, is_causal) for seed in range(3)]) for f in (16, 256, 2048)
-    ]
-    assert errors[0] > errors[1] > errors[2], errors
-    # Monte Carlo error ~ 1/sqrt(F): 128x the features should cut it by several times.
-    assert errors[2] < errors[0] / 3, errors
+def test_performer_softmax_error_shrinks_with_more_features():
+    seeds = jnp.arange(3)
+    # [3 feature counts, 2 modes]: mean over seeds
+    errors = np.stack([performer_errors(seeds, f, 0.5, True).mean(0) for f in (16, 256, 2048)])
+    for mode in range(2):  # bidirectional, causal
+        e = errors[:, mode]
+        assert e[0] > e[1] > e[2], errors
+        # Monte Carlo error ~ 1/sqrt(F): 128x the features should cut it by several times.
+        assert e[2] < e[0] / 3, errors
 
 
 def test_orthogonal_features_beat_iid_features():
-    def mean_error(orthogonal):
-        return np.mean([performer_error(16, s, False, orthogonal, shrink=0.4) for s in range(24)])
-
-    assert mean_error(True) < mean_error(False)
+    seeds = jnp.arange(24)
+    orthogonal = performer_errors(seeds, 16, 0.4, True).mean(0)
+    iid = performer_errors(seeds, 16, 0.4, False).mean(0)
+    assert np.all(orthogonal < iid), (orthogonal, iid)
 
 
 def test_orthogonal_features_are_orthogonal_blocks_with_chi_norms():
-    w = make_performer_features(jax.random.key(0), 40, 8)  # 5 blocks of 8
+    w = draw_features(jax.random.key(0), 40, 8)  # 5 blocks of 8
     for block in np.split(np.asarray(w), 5):
         gram = block @ block.T
         np.testing.assert_allclose(gram - np.diag(np.diag(gram)), 0.0, atol=1e-4)
     # Rows are marginally N(0, I_H): E|w|^2 = H.
-    many = make_performer_features(jax.random.key(1), 4096, 8)
+    many = draw_features(jax.random.key(1), 4096, 8)
     assert abs(float(jnp.mean(jnp.sum(many**2, axis=-1))) - 8.0) < 0.3
-    np.testing.assert_array_equal(w, make_performer_features(jax.random.key(0), 40, 8))
-    assert not np.allclose(w, make_performer_features(jax.random.key(2), 40, 8))
+    np.testing.assert_array_equal(w, draw_features(jax.random.key(0), 40, 8))
+    assert not np.allclose(w, draw_features(jax.random.key(2), 40, 8))
 
 
 @pytest.mark.parametrize("is_causal", [False, True])
 def test_performer_is_stable_for_large_logits_and_ignores_padded_keys(is_causal):
     q, k, v = testing.random_qkv(jax.random.key(6), q_len=16, num_heads=2)
     pad = jnp.arange(16)[None, :] < jnp.array([[16], [9]])
-    features = make_performer_features(jax.random.key(7), 64, 8)
+    features = draw_features(jax.random.key(7), 64, 8)
     fn = jax.jit(
         lambda q, k, v: performer_attention(
             q, k, v, features=features, padding_mask=pad, is_causal=is_causal
@@ -169,7 +187,7 @@ def test_performer_is_stable_for_large_logits_and_ignores_padded_keys(is_causal)
 def test_query_with_no_key_gives_zeros_and_finite_grads(variant):
     q, k, v = testing.random_qkv(jax.random.key(8), q_len=8, num_heads=2)
     pad = jnp.array([[True] * 8, [False] * 8])
-    options = {"features": make_performer_features(jax.random.key(0), 16, 8)}
+    options = {"features": draw_features(jax.random.key(0), 16, 8)}
     fn = ea.get(variant)
     kwargs = options if variant == "performer" else {}
 
@@ -183,7 +201,7 @@ def test_query_with_no_key_gives_zeros_and_finite_grads(variant):
     np.testing.assert_array_equal(grads[1][1], 0.0)  # padded keys get no gradient
 
 
-@pytest.mark.parametrize(("groups", "chunk_size"), [((2, 1), 4), ((1, 2), 5), ((3, 2), 64)])
+@pytest.mark.parametrize(("groups", "chunk_size"), [((2, 1), 4), ((3, 2), 5)])
 def test_causal_prefix_product_gradients_equal_autodiff_of_quadratic_form(groups, chunk_size):
     ga, gb = groups
     ka, kb, kc, kd = jax.random.split(jax.random.key(9), 4)
@@ -222,13 +240,13 @@ def test_decode_steps_equal_full_causal_pass():
     t = 11
     q, k, v = testing.random_qkv(jax.random.key(11), batch=2, q_len=t, num_heads=4, num_kv_heads=2)
     q, k = q * 2.0, k * 2.0  # offsets of later keys exceed earlier ones: exercises rescaling
-    features = make_performer_features(jax.random.key(12), 24, 8)
+    features = draw_features(jax.random.key(12), 24, 8)
     cases = [
         (performer_attention, performer_decode_step, {"features": features}, 24),
         (linear_attention, linear_decode_step, {}, 8),
     ]
     for attention, step, options, num_features in cases:
-        full = attention(q, k, v, is_causal=True, **options)
+        full = jax.jit(functools.partial(attention, is_causal=True, **options))(q, k, v)
         step = jax.jit(functools.partial(step, **options))
         state = kernel_state_init(2, 2, num_features, 8)
         outs = []
@@ -241,23 +259,26 @@ def test_decode_steps_equal_full_causal_pass():
 
 def test_bfloat16_inputs_give_bfloat16_outputs_close_to_float32():
     q, k, v = testing.random_qkv(jax.random.key(13), q_len=16, num_heads=2)
-    features = make_performer_features(jax.random.key(0), 32, 8)
+    features = draw_features(jax.random.key(0), 32, 8)
     for fn, options in [(performer_attention, {"features": features}), (linear_attention, {})]:
-        want = fn(q, k, v, is_causal=True, **options)
-        got = fn(*(x.astype(jnp.bfloat16) for x in (q, k, v)), is_causal=True, **options)
+        fn = jax.jit(functools.partial(fn, is_causal=True, **options))
+        want = fn(q, k, v)
+        got = fn(*(x.astype(jnp.bfloat16) for x in (q, k, v)))
         assert got.dtype == jnp.bfloat16
         np.testing.assert_allclose(got.astype(jnp.float32), want, atol=0.1)
 
 
 def test_composes_with_jit_and_vmap():
     q, k, v = testing.random_qkv(jax.random.key(14), batch=3, q_len=12, num_heads=2)
-    features = make_performer_features(jax.random.key(0), 16, 8)
+    features = draw_features(jax.random.key(0), 16, 8)
 
     def fn(q, k, v):
         return performer_attention(q[None], k[None], v[None], features=features, is_causal=True)[0]
 
     batched = jax.jit(jax.vmap(fn))(q, k, v)
-    direct = performer_attention(q, k, v, features=features, is_causal=True)
+    direct = jax.jit(functools.partial(performer_attention, features=features, is_causal=True))(
+        q, k, v
+    )
     np.testing.assert_allclose(batched, direct, atol=1e-5)
 
 
@@ -268,7 +289,7 @@ def test_registered_under_short_names():
 
 def test_bad_inputs_raise_value_errors_naming_the_argument():
     q, k, v = testing.random_qkv(jax.random.key(0), q_len=8, num_heads=2)
-    features = make_performer_features(jax.random.key(0), 16, 8)
+    features = draw_features(jax.random.key(0), 16, 8)
     with pytest.raises(ValueError, match=r"features must have shape .* got \(16, 4\)"):
         performer_attention(q, k, v, features=features[:, :4])
     with pytest.raises(ValueError, match="kernel must be one of"):
