@@ -23,6 +23,11 @@ all keys, or the same for all features of one query, cancels between numerator
 and denominator. So a query's features are divided by their largest value, and
 all keys' features by the largest value over every (real) key and feature, which
 does not depend on the query; the ratio stays exact while nothing overflows.
+One offset serves the whole sequence, also when causal: if an early key's
+largest feature logit lies more than ~87 (float32's exp range) below the
+sequence's largest, its features underflow and a query that sees only such keys
+returns zeros. Decoding (:class:`KernelState`) rescales as keys arrive instead,
+like online softmax, and has no such limit.
 """
 
 from __future__ import annotations
