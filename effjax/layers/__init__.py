@@ -1,14 +1,21 @@
 """Flax linen modules built on effjax's attention functions."""
 
+# Importing these registers each variant's layer hooks (features, projections, caches).
+from effjax.layers import kernel_state, linformer  # noqa: F401
 from effjax.layers.attention import MultiHeadAttention, as_flax_attention_fn
+from effjax.layers.kernel_state import RANDOM_FEATURES, redraw_performer_features
+from effjax.layers.linformer import linformer_projection_init
 from effjax.layers.quantized import QuantizedArray, QuantizedDense
 from effjax.layers.variants import LayerHooks, register_layer_hooks
 
 __all__ = [
+    "RANDOM_FEATURES",
     "LayerHooks",
     "MultiHeadAttention",
     "QuantizedArray",
     "QuantizedDense",
     "as_flax_attention_fn",
+    "linformer_projection_init",
+    "redraw_performer_features",
     "register_layer_hooks",
 ]
