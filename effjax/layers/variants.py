@@ -11,6 +11,9 @@ registers two optional hooks here, under its registry name:
   ``query [B, T, N, H]``, ``key [B, S, K, H]``, ``value [B, S, K, H]``. It may
   create variables with ``module.param`` / ``module.variable`` and draw keys with
   ``module.make_rng``; it returns keyword arguments added to the attention call.
+  ``options`` is a fresh dict on every call: a hook removes (``pop``) the options
+  that only the layer understands (``num_features``, ``max_len``, ...) so that
+  the pure function never sees them.
 
 ``decode(module, query, key, value, options) -> [B, T, N, H]``
   One autoregressive step with ``T`` new tokens (``T = 1`` for token-by-token
