@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from effjax.train.checkpoint import checkpoint_manager
 from effjax.train.cli import add_train_parser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,13 +46,8 @@ def _records(workdir):
 
 
 def _final_params(workdir):
-    import orbax.checkpoint as ocp
-
-    manager = ocp.CheckpointManager(
-        Path(workdir, "checkpoints").absolute(),
-        item_handlers={"state": ocp.StandardCheckpointHandler()},
-    )
-    state = manager.restore(manager.latest_step())["state"]
+    manager = checkpoint_manager(Path(workdir, "checkpoints"), read_only=True)
+    state = manager.restore(manager.latest_step())  # as saved, without a target
     return manager.latest_step(), state["params"]
 
 
