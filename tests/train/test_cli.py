@@ -1,6 +1,5 @@
 """`effjax train` from the command line: smoke config, kill-and-resume, refusals."""
 
-import argparse
 import json
 import os
 import signal
@@ -13,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from effjax.cli import main
 from effjax.train.checkpoint import checkpoint_manager
-from effjax.train.cli import add_train_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +27,8 @@ def _command(config, workdir):
     return [
         sys.executable,
         "-m",
-        "effjax.train.cli",
+        "effjax.cli",
+        "train",
         str(config),
         "--workdir",
         str(workdir),
@@ -136,10 +136,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(smoke_run, tmp_path, sig
 
 
 def _cli(*argv):
-    parser = argparse.ArgumentParser()
-    add_train_parser(parser.add_subparsers())
-    args = parser.parse_args(["train", *map(str, argv), "--no-progress"])
-    return args.func(args)
+    return main(["train", *map(str, argv), "--no-progress"])
 
 
 def _snapshot(directory):
