@@ -2,10 +2,11 @@
 that effjax.train.loop and users share.
 
 Layout: ``<directory>/<step>/default/``, one orbax standard item (a pytree of
-arrays) per step. A step is written into a temporary directory (``<step>.orbax-checkpoint-tmp...``)
-and renamed to ``<step>`` only once complete, so a save killed midway leaves the
-earlier steps readable: the manager lists finished steps only, and a leftover
-temporary directory is never restored (orbax's atomic-rename commit).
+arrays) per step. A step is written into a temporary directory
+(``<step>.orbax-checkpoint-tmp...``) and renamed to ``<step>`` only once complete, so
+a save killed midway leaves the earlier steps readable: the manager lists finished
+steps only, and a leftover temporary directory is never restored (orbax's atomic-rename
+commit).
 
 Example:
   >>> import tempfile, jax.numpy as jnp
@@ -42,7 +43,7 @@ def checkpoint_manager(
     """An orbax ``CheckpointManager`` for one pytree per step under ``directory``.
 
     Args:
-      directory: absolute or relative path; created unless ``read_only``.
+      directory: absolute or relative path; created unless ``read_only`` or not ``create``.
       max_to_keep: keep the newest this many steps (None: all).
       save_interval_steps: save only steps divisible by this.
       async_save: write in a background thread (``save(..., wait=False)`` returns early).
