@@ -198,6 +198,14 @@ def check_workdir(workdir: Path, config: ExperimentConfig) -> None:
         )
 
 
+def _replace_file(path: Path, text: str) -> None:
+    """Writes ``path`` through a scratch file and a rename, so a crash leaves the old
+    file or the new one, never part of one."""
+    scratch = path.with_name(path.name + ".tmp")
+    scratch.write_text(text)
+    os.replace(scratch, path)
+
+
 class _MetricsLog:
     """``metrics.jsonl`` (one ``os.write`` per record) plus TensorBoard scalars."""
 
@@ -215,9 +223,7 @@ class _MetricsLog:
         lines = self.path.read_text().splitlines(keepends=True)
         kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
         if len(kept) != len(lines):
-            scratch = self.path.with_suffix(".jsonl.tmp")
-            scratch.write_text("".join(kept))
-            os.replace(scratch, self.path)
+            _replace_file(self.path, "".join(kept))
 
     def write(self, step: int, values: dict[str, float]) -> None:
         record = {"step": step, "time": time.time(), **values}
@@ -357,9 +363,7 @@ def train(
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "checkpoints").mkdir(exist_ok=True)
     if not (workdir / "config.json").exists():
-        scratch = workdir / "config.json.tmp"
-        scratch.write_text(json.dumps(to_json(config), indent=2))
-        os.replace(scratch, workdir / "config.json")
+        _replace_file(workdir / "config.json", json.dumps(to_json(config), indent=2))
     log = _MetricsLog(workdir, start)
 
     step_fn = make_train_step(model, tx, run.seed, loss_fn)
