@@ -91,10 +91,7 @@ class DecoderLM(nn.Module):
           deterministic: False enables dropout (needs a ``"dropout"`` rng).
         """
         cfg = self.config
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be [B, T], got shape {input_ids.shape}")
-        check_input_length(input_ids.shape[1], cfg)
-        padding_mask = padding_mask_from(attention_mask, input_ids)
+        padding_mask = padding_mask_from(input_ids, attention_mask, cfg)
 
         embed = nn.Embed(
             cfg.vocab_size,

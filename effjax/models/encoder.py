@@ -24,18 +24,28 @@ def _init(config) -> nn.initializers.Initializer:
     return nn.initializers.normal(stddev=config.initializer_range)
 
 
-def check_input_length(length: int, config) -> None:
-    """Raises a ValueError when ``length`` tokens do not fit the position table."""
+def check_input_length(length: int, config, *, holder: str = "input_ids has") -> None:
+    """Raises a ValueError when ``length`` tokens do not fit the position table.
+
+    ``holder`` begins the message ("input_ids has", or "inputs pad to" for a data config
+    checked before anything is built).
+    """
     if length > config.max_length:
         raise ValueError(
-            f"input_ids has {length} tokens but the position table covers {config.max_length} "
+            f"{holder} {length} tokens but the position table covers {config.max_length} "
             f"(max_position_embeddings={config.max_position_embeddings}); truncate the input or "
             "extend the table with effjax.models.extend_position_embeddings"
         )
 
 
-def padding_mask_from(attention_mask: jax.Array | None, input_ids: jax.Array) -> jax.Array | None:
-    """Hugging Face's ``attention_mask [B, T]`` (nonzero = real token) -> bool padding mask."""
+def padding_mask_from(
+    input_ids: jax.Array, attention_mask: jax.Array | None, config
+) -> jax.Array | None:
+    """Checks ``input_ids [B, T]`` against the position table and turns Hugging Face's
+    ``attention_mask [B, T]`` (nonzero = real token) into a bool padding mask."""
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [B, T], got shape {input_ids.shape}")
+    check_input_length(input_ids.shape[1], config)
     if attention_mask is None:
         return None
     if attention_mask.shape != input_ids.shape:
@@ -210,10 +220,7 @@ class Encoder(nn.Module):
           attention_kwargs: extra keyword options for every layer's attention call.
           deterministic: False enables dropout (needs a ``"dropout"`` rng).
         """
-        if input_ids.ndim != 2:
-            raise ValueError(f"input_ids must be [B, T], got shape {input_ids.shape}")
-        check_input_length(input_ids.shape[1], self.config)
-        padding_mask = padding_mask_from(attention_mask, input_ids)
+        padding_mask = padding_mask_from(input_ids, attention_mask, self.config)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic)

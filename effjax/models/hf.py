@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.core import FrozenDict
 
+from effjax.data.text import load_tokenizer
 from effjax.models.config import EncoderConfig
 from effjax.models.encoder import Encoder, EncoderForMaskedLM
 
@@ -483,12 +484,13 @@ def _replace_dir(new: Path, target: Path) -> None:
 
 
 def load_hf_tokenizer(path: str | os.PathLike):
-    """``transformers.AutoTokenizer`` from a model directory (local files only)."""
-    import transformers
+    """``transformers.AutoTokenizer`` from a model directory (local files only).
 
-    return transformers.AutoTokenizer.from_pretrained(
-        str(_checked_dir(path)), local_files_only=True
-    )
+    Raises:
+      FileNotFoundError: the directory or its ``config.json`` is missing.
+      ValueError: it holds no tokenizer (see effjax.data.load_tokenizer).
+    """
+    return load_tokenizer(_checked_dir(path))
 
 
 def sentence_embedding(

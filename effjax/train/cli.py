@@ -1,11 +1,9 @@
 """``effjax train CONFIG --workdir DIR [--steps N]``.
 
-The lead's effjax/cli.py wires it in with::
-
-    from effjax.train.cli import add_train_parser
-    add_train_parser(subparsers)   # sets func=run_train
-
-Rerunning the same command resumes from the work directory's last checkpoint.
+The subcommand of the ``effjax`` command (effjax/cli.py adds it with
+:func:`add_train_parser`); run it as ``effjax train ...`` or
+``python -m effjax.cli train ...``. Rerunning the same command resumes from the work
+directory's last checkpoint.
 """
 
 from __future__ import annotations
@@ -55,15 +53,3 @@ def run_train(args: argparse.Namespace) -> int:
     summary = {k: v for k, v in result.items() if k != "state"}
     print(json.dumps(summary))
     return 128 + int(result["stopped"]) if result["stopped"] else 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point (``python -m effjax.train.cli CONFIG --workdir DIR``)."""
-    parser = argparse.ArgumentParser(prog="effjax")
-    add_train_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

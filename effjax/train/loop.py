@@ -12,8 +12,9 @@ Files in the work directory:
 * ``config.json``: the run's configuration; a rerun must match it (run-control
   fields such as ``num_steps`` or intervals may change; see
   effjax.train.config.RESUMABLE_CHANGES), else :func:`train` stops before writing.
-* ``checkpoints/<step>/``: orbax checkpoints (written to a temporary directory and
-  renamed, so a checkpoint is complete or absent).
+* ``checkpoints/<step>/``: the train state, saved and restored by
+  effjax.train.checkpoint (written to a temporary directory and renamed, so a
+  checkpoint is complete or absent).
 * ``metrics.jsonl``: one JSON object per log or evaluation, appended with a single
   ``write`` each; records after the restored step are dropped on resume.
 * ``tensorboard/``: the same scalars as TensorBoard event files (tensorboardX).
@@ -39,10 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import struct
 
-from effjax.train import sharding
+from effjax.train import checkpoint, sharding
 from effjax.train.config import ExperimentConfig, OptimizerConfig, incompatibilities, to_json
 
 
@@ -198,27 +198,12 @@ def check_workdir(workdir: Path, config: ExperimentConfig) -> None:
         )
 
 
-def _check_checkpoint_structure(manager: ocp.CheckpointManager, step: int, abstract) -> None:
-    """Parameter names and shapes of the checkpoint equal the model's (before restoring)."""
-    metadata = manager.item_metadata(step)["state"]
-    tree = getattr(metadata, "tree", metadata)
-    saved_params = tree.get("params") if isinstance(tree, dict) else None
-    if saved_params is None:
-        raise ValueError(f"checkpoint {step} in {manager.directory} holds no train state")
-    saved = {
-        sharding._path_name(p): tuple(leaf.shape)
-        for p, leaf in jax.tree_util.tree_flatten_with_path(saved_params)[0]
-    }
-    wanted = {
-        sharding._path_name(p): tuple(leaf.shape)
-        for p, leaf in jax.tree_util.tree_flatten_with_path(abstract.params)[0]
-    }
-    if saved != wanted:
-        diff = sorted(set(saved.items()) ^ set(wanted.items()))[:6]
-        raise ValueError(
-            f"checkpoint {step} in {manager.directory} does not fit the model "
-            f"(first differences, (path, shape)): {diff}"
-        )
+def _replace_file(path: Path, text: str) -> None:
+    """Writes ``path`` through a scratch file and a rename, so a crash leaves the old
+    file or the new one, never part of one."""
+    scratch = path.with_name(path.name + ".tmp")
+    scratch.write_text(text)
+    os.replace(scratch, path)
 
 
 class _MetricsLog:
@@ -238,9 +223,7 @@ class _MetricsLog:
         lines = self.path.read_text().splitlines(keepends=True)
         kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
         if len(kept) != len(lines):
-            scratch = self.path.with_suffix(".jsonl.tmp")
-            scratch.write_text("".join(kept))
-            os.replace(scratch, self.path)
+            _replace_file(self.path, "".join(kept))
 
     def write(self, step: int, values: dict[str, float]) -> None:
         record = {"step": step, "time": time.time(), **values}
@@ -359,37 +342,28 @@ def train(
     abstract = jax.eval_shape(lambda b: init_state(model, tx, run.seed, b), example)
     state_sharding = sharding.state_shardings(abstract, tx, mesh, rules)
 
-    manager = ocp.CheckpointManager(
-        (workdir / "checkpoints").absolute(),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=run.max_checkpoints, enable_async_checkpointing=False, create=False
-        ),
-        item_handlers={"state": ocp.StandardCheckpointHandler()},
+    manager = checkpoint.checkpoint_manager(
+        workdir / "checkpoints", max_to_keep=run.max_checkpoints, async_save=False, create=False
     )
-    latest = manager.latest_step() if (workdir / "checkpoints").is_dir() else None
-    if latest is not None:
-        _check_checkpoint_structure(manager, latest, abstract)
-        target = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract,
-            state_sharding,
-        )
-        state = manager.restore(
-            latest, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-        )["state"]
-    else:
-        state = jax.jit(lambda b: init_state(model, tx, run.seed, b), out_shardings=state_sharding)(
-            example
-        )
+    try:
+        if manager.latest_step() is not None:
+            # Checks every name and shape against the model before reading an array.
+            state = checkpoint.restore(manager, abstract, shardings=state_sharding)
+        else:
+            fresh = jax.jit(
+                lambda b: init_state(model, tx, run.seed, b), out_shardings=state_sharding
+            )
+            state = fresh(example)
+    except BaseException:
+        manager.close()
+        raise
     start = int(state.step)
 
     # Validation is over: from here on the work directory is written.
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "checkpoints").mkdir(exist_ok=True)
     if not (workdir / "config.json").exists():
-        scratch = workdir / "config.json.tmp"
-        scratch.write_text(json.dumps(to_json(config), indent=2))
-        os.replace(scratch, workdir / "config.json")
+        _replace_file(workdir / "config.json", json.dumps(to_json(config), indent=2))
     log = _MetricsLog(workdir, start)
 
     step_fn = make_train_step(model, tx, run.seed, loss_fn)
@@ -403,10 +377,6 @@ def train(
                 step_fn, state_sharding, sharding.batch_shardings(batch, mesh, rules)
             )
         return compiled[shapes](state, batch)
-
-    def save(step: int) -> None:
-        if manager.latest_step() != step:
-            manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
 
     def run_eval(split: str, limit: int | None, step: int) -> dict[str, float]:
         values = evaluate(eval_step, state.params, data.eval_batches(split, limit))
@@ -436,18 +406,17 @@ def train(
                 if done % run.eval_every == 0 or done == run.num_steps:
                     result.update(run_eval("validation", run.eval_examples, done))
                 if done % run.checkpoint_every == 0:
-                    save(done)
+                    checkpoint.save(manager, done, state)
                 bar.update(task, completed=done)
                 if stop:
-                    save(done)
+                    checkpoint.save(manager, done, state)
                     result["stopped"] = stop[0]
                     break
             else:
-                save(run.num_steps)
+                checkpoint.save(manager, run.num_steps, state)
                 if "test" in getattr(data, "splits", {}):
                     result.update(run_eval("test", None, run.num_steps))
     finally:
-        manager.wait_until_finished()
         manager.close()
         log.close()
     result["step"] = int(state.step)

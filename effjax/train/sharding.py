@@ -86,10 +86,6 @@ def make_mesh(data: int = -1, model: int = 1, devices: Sequence[jax.Device] | No
     return Mesh(np.asarray(devices).reshape(data, model), ("data", "model"))
 
 
-def _path_name(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-
-
 def param_logical_axes(name: str, ndim: int, patterns=PARAM_LOGICAL_AXES) -> tuple | None:
     """Logical axis names of the parameter at path ``name`` (None: replicated)."""
     for pattern, axes in patterns:
@@ -107,7 +103,8 @@ def param_shardings(params: Any, mesh: Mesh, rules: Rules, patterns=PARAM_LOGICA
     """
 
     def sharding(path, leaf):
-        name, shape = _path_name(path), np.shape(leaf)
+        name = jax.tree_util.keystr(path, simple=True, separator="/")
+        shape = np.shape(leaf)
         axes = param_logical_axes(name, len(shape), patterns)
         spec = PartitionSpec() if axes is None else nn.logical_to_mesh_axes(axes, rules)
         for size, mesh_axis in zip(shape, tuple(spec), strict=False):

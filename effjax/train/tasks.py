@@ -13,6 +13,7 @@ from pathlib import Path
 from effjax.data import listops, synthetic, text
 from effjax.data.batching import ClassificationData
 from effjax.models import EncoderConfig, EncoderForSequenceClassification
+from effjax.models.encoder import check_input_length
 from effjax.train.config import ExperimentConfig
 
 #: ListOps inputs start with a classification token after the ListOps vocabulary.
@@ -54,11 +55,7 @@ def check_inputs(config: ExperimentConfig) -> None:
             f"model.vocab_size={model.vocab_size} is smaller than the data's vocabulary ({vocab})"
         )
     longest = max(data.boundaries) if data.boundaries else data.max_length
-    if longest > model.max_length:
-        raise ValueError(
-            f"inputs pad to {longest} tokens but model.max_position_embeddings allows "
-            f"{model.max_length}"
-        )
+    check_input_length(longest, model, holder="inputs pad to")
 
 
 def build_model(config: ExperimentConfig) -> EncoderForSequenceClassification:

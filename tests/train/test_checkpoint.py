@@ -91,3 +91,35 @@ def test_incompatible_target_names_the_leaves(tmp_path):
         restore(manager, make_state(width=4))
     with pytest.raises(ValueError, match="missing in checkpoint: extra"):
         restore(manager, {"extra": jnp.zeros(1)})
+
+
+def test_saving_an_existing_step_keeps_the_saved_one(tmp_path):
+    manager = checkpoint_manager(tmp_path)
+    assert save(manager, 1, {"w": jnp.ones(2)})
+    assert not save(manager, 1, {"w": jnp.zeros(2)})  # orbax alone would raise
+    np.testing.assert_array_equal(restore(manager, {"w": jnp.zeros(2)})["w"], [1.0, 1.0])
+
+
+def test_restore_places_arrays_on_the_given_shardings(tmp_path):
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    state = step_state(make_state(3.0, width=8))
+    save(checkpoint_manager(tmp_path), 1, state)
+    mesh = Mesh(np.asarray(jax.devices()[:4]).reshape(2, 2), ("data", "model"))
+    over_model = NamedSharding(mesh, PartitionSpec(None, "model"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    abstract = jax.eval_shape(lambda: make_state(width=8))
+    shardings = jax.tree.map(lambda leaf: over_model if leaf.ndim == 2 else replicated, abstract)
+
+    restored = restore(checkpoint_manager(tmp_path), abstract, shardings=shardings)
+    kernel = restored.params["dense"]["kernel"]
+    assert kernel.sharding == over_model
+    assert {shard.data.shape for shard in kernel.addressable_shards} == {(2, 4)}
+    assert_trees_equal(restored.params, state.params)
+    assert_trees_equal(restored.opt_state, state.opt_state)
+
+
+def test_manager_without_create_writes_nothing(tmp_path):
+    manager = checkpoint_manager(tmp_path / "later", create=False)
+    assert manager.latest_step() is None
+    assert not (tmp_path / "later").exists()

@@ -1,6 +1,5 @@
 """`effjax train` from the command line: smoke config, kill-and-resume, refusals."""
 
-import argparse
 import json
 import os
 import signal
@@ -13,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from effjax.train.cli import add_train_parser
+from effjax.cli import main
+from effjax.train.checkpoint import checkpoint_manager
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,8 @@ def _command(config, workdir):
     return [
         sys.executable,
         "-m",
-        "effjax.train.cli",
+        "effjax.cli",
+        "train",
         str(config),
         "--workdir",
         str(workdir),
@@ -45,13 +46,8 @@ def _records(workdir):
 
 
 def _final_params(workdir):
-    import orbax.checkpoint as ocp
-
-    manager = ocp.CheckpointManager(
-        Path(workdir, "checkpoints").absolute(),
-        item_handlers={"state": ocp.StandardCheckpointHandler()},
-    )
-    state = manager.restore(manager.latest_step())["state"]
+    manager = checkpoint_manager(Path(workdir, "checkpoints"), read_only=True)
+    state = manager.restore(manager.latest_step())  # as saved, without a target
     return manager.latest_step(), state["params"]
 
 
@@ -140,10 +136,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(smoke_run, tmp_path, sig
 
 
 def _cli(*argv):
-    parser = argparse.ArgumentParser()
-    add_train_parser(parser.add_subparsers())
-    args = parser.parse_args(["train", *map(str, argv), "--no-progress"])
-    return args.func(args)
+    return main(["train", *map(str, argv), "--no-progress"])
 
 
 def _snapshot(directory):
