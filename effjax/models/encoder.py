@@ -276,18 +276,35 @@ class EncoderForMaskedLM(nn.Module):
         self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic=True, **kw
     ) -> jax.Array:
         encoder = Encoder(self.config, dtype=self.dtype, name="encoder")
+        kw = _global_classification_token(self.config, input_ids, kw)
         hidden = encoder(
             input_ids, attention_mask, token_type_ids, deterministic=deterministic, **kw
         )
         return MaskedLMHead(self.config, dtype=self.dtype, name="mlm_head")(hidden, encoder.attend)
 
 
+def _global_classification_token(config: EncoderConfig, input_ids, kw: dict) -> dict:
+    """Longformer classifies with global attention on the first token (Beltagy et al.
+    2020, sec. 3.1): with ``"global_local"`` and no ``global_mask`` given, mark it global."""
+    if config.attention != "global_local" or "global_mask" in config.attention_options:
+        return kw
+    attention_kwargs = dict(kw.get("attention_kwargs") or {})
+    if "global_mask" in attention_kwargs:
+        return kw
+    first = jnp.arange(input_ids.shape[1]) == 0
+    attention_kwargs["global_mask"] = jnp.broadcast_to(first[None, :], input_ids.shape)
+    attention_kwargs["max_global_tokens"] = 1
+    return {**kw, "attention_kwargs": attention_kwargs}
+
+
 class EncoderForSequenceClassification(nn.Module):
     """Encoder + classifier on the pooled first token: ``[B, T] -> logits [B, num_labels]``.
 
     ``Dense(num_labels)(Dropout(pooled_output))`` as BERT; without a pooler the first
-    token's hidden state is used. Parameters: ``{"encoder": ..., "classifier": ...}``,
-    so pretrained encoder parameters slot in under ``"encoder"``.
+    token's hidden state is used. With ``"global_local"`` attention the first token is
+    global unless a ``global_mask`` is given (Longformer's recipe). Parameters:
+    ``{"encoder": ..., "classifier": ...}``, so pretrained encoder parameters slot in
+    under ``"encoder"``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -309,6 +326,7 @@ class EncoderForSequenceClassification(nn.Module):
         self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic=True, **kw
     ) -> jax.Array:
         encoder = Encoder(self.config, dtype=self.dtype, name="encoder")
+        kw = _global_classification_token(self.config, input_ids, kw)
         hidden = encoder(
             input_ids, attention_mask, token_type_ids, deterministic=deterministic, **kw
         )

@@ -105,6 +105,8 @@ class RunConfig:
       sharding: ``"data"`` (replicated parameters), ``"tensor"`` (parameters sharded
         over the model axis) or ``"sequence"`` (tensor + the batch's length axis).
       progress: show a progress bar.
+      feature_redraw_interval: redraw Performer's random features every this many steps
+        (None: never).
     """
 
     seed: int = 0
@@ -119,6 +121,7 @@ class RunConfig:
     mesh_model: int = 1
     sharding: str = "data"
     progress: bool = True
+    feature_redraw_interval: int | None = 1000
 
 
 @dataclasses.dataclass(frozen=True)

@@ -42,16 +42,19 @@ import numpy as np
 import optax
 from flax import struct
 
+from effjax.layers import RANDOM_FEATURES, redraw_performer_features
 from effjax.train import checkpoint, sharding
 from effjax.train.config import ExperimentConfig, OptimizerConfig, incompatibilities, to_json
 
 
 class TrainState(struct.PyTreeNode):
-    """``step`` (int32 scalar), ``params`` and ``opt_state``: all a resumed run needs."""
+    """All a resumed run needs: ``step`` (int32 scalar), ``params``, ``opt_state``, and
+    ``collections``, the model's non-trainable variables (Performer's random features)."""
 
     step: jax.Array
     params: Any
     opt_state: Any
+    collections: Any = struct.field(default_factory=dict)
 
 
 def make_schedule(config: OptimizerConfig, num_steps: int) -> optax.Schedule:
@@ -93,6 +96,12 @@ def classification_loss(logits: jax.Array, batch: dict[str, jax.Array]) -> tuple
     return loss.mean(), {"loss": loss.mean(), "accuracy": accuracy.mean()}
 
 
+def _step_rngs(rng: jax.Array) -> dict[str, jax.Array]:
+    """Dropout, and the attention key that randomised variants (LSH rotations, BigBird's
+    random blocks) draw afresh at every training step."""
+    return {"dropout": rng, "attention": jax.random.fold_in(rng, 1)}
+
+
 def forward(
     model: nn.Module,
     params: Any,
@@ -100,18 +109,21 @@ def forward(
     *,
     train: bool,
     rng: jax.Array | None,
+    collections: Any = None,
 ) -> jax.Array:
-    """``model(inputs, padding_mask, deterministic=not train)`` with dropout keys.
+    """``model(inputs, padding_mask, deterministic=not train)`` with per-step keys.
 
     The mask is passed positionally, as effjax.models' encoders take it
-    (``attention_mask``, True/1 = a real token).
+    (``attention_mask``, True/1 = a real token). ``collections`` are the model's
+    non-trainable variables; in evaluation (``rng=None``) randomised variants use
+    their fixed evaluation key.
     """
     return model.apply(
-        {"params": params},
+        {"params": params, **(collections or {})},
         batch["inputs"],
         batch["padding_mask"],
         deterministic=not train,
-        rngs=None if rng is None else {"dropout": rng},
+        rngs=None if rng is None else _step_rngs(rng),
     )
 
 
@@ -124,11 +136,14 @@ def make_train_step(
     seed: int,
     loss_fn: LossFn = classification_loss,
     axis_name: str | None = None,
+    feature_redraw_interval: int | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """``step(state, batch) -> (state, metrics)``; the key is ``fold_in(key(seed), step)``.
 
     With ``axis_name`` (pmap), gradients and metrics are averaged over that axis, so
-    equal per-device batches give the full batch's mean-loss gradient.
+    equal per-device batches give the full batch's mean-loss gradient. With
+    ``feature_redraw_interval``, Performer features in ``state.collections`` are
+    redrawn every that many steps (Choromanski et al. 2020: training plateaus without).
     """
     base_key = jax.random.key(seed)
 
@@ -136,7 +151,10 @@ def make_train_step(
         rng = jax.random.fold_in(base_key, state.step)
 
         def loss(params):
-            return loss_fn(forward(model, params, batch, train=True, rng=rng), batch)
+            logits = forward(
+                model, params, batch, train=True, rng=rng, collections=state.collections
+            )
+            return loss_fn(logits, batch)
 
         (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
         if axis_name is not None:
@@ -144,7 +162,15 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
         params = optax.apply_updates(state.params, updates)
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        collections = state.collections
+        if feature_redraw_interval and RANDOM_FEATURES in collections:
+            collections = redraw_performer_features(
+                collections, jax.random.fold_in(rng, 2), state.step + 1, feature_redraw_interval
+            )
+        new_state = TrainState(
+            step=state.step + 1, params=params, opt_state=opt_state, collections=collections
+        )
+        return new_state, metrics
 
     return step
 
@@ -154,14 +180,19 @@ def init_state(
 ) -> TrainState:
     """Parameters from ``key(seed)`` (split off the step keys) and a fresh optimizer state."""
     init_key = jax.random.fold_in(jax.random.key(seed), -1 % 2**31)
-    variables = model.init(
-        {"params": init_key, "dropout": init_key},
-        batch["inputs"],
-        batch["padding_mask"],
-        deterministic=True,
+    variables = dict(
+        model.init(
+            {"params": init_key, "dropout": init_key, "attention": init_key},
+            batch["inputs"],
+            batch["padding_mask"],
+            deterministic=True,
+        )
     )
-    params = variables["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    params = variables.pop("params")
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+        collections=variables,
+    )
 
 
 # ---------------------------------------------------------------- work directory
@@ -284,17 +315,24 @@ def _progress(enabled: bool, total: int, start: int):
 
 
 def make_eval_step(model: nn.Module, loss_fn: LossFn = classification_loss) -> Callable:
-    """``eval_step(params, batch) -> metrics`` (jitted, deterministic)."""
-    return jax.jit(lambda p, b: loss_fn(forward(model, p, b, train=False, rng=None), b)[1])
+    """``eval_step(state, batch) -> metrics`` (jitted, deterministic)."""
+
+    def eval_step(state: TrainState, batch: dict) -> dict:
+        logits = forward(
+            model, state.params, batch, train=False, rng=None, collections=state.collections
+        )
+        return loss_fn(logits, batch)[1]
+
+    return jax.jit(eval_step)
 
 
-def evaluate(eval_step: Callable, params: Any, batches) -> dict[str, float]:
+def evaluate(eval_step: Callable, state: TrainState, batches) -> dict[str, float]:
     """Example-weighted mean of ``eval_step``'s metrics over ``batches``."""
     totals: dict[str, float] = {}
     count = 0
     for batch in batches:
         size = len(batch["labels"])
-        for name, value in eval_step(params, batch).items():
+        for name, value in eval_step(state, batch).items():
             totals[name] = totals.get(name, 0.0) + float(value) * size
         count += size
     return {name: total / count for name, total in totals.items()}
@@ -366,7 +404,9 @@ def train(
         _replace_file(workdir / "config.json", json.dumps(to_json(config), indent=2))
     log = _MetricsLog(workdir, start)
 
-    step_fn = make_train_step(model, tx, run.seed, loss_fn)
+    step_fn = make_train_step(
+        model, tx, run.seed, loss_fn, feature_redraw_interval=run.feature_redraw_interval
+    )
     eval_step = make_eval_step(model, loss_fn)
     compiled: dict[Any, Callable] = {}
 
@@ -379,7 +419,7 @@ def train(
         return compiled[shapes](state, batch)
 
     def run_eval(split: str, limit: int | None, step: int) -> dict[str, float]:
-        values = evaluate(eval_step, state.params, data.eval_batches(split, limit))
+        values = evaluate(eval_step, state, data.eval_batches(split, limit))
         values = {f"{split}/{name}": value for name, value in values.items()}
         log.write(step, values)
         return values

@@ -119,7 +119,8 @@ def param_shardings(params: Any, mesh: Mesh, rules: Rules, patterns=PARAM_LOGICA
 
 
 def state_shardings(state: Any, tx: optax.GradientTransformation, mesh: Mesh, rules: Rules):
-    """Shardings of a train state (``step``, ``params``, ``opt_state``; abstract is fine).
+    """Shardings of a train state (``step``, ``params``, ``opt_state``, ``collections``;
+    abstract is fine).
 
     Optimizer moments follow their parameter (``optax.tree_map_params``); scalars such
     as step counts are replicated.
@@ -133,7 +134,10 @@ def state_shardings(state: Any, tx: optax.GradientTransformation, mesh: Mesh, ru
         params,
         transform_non_params=lambda _: replicated,
     )
-    return state.replace(step=replicated, params=params, opt_state=opt_state)
+    collections = jax.tree.map(lambda _: replicated, state.collections)
+    return state.replace(
+        step=replicated, params=params, opt_state=opt_state, collections=collections
+    )
 
 
 #: Logical axes of batch entries by rank: [B] labels, [B, T] tokens and masks.
