@@ -7,15 +7,19 @@ in ``value.dtype`` (see ``jax.nn.dot_product_attention`` for the letters).
 
 from effjax.attention import masks
 from effjax.attention.dense import dot_product_attention
+from effjax.attention.local import local_attention, local_mask
 from effjax.attention.registry import AttentionFn, available, get, register, resolve
 
 register("dense", dot_product_attention)
+register("local", local_attention)
 
 __all__ = [
     "AttentionFn",
     "available",
     "dot_product_attention",
     "get",
+    "local_attention",
+    "local_mask",
     "masks",
     "register",
     "resolve",
