@@ -7,17 +7,21 @@ in ``value.dtype`` (see ``jax.nn.dot_product_attention`` for the letters).
 
 from effjax.attention import masks
 from effjax.attention.dense import dot_product_attention
+from effjax.attention.global_local import global_local_attention, global_local_mask
 from effjax.attention.local import local_attention, local_mask
 from effjax.attention.registry import AttentionFn, available, get, register, resolve
 
 register("dense", dot_product_attention)
 register("local", local_attention)
+register("global_local", global_local_attention)
 
 __all__ = [
     "AttentionFn",
     "available",
     "dot_product_attention",
     "get",
+    "global_local_attention",
+    "global_local_mask",
     "local_attention",
     "local_mask",
     "masks",
