@@ -101,9 +101,11 @@ def _gather_blocks(x: jax.Array, table: jax.Array, block_size: int) -> jax.Array
     batch, length, heads, dim = x.shape
     num_patterns, rows, slots = table.shape
     blocks = x.reshape(batch, length // block_size, block_size, heads, dim)
+    if num_patterns == 1:  # One pattern: gather whole blocks in place, no transpose.
+        gathered = jnp.take(blocks, table[0], axis=1)  # [B, Q, C, b, K, H]
+        return gathered.reshape(batch, rows, slots * block_size, heads, dim)
     blocks = jnp.moveaxis(blocks, 3, 1)  # [B, K, Tb, b, H]
-    index = jnp.broadcast_to(table.reshape(num_patterns, rows * slots), (heads, rows * slots))
-    gathered = blocks[:, np.arange(heads)[:, None], index]  # [B, K, Q*C, b, H]
+    gathered = blocks[:, np.arange(heads)[:, None], table.reshape(heads, rows * slots)]
     gathered = gathered.reshape(batch, heads, rows, slots * block_size, dim)
     return jnp.moveaxis(gathered, 1, 3)
 
