@@ -12,23 +12,24 @@ jit_local = jax.jit(
     static_argnames=("window_size", "is_causal", "dilation", "scale", "block_size"),
 )
 
-# (T, S, N, K, window, dilation, block_size, causal): lengths that are not multiples of the
+# (T, S, K, window, dilation, block_size, causal) with N = 4: lengths that are not multiples of the
 # block, T != S (bottom-right aligned), GQA and MQA, dilation, a window wider than the sequence.
+# Few distinct shapes, so the eager reference compiles its operations once for all cases.
 CASES = [
-    (13, 13, 4, 2, (2, 3), 1, 4, False),
-    (13, 13, 4, 4, (2, 3), 1, 4, True),
-    (10, 17, 2, 1, (3, 1), 1, 4, False),
-    (17, 10, 2, 2, (2, 2), 1, 4, True),
-    (23, 23, 4, 1, (2, 1), 3, 4, False),
-    (11, 19, 2, 2, (2, 2), 2, 4, True),
-    (9, 9, 2, 2, 100, 1, None, False),
-    (30, 30, 2, 2, (0, 0), 1, None, True),
+    (13, 13, 2, (2, 3), 1, 4, False),
+    (13, 13, 2, (2, 3), 1, 4, True),
+    (10, 17, 2, (3, 1), 1, 4, False),
+    (17, 10, 2, (2, 2), 1, 4, True),
+    (13, 13, 2, (2, 1), 3, 4, False),
+    (10, 17, 2, (2, 2), 2, 4, True),
+    (13, 13, 1, 100, 1, None, False),
+    (13, 13, 2, (0, 0), 2, None, True),
 ]
 
 
-@pytest.mark.parametrize(("t", "s", "n", "k", "window", "dilation", "block", "is_causal"), CASES)
-def test_equals_dense_with_window_mask(rng, t, s, n, k, window, dilation, block, is_causal):
-    q, kk, v = testing.random_qkv(rng, batch=2, q_len=t, kv_len=s, num_heads=n, num_kv_heads=k)
+@pytest.mark.parametrize(("t", "s", "k", "window", "dilation", "block", "is_causal"), CASES)
+def test_equals_dense_with_window_mask(rng, t, s, k, window, dilation, block, is_causal):
+    q, kk, v = testing.random_qkv(rng, batch=2, q_len=t, kv_len=s, num_heads=4, num_kv_heads=k)
     padding = testing.random_padding_mask(jax.random.key(3), 2, s)
     testing.check_against_reference(
         jit_local,
@@ -46,9 +47,8 @@ def test_equals_dense_with_window_mask(rng, t, s, n, k, window, dilation, block,
 
 def test_default_block_on_a_longer_sequence(rng):
     q, k, v = testing.random_qkv(rng, batch=1, q_len=100, num_heads=2, head_dim=4)
-    testing.check_against_reference(
-        jit_local, q, k, v, mask=local_mask(100, 100, (40, 5)), window_size=(40, 5)
-    )
+    want = dot_product_attention(q, k, v, mask=local_mask(100, 100, (40, 5))[None, None])
+    np.testing.assert_allclose(jit_local(q, k, v, window_size=(40, 5)), want, atol=1e-5)
 
 
 def test_jit_and_registry_name(rng):
@@ -60,7 +60,7 @@ def test_jit_and_registry_name(rng):
 
 def test_bfloat16_inputs_give_bfloat16_close_to_float32(rng):
     q, k, v = testing.random_qkv(rng, q_len=19, num_heads=2, dtype=jnp.bfloat16)
-    out = local_attention(q, k, v, window_size=(4, 2), block_size=4)
+    out = jit_local(q, k, v, window_size=(4, 2), block_size=4)
     assert out.dtype == jnp.bfloat16
     want = dot_product_attention(
         *(x.astype(jnp.float32) for x in (q, k, v)), mask=local_mask(19, 19, (4, 2))[None, None]
@@ -71,10 +71,10 @@ def test_bfloat16_inputs_give_bfloat16_close_to_float32(rng):
 def test_fully_padded_row_gives_zeros_and_finite_grads(rng):
     q, k, v = testing.random_qkv(rng, batch=1, q_len=12, num_heads=2)
     padding = jnp.arange(12)[None] < 3  # keys 3.. are padding: late queries see no key
-    out = local_attention(q, k, v, window_size=(1, 1), padding_mask=padding, block_size=4)
+    out = jit_local(q, k, v, window_size=(1, 1), padding_mask=padding, block_size=4)
     np.testing.assert_array_equal(out[0, 6:], 0.0)
     grads = jax.grad(
-        lambda q: jnp.sum(local_attention(q, k, v, window_size=1, padding_mask=padding))
+        lambda q: jnp.sum(jit_local(q, k, v, window_size=1, padding_mask=padding, block_size=4))
     )(q)
     assert np.isfinite(np.asarray(grads)).all()
 
