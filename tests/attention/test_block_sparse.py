@@ -19,13 +19,15 @@ jit_block_sparse = jax.jit(
     ),
 )
 
+SLOW = pytest.mark.slow  # the other cases run with the slow tests
+
 CASES = [  # (block, random, global, per_head, causal) with T = 37, N = 4, K = 2
-    (4, 2, 2, False, False),
+    pytest.param(4, 2, 2, False, False, marks=SLOW),
     (4, 2, 2, False, True),
     (4, 1, 1, True, False),
-    (4, 1, 0, False, True),
-    (16, 3, 2, False, False),  # 3 blocks: the pattern reaches every block
-    (64, 1, 2, False, True),  # shorter than one block
+    pytest.param(4, 1, 0, False, True, marks=SLOW),
+    pytest.param(16, 3, 2, False, False, marks=SLOW),  # 3 blocks: the pattern reaches every block
+    pytest.param(64, 1, 2, False, True, marks=SLOW),  # shorter than one block
 ]
 
 

@@ -15,15 +15,17 @@ jit_local = jax.jit(
 # (T, S, K, window, dilation, block_size, causal) with N = 4: lengths that are not multiples of the
 # block, T != S (bottom-right aligned), GQA and MQA, dilation, a window wider than the sequence.
 # Few distinct shapes, so the eager reference compiles its operations once for all cases.
+SLOW = pytest.mark.slow  # the other cases run with the slow tests
+
 CASES = [
-    (13, 13, 2, (2, 3), 1, 4, False),
-    (13, 13, 2, (2, 3), 1, 4, True),
+    pytest.param(13, 13, 2, (2, 3), 1, 4, False, marks=SLOW),
+    pytest.param(13, 13, 2, (2, 3), 1, 4, True, marks=SLOW),
     (10, 17, 2, (3, 1), 1, 4, False),
-    (17, 10, 2, (2, 2), 1, 4, True),
-    (13, 13, 2, (2, 1), 3, 4, False),
+    pytest.param(17, 10, 2, (2, 2), 1, 4, True, marks=SLOW),
+    pytest.param(13, 13, 2, (2, 1), 3, 4, False, marks=SLOW),
     (10, 17, 2, (2, 2), 2, 4, True),
-    (13, 13, 1, 100, 1, None, False),
-    (13, 13, 2, (0, 0), 2, None, True),
+    pytest.param(13, 13, 1, 100, 1, None, False, marks=SLOW),
+    pytest.param(13, 13, 2, (0, 0), 2, None, True, marks=SLOW),
 ]
 
 

@@ -38,7 +38,7 @@ def assert_layers_agree(x, sparse: MultiHeadAttention, dense: MultiHeadAttention
     )
 
 
-@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("is_causal", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_local_by_name_equals_dense_with_its_mask(x, is_causal):
     options = {"window_size": (3, 2), "dilation": 2, "block_size": 4}
     mask = local_mask(T, T, (3, 2), dilation=2)[None, None]
@@ -112,7 +112,14 @@ def test_block_sparse_function_and_layer_options_agree(x):
     )
 
 
-@pytest.mark.parametrize(("window", "dilation", "step"), [((3, 1), 1, 1), (2, 2, 1), (4, 1, 3)])
+@pytest.mark.parametrize(
+    ("window", "dilation", "step"),
+    [
+        pytest.param((3, 1), 1, 1, marks=pytest.mark.slow),
+        (2, 2, 1),
+        pytest.param(4, 1, 3, marks=pytest.mark.slow),  # three tokens per step
+    ],
+)
 def test_local_decode_equals_full_causal_pass(window, dilation, step):
     length = 12
     x = jax.random.normal(jax.random.key(0), (B, length, D))
