@@ -23,8 +23,11 @@ B, N, H = 1, 8, 64
 NUM_GLOBAL = 16  # Longformer: global tokens at positions 0..15 (a [CLS]-plus-question prefix)
 
 
+def prefix_globals(seq_len: int) -> jax.Array:
+    return jnp.arange(seq_len)[None] < NUM_GLOBAL
+
+
 def variants(seq_len: int):
-    g = jnp.arange(seq_len)[None] < NUM_GLOBAL
     rng = jax.random.key(1)
     return {
         "dense": (lambda q, k, v: jax.nn.dot_product_attention(q, k, v), None),
@@ -34,9 +37,14 @@ def variants(seq_len: int):
         ),
         f"global_local (128,128) +{NUM_GLOBAL} global": (
             lambda q, k, v: ea.global_local_attention(
-                q, k, v, window_size=(128, 128), global_mask=g, max_global_tokens=NUM_GLOBAL
+                q,
+                k,
+                v,
+                window_size=(128, 128),
+                global_mask=prefix_globals(q.shape[1]),
+                max_global_tokens=NUM_GLOBAL,
             ),
-            lambda: ea.global_local_mask(g, (128, 128))[0, 0],
+            lambda: ea.global_local_mask(prefix_globals(seq_len), (128, 128))[0, 0],
         ),
         "block_sparse b=64 r=3 g=2": (
             lambda q, k, v: ea.block_sparse_attention(
