@@ -99,12 +99,12 @@ def test_causal_pattern_keeps_only_the_past():
 
 
 def test_same_key_same_pattern_new_key_new_pattern_under_jit(rng):
-    q, k, v = testing.random_qkv(rng, batch=1, q_len=64, num_heads=2)
+    q, k, v = testing.random_qkv(rng, q_len=37, num_kv_heads=2)
     fn = jax.jit(lambda key: block_sparse_attention(q, k, v, rng=key, block_size=4))
     a, b = jax.random.key(1), jax.random.key(2)
     np.testing.assert_array_equal(fn(a), fn(a))
     assert not np.allclose(fn(a), fn(b))
-    mask_fn = jax.jit(lambda key: block_sparse_mask(64, rng=key, block_size=4))
+    mask_fn = jax.jit(lambda key: block_sparse_mask(37, rng=key, block_size=4))
     assert (mask_fn(a) != mask_fn(b)).any()
     want = dot_product_attention(q, k, v, mask=mask_fn(b)[None, None])
     np.testing.assert_allclose(fn(b), want, atol=1e-5)
@@ -118,11 +118,11 @@ def test_per_head_patterns_differ():
 
 
 def test_bfloat16_inputs(rng):
-    q, k, v = testing.random_qkv(rng, q_len=40, num_heads=2, dtype=jnp.bfloat16)
+    q, k, v = testing.random_qkv(rng, q_len=37, num_kv_heads=2, dtype=jnp.bfloat16)
     key = jax.random.key(3)
     out = jit_block_sparse(q, k, v, rng=key, block_size=4, num_random_blocks=1)
     assert out.dtype == jnp.bfloat16
-    mask = block_sparse_mask(40, rng=key, block_size=4, num_random_blocks=1)
+    mask = block_sparse_mask(37, rng=key, block_size=4, num_random_blocks=1)
     want = dot_product_attention(*(x.astype(jnp.float32) for x in (q, k, v)), mask=mask[None, None])
     np.testing.assert_allclose(np.asarray(out, np.float32), want, atol=3e-2)
 

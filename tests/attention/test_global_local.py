@@ -65,8 +65,8 @@ def test_mask_by_hand():
 
 
 def test_traced_global_mask_under_jit_with_a_static_bound(rng):
-    q, k, v = testing.random_qkv(rng, q_len=20, num_heads=2)
-    g = random_globals(20)
+    q, k, v = testing.random_qkv(rng, q_len=13, num_kv_heads=2)
+    g = random_globals(13)
     fn = jax.jit(
         lambda q, k, v, g: global_local_attention(
             q, k, v, window_size=2, global_mask=g, max_global_tokens=8
@@ -76,6 +76,7 @@ def test_traced_global_mask_under_jit_with_a_static_bound(rng):
     np.testing.assert_allclose(fn(q, k, v, g), want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_no_global_token_is_local_attention(rng):
     q, k, v = testing.random_qkv(rng, q_len=12, num_heads=2)
     g = jnp.zeros((2, 12), bool)
@@ -86,9 +87,9 @@ def test_no_global_token_is_local_attention(rng):
 
 
 def test_bfloat16_inputs(rng):
-    q, k, v = testing.random_qkv(rng, q_len=17, num_heads=2, dtype=jnp.bfloat16)
-    g = random_globals(17)
-    out = jit_global_local(q, k, v, window_size=3, global_mask=g, max_global_tokens=17)
+    q, k, v = testing.random_qkv(rng, q_len=13, num_kv_heads=2, dtype=jnp.bfloat16)
+    g = random_globals(13)
+    out = jit_global_local(q, k, v, window_size=3, global_mask=g, max_global_tokens=13)
     assert out.dtype == jnp.bfloat16
     want = dot_product_attention(
         *(x.astype(jnp.float32) for x in (q, k, v)), mask=global_local_mask(g, 3)

@@ -54,18 +54,18 @@ def test_default_block_on_a_longer_sequence(rng):
 
 
 def test_jit_and_registry_name(rng):
-    q, k, v = testing.random_qkv(rng, q_len=21, num_heads=2)
+    q, k, v = testing.random_qkv(rng, q_len=10, kv_len=17, num_kv_heads=2)
     fn = jax.jit(lambda q, k, v: get("local")(q, k, v, window_size=3, is_causal=True))
-    want = dot_product_attention(q, k, v, mask=local_mask(21, 21, 3)[None, None], is_causal=True)
+    want = dot_product_attention(q, k, v, mask=local_mask(10, 17, 3)[None, None], is_causal=True)
     np.testing.assert_allclose(fn(q, k, v), want, atol=1e-5)
 
 
 def test_bfloat16_inputs_give_bfloat16_close_to_float32(rng):
-    q, k, v = testing.random_qkv(rng, q_len=19, num_heads=2, dtype=jnp.bfloat16)
+    q, k, v = testing.random_qkv(rng, q_len=10, kv_len=17, num_kv_heads=2, dtype=jnp.bfloat16)
     out = jit_local(q, k, v, window_size=(4, 2), block_size=4)
     assert out.dtype == jnp.bfloat16
     want = dot_product_attention(
-        *(x.astype(jnp.float32) for x in (q, k, v)), mask=local_mask(19, 19, (4, 2))[None, None]
+        *(x.astype(jnp.float32) for x in (q, k, v)), mask=local_mask(10, 17, (4, 2))[None, None]
     )
     np.testing.assert_allclose(np.asarray(out, np.float32), want, atol=3e-2)
 
