@@ -3,10 +3,13 @@
 Every function takes ``query [B, T, N, H]``, ``key [B, S, K, H]``,
 ``value [B, S, K, Hv]`` and keyword-only options, and returns ``[B, T, N, Hv]``
 in ``value.dtype`` (see ``jax.nn.dot_product_attention`` for the letters).
+Each is registered under a short name (``get("local")``) for configs.
 """
 
 from effjax.attention import masks
+from effjax.attention.block_sparse import block_sparse_attention, block_sparse_mask
 from effjax.attention.dense import dot_product_attention
+from effjax.attention.global_local import global_local_attention, global_local_mask
 from effjax.attention.kernel import (
     KernelState,
     kernel_state_init,
@@ -17,10 +20,14 @@ from effjax.attention.kernel import (
     performer_attention,
     performer_decode_step,
 )
+from effjax.attention.local import local_attention, local_mask
 from effjax.attention.lowrank import linformer_attention
 from effjax.attention.registry import AttentionFn, available, get, register, resolve
 
 register("dense", dot_product_attention)
+register("local", local_attention)
+register("global_local", global_local_attention)
+register("block_sparse", block_sparse_attention)
 register("performer", performer_attention)
 register("linear", linear_attention)
 register("linformer", linformer_attention)
@@ -29,13 +36,19 @@ __all__ = [
     "AttentionFn",
     "KernelState",
     "available",
+    "block_sparse_attention",
+    "block_sparse_mask",
     "dot_product_attention",
     "get",
+    "global_local_attention",
+    "global_local_mask",
     "kernel_state_init",
     "linear_attention",
     "linear_decode_step",
     "linear_num_features",
     "linformer_attention",
+    "local_attention",
+    "local_mask",
     "make_performer_features",
     "masks",
     "performer_attention",

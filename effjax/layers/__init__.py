@@ -1,7 +1,7 @@
 """Flax linen modules built on effjax's attention functions."""
 
-# Importing these registers each variant's layer hooks (features, projections, caches).
-from effjax.layers import kernel_state, linformer  # noqa: F401
+# Importing these registers each variant's layer hooks (keys, features, decoding caches).
+from effjax.layers import block_sparse_rng, kernel_state, linformer, local_cache  # noqa: F401
 from effjax.layers.attention import MultiHeadAttention, as_flax_attention_fn
 from effjax.layers.kernel_state import RANDOM_FEATURES, redraw_performer_features
 from effjax.layers.linformer import linformer_projection_init

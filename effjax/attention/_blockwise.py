@@ -1,0 +1,79 @@
+"""Attention of query blocks over gathered key blocks, shared by the sparse variants (private).
+
+Local, Longformer and BigBird attention all reduce to the same step: every block of
+``b`` queries attends to its own short list of ``C`` key blocks (a band around it, or
+blocks named by an index table) under a token-level mask. The step costs
+O(T * C * b) time and memory, and gives back the log-sum-exp of each row so that
+separately computed parts of a row (a window and a set of global keys) can be merged
+exactly, as in blockwise/flash attention.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from effjax.attention import _common
+
+
+def softmax_with_lse(logits: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Float32 softmax over the last axis and its log-sum-exp; masked entries give 0.
+
+    A row with no unmasked entry gets weights 0 and lse ``MASK_VALUE`` (finite), so it
+    carries no weight when merged with another part of the same row.
+    """
+    logits = jnp.where(mask, logits.astype(jnp.float32), _common.MASK_VALUE)
+    # The max only stabilises exp; its gradient cancels, so keep it out of the graph.
+    row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    unnormalised = jnp.where(mask, jnp.exp(logits - row_max), 0.0)
+    total = jnp.sum(unnormalised, axis=-1, keepdims=True)
+    has_key = total > 0
+    safe_total = jnp.where(has_key, total, 1.0)
+    weights = unnormalised / safe_total
+    lse = jnp.where(has_key, row_max + jnp.log(safe_total), _common.MASK_VALUE)
+    return weights, lse[..., 0]
+
+
+def merge_normalised(
+    parts: list[tuple[jax.Array, jax.Array]],
+) -> tuple[jax.Array, jax.Array]:
+    """Merges ``(out [..., Hv], lse [...])`` pairs computed over disjoint key sets of a row.
+
+    ``out = sum_p exp(lse_p - lse) out_p`` with ``lse = logsumexp_p lse_p``: the softmax
+    over the union of the key sets. Rows empty in every part stay 0.
+    """
+    lses = jnp.stack([lse for _, lse in parts])
+    lse = jax.lax.stop_gradient(jnp.max(lses, axis=0))
+    lse = lse + jnp.log(jnp.sum(jnp.exp(lses - lse[None]), axis=0))
+    out = sum(o * jnp.exp(l - lse)[..., None] for o, l in parts)
+    return out, lse
+
+
+def block_attention(
+    query_blocks: jax.Array,
+    key_blocks: jax.Array,
+    value_blocks: jax.Array,
+    mask: jax.Array,
+    scale: float,
+) -> tuple[jax.Array, jax.Array]:
+    """Each query block attends to its own gathered keys.
+
+    Args:
+      query_blocks: ``[B, Q, b, K, G, H]``: Q blocks of b queries, grouped heads.
+      key_blocks: ``[B, Q, C, K, H]``: the C keys query block q sees (a band or a
+        gathered list of key blocks, flattened).
+      value_blocks: ``[B, Q, C, K, Hv]``.
+      mask: bool, broadcastable to ``[B, Q, K, G, b, C]``.
+      scale: logit scale.
+
+    Returns:
+      ``out [B, Q, b, K, G, Hv]`` float32 and ``lse [B, Q, b, K, G]``.
+    """
+    logits = jnp.einsum(
+        "bqikgh,bqjkh->bqkgij",
+        query_blocks.astype(jnp.float32),
+        key_blocks.astype(jnp.float32),
+    )
+    weights, lse = softmax_with_lse(logits * scale, mask)
+    out = jnp.einsum("bqkgij,bqjkh->bqikgh", weights, value_blocks.astype(jnp.float32))
+    return out, jnp.moveaxis(lse, -1, 2)

@@ -1,0 +1,213 @@
+"""Longformer attention: a sliding window plus global tokens (Beltagy et al. 2020).
+
+Global tokens (``global_mask`` bool ``[B, T]``) attend to every token, and every
+token attends to them. The result is computed in three parts, never with a dense mask:
+
+1. the window path: :func:`~effjax.attention.local.window_attention_with_lse` over
+   the non-global keys (so a key in both sets is not counted twice);
+2. the global-key path: every query against the ``M`` gathered global keys;
+3. the global-query path: the ``M`` gathered global queries against every key,
+   whose rows replace the others.
+
+Parts 1 and 2 cover disjoint key sets and are merged with their log-sum-exps. Cost
+O(T (w + M)) with ``w`` the window, instead of O(T^2).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from effjax.attention import _blockwise, _common
+from effjax.attention import masks as masks_lib
+from effjax.attention.local import window_attention_with_lse
+
+
+def _check_global_mask(global_mask, dims: _common.AttentionDims) -> jax.Array:
+    shape = tuple(np.shape(global_mask))
+    if shape != (dims.batch, dims.q_len):
+        raise ValueError(
+            f"global_mask must have shape [B, T] = {(dims.batch, dims.q_len)}, got {shape}"
+        )
+    global_mask = jnp.asarray(global_mask)
+    if global_mask.dtype != jnp.bool_:
+        raise ValueError(f"global_mask must be bool, got dtype {global_mask.dtype}")
+    return global_mask
+
+
+def _resolve_max_global(global_mask: jax.Array, max_global_tokens: int | None) -> int:
+    """The static number ``M`` of global slots: given, or counted from a concrete mask."""
+    try:
+        count = int(np.max(np.sum(np.asarray(global_mask), axis=1), initial=0))
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        count = None
+    if max_global_tokens is None:
+        if count is None:
+            raise ValueError(
+                "global_mask is traced (e.g. under jit): pass max_global_tokens, a static "
+                "bound on the number of global tokens per row"
+            )
+        return count
+    if not isinstance(max_global_tokens, (int, np.integer)) or max_global_tokens < 0:
+        raise ValueError(f"max_global_tokens must be an int >= 0, got {max_global_tokens!r}")
+    if count is not None and count > max_global_tokens:
+        raise ValueError(
+            f"global_mask has {count} global tokens in a row, more than "
+            f"max_global_tokens={max_global_tokens}"
+        )
+    return int(max_global_tokens)
+
+
+def _gather_rows(x: jax.Array, index: jax.Array) -> jax.Array:
+    """``x [B, T, ...]``, ``index [B, M]`` -> ``[B, M, ...]``."""
+    return jax.vmap(lambda xb, ib: xb[ib])(x, index)
+
+
+def global_local_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    window_size: int | tuple[int, int],
+    global_mask: jax.Array,
+    padding_mask: jax.Array | None = None,
+    is_causal: bool = False,
+    dilation: int = 1,
+    scale: float | None = None,
+    max_global_tokens: int | None = None,
+    block_size: int | None = None,
+) -> jax.Array:
+    r"""Longformer self-attention: sliding window :math:`\cup` global rows and columns.
+
+    Query ``t`` sees key ``s`` when ``s`` is in ``t``'s window (see
+    :func:`~effjax.attention.local_attention`), or ``s`` is global, or ``t`` is global;
+    with ``is_causal`` only keys ``s <= t`` of that set are kept (a global token then
+    sees every earlier token and is seen by every later one). Equals
+    :func:`~effjax.attention.dot_product_attention` with
+    ``mask=global_local_mask(global_mask, window_size, ...)``.
+
+    Global tokens are gathered into ``M`` static slots: the first ``M`` flagged tokens
+    of each row, in order. ``M`` is ``max_global_tokens`` or, when ``global_mask`` is
+    concrete, its largest row count. A concrete mask with more flags than ``M`` raises;
+    under ``jit`` a traced mask cannot be checked, and flags beyond the first ``M`` of a
+    row then act as ordinary (local) tokens.
+
+    Args:
+      query: ``[B, T, N, H]``.
+      key: ``[B, T, K, H]`` (self-attention: same length as ``query``).
+      value: ``[B, T, K, Hv]``.
+      window_size: ``w`` or ``(left, right)``, as for local attention.
+      global_mask: bool ``[B, T]``, True = a global token.
+      padding_mask: bool ``[B, T]``, True = a real key.
+      is_causal: keep only keys at or before the query.
+      dilation: window dilation ``d >= 1``.
+      scale: logit scale, default ``1 / sqrt(H)``.
+      max_global_tokens: static bound ``M``; required when ``global_mask`` is traced.
+      block_size: query block of the window path (see ``local_attention``).
+
+    Returns:
+      ``[B, T, N, Hv]`` in ``value.dtype``. Cost O(T (left + right + M) H).
+
+    Raises:
+      ValueError: bad shapes, ``T != S``, a bad window, a ``global_mask`` that is not
+        bool ``[B, T]``, or more global tokens than ``max_global_tokens``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> q = k = v = jnp.ones((1, 64, 4, 8))
+      >>> g = jnp.zeros((1, 64), bool).at[:, 0].set(True)  # a [CLS] token
+      >>> global_local_attention(q, k, v, window_size=8, global_mask=g).shape
+      (1, 64, 4, 8)
+    """
+    dims = _common.check_qkv(query, key, value)
+    if dims.q_len != dims.kv_len:
+        raise ValueError(
+            f"global_local_attention is self-attention: query length {dims.q_len} must equal "
+            f"key length {dims.kv_len} (query {query.shape}, key {key.shape})"
+        )
+    padding_mask = _common.check_padding_mask(padding_mask, dims)
+    global_mask = _check_global_mask(global_mask, dims)
+    num_slots = _resolve_max_global(global_mask, max_global_tokens)
+    left, right = masks_lib.normalize_window(window_size)
+    dilation = _common.check_positive("dilation", dilation)
+    if block_size is not None:
+        block_size = _common.check_positive("block_size", block_size)
+    scale = _common.resolve_scale(scale, dims.head_dim)
+    if is_causal:
+        right = 0
+
+    q = _common.group_heads(query, dims.num_kv_heads)
+    key_valid = jnp.ones((dims.batch, dims.kv_len), bool) if padding_mask is None else padding_mask
+    # 1. Window path over the non-global keys.
+    window_out, window_lse = window_attention_with_lse(
+        q,
+        key,
+        value,
+        key_valid=key_valid & ~global_mask,
+        window=(left, right),
+        dilation=dilation,
+        block_size=block_size,
+        scale=scale,
+    )
+    if num_slots == 0:
+        return _common.ungroup_heads(window_out).astype(value.dtype)
+
+    # Slots: the positions of the first M global tokens of each row (stable sort keeps order).
+    slot_pos = jnp.argsort(~global_mask, axis=1, stable=True)[:, :num_slots]
+    slot_used = _gather_rows(global_mask, slot_pos)
+    positions = jnp.arange(dims.q_len)
+
+    # 2. Every query against the global keys.
+    global_keys = _gather_rows(key, slot_pos).astype(jnp.float32)
+    global_values = _gather_rows(value, slot_pos).astype(jnp.float32)
+    key_mask = (slot_used & _gather_rows(key_valid, slot_pos))[:, None, :]
+    if is_causal:
+        key_mask = key_mask & (slot_pos[:, None, :] <= positions[None, :, None])
+    logits = jnp.einsum("btkgh,bmkh->btkgm", q.astype(jnp.float32), global_keys) * scale
+    weights, lse = _blockwise.softmax_with_lse(logits, key_mask[:, :, None, None, :])
+    global_key_out = jnp.einsum("btkgm,bmkh->btkgh", weights, global_values)
+    out, _ = _blockwise.merge_normalised([(window_out, window_lse), (global_key_out, lse)])
+
+    # 3. Global queries against every key; their rows replace the merged ones.
+    global_queries = _gather_rows(q, slot_pos).astype(jnp.float32)
+    logits = jnp.einsum("bmkgh,bskh->bkgms", global_queries, key.astype(jnp.float32)) * scale
+    query_mask = key_valid[:, None, :]
+    if is_causal:
+        query_mask = query_mask & (positions[None, None, :] <= slot_pos[:, :, None])
+    weights, _ = _blockwise.softmax_with_lse(logits, query_mask[:, None, None])
+    global_query_out = jnp.einsum("bkgms,bskh->bmkgh", weights, value.astype(jnp.float32))
+    # Unused slots scatter out of range and are dropped.
+    target = jnp.where(slot_used, slot_pos, dims.q_len)
+    out = jax.vmap(lambda o, t, g: o.at[t].set(g, mode="drop"))(out, target, global_query_out)
+    return _common.ungroup_heads(out).astype(value.dtype)
+
+
+def global_local_mask(
+    global_mask: jax.Array,
+    window_size: int | tuple[int, int],
+    *,
+    dilation: int = 1,
+    is_causal: bool = False,
+) -> jax.Array:
+    """The dense bool ``[B, 1, T, T]`` mask :func:`global_local_attention` equals (tests only).
+
+    ``window | global rows | global columns``, and with ``is_causal`` also ``s <= t``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> g = jnp.array([[True, False, False, False]])
+      >>> global_local_mask(g, (1, 0))[0, 0].astype(int).tolist()
+      [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 1, 1]]
+    """
+    global_mask = jnp.asarray(global_mask)
+    if global_mask.ndim != 2 or global_mask.dtype != jnp.bool_:
+        raise ValueError(
+            f"global_mask must be bool [B, T], got {global_mask.dtype} {global_mask.shape}"
+        )
+    seq_len = global_mask.shape[1]
+    window = masks_lib.window_mask(seq_len, seq_len, window_size, dilation=dilation)
+    mask = window[None, None] | masks_lib.global_tokens_mask(global_mask)
+    if is_causal:
+        mask = mask & masks_lib.causal_mask(seq_len, seq_len)[None, None]
+    return mask

@@ -1,0 +1,115 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from effjax import testing
+from effjax.attention import dot_product_attention, global_local_attention, global_local_mask
+
+# One compilation per case instead of one per operation: keeps the tests fast.
+jit_global_local = jax.jit(
+    global_local_attention,
+    static_argnames=(
+        "window_size",
+        "is_causal",
+        "dilation",
+        "scale",
+        "block_size",
+        "max_global_tokens",
+    ),
+)
+
+SLOW = pytest.mark.slow  # the other cases run with the slow tests
+
+CASES = [  # (K, window, dilation, block_size, causal) with T = 13, N = 4
+    pytest.param(2, (2, 3), 1, 4, False, marks=SLOW),
+    (2, (2, 3), 1, 4, True),
+    pytest.param(1, (2, 1), 3, 4, True, marks=SLOW),
+    pytest.param(2, 100, 1, None, False, marks=SLOW),
+    pytest.param(2, (0, 0), 2, None, False, marks=SLOW),
+]
+
+
+def random_globals(t: int) -> jax.Array:
+    return jax.random.bernoulli(jax.random.key(5), 0.2, (2, t)).at[:, 0].set(True)
+
+
+@pytest.mark.parametrize(("k", "window", "dilation", "block", "is_causal"), CASES)
+def test_equals_dense_with_longformer_mask(rng, k, window, dilation, block, is_causal):
+    t = 13
+    q, kk, v = testing.random_qkv(rng, batch=2, q_len=t, num_heads=4, num_kv_heads=k)
+    padding = testing.random_padding_mask(jax.random.key(3), 2, t)
+    g = random_globals(t)
+    testing.check_against_reference(
+        jit_global_local,
+        q,
+        kk,
+        v,
+        mask=global_local_mask(g, window, dilation=dilation, is_causal=is_causal),
+        padding_mask=padding,
+        is_causal=is_causal,
+        window_size=window,
+        global_mask=g,
+        max_global_tokens=int(g.sum(axis=1).max()),
+        dilation=dilation,
+        block_size=block,
+    )
+
+
+def test_mask_by_hand():
+    g = jnp.array([[False, False, True, False, False]])
+    np.testing.assert_array_equal(
+        global_local_mask(g, (1, 0))[0, 0].astype(int),
+        [[1, 0, 1, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 1, 1, 0], [0, 0, 1, 1, 1]],
+    )
+
+
+def test_traced_global_mask_under_jit_with_a_static_bound(rng):
+    q, k, v = testing.random_qkv(rng, q_len=13, num_kv_heads=2)
+    g = random_globals(13)
+    fn = jax.jit(
+        lambda q, k, v, g: global_local_attention(
+            q, k, v, window_size=2, global_mask=g, max_global_tokens=8
+        )
+    )
+    want = dot_product_attention(q, k, v, mask=global_local_mask(g, 2))
+    np.testing.assert_allclose(fn(q, k, v, g), want, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_no_global_token_is_local_attention(rng):
+    q, k, v = testing.random_qkv(rng, q_len=12, num_heads=2)
+    g = jnp.zeros((2, 12), bool)
+    want = dot_product_attention(q, k, v, mask=global_local_mask(g, 2))
+    np.testing.assert_allclose(
+        global_local_attention(q, k, v, window_size=2, global_mask=g), want, atol=1e-5
+    )
+
+
+def test_bfloat16_inputs(rng):
+    q, k, v = testing.random_qkv(rng, q_len=13, num_kv_heads=2, dtype=jnp.bfloat16)
+    g = random_globals(13)
+    out = jit_global_local(q, k, v, window_size=3, global_mask=g, max_global_tokens=13)
+    assert out.dtype == jnp.bfloat16
+    want = dot_product_attention(
+        *(x.astype(jnp.float32) for x in (q, k, v)), mask=global_local_mask(g, 3)
+    )
+    np.testing.assert_allclose(np.asarray(out, np.float32), want, atol=3e-2)
+
+
+def test_bad_arguments_raise(rng):
+    q, k, v = testing.random_qkv(rng, q_len=8)
+    g = jnp.zeros((2, 8), bool).at[:, :3].set(True)
+    with pytest.raises(ValueError, match="global_mask"):
+        global_local_attention(q, k, v, window_size=2, global_mask=jnp.zeros((2, 7), bool))
+    with pytest.raises(ValueError, match="global_mask"):
+        global_local_attention(q, k, v, window_size=2, global_mask=jnp.zeros((2, 8)))
+    with pytest.raises(ValueError, match="window_size"):
+        global_local_attention(q, k, v, window_size=-2, global_mask=g)
+    with pytest.raises(ValueError, match="max_global_tokens=2"):
+        global_local_attention(q, k, v, window_size=2, global_mask=g, max_global_tokens=2)
+    with pytest.raises(ValueError, match="max_global_tokens"):
+        jax.jit(lambda g: global_local_attention(q, k, v, window_size=2, global_mask=g))(g)
+    q2, k2, v2 = testing.random_qkv(rng, q_len=8, kv_len=9)
+    with pytest.raises(ValueError, match="self-attention"):
+        global_local_attention(q2, k2, v2, window_size=2, global_mask=g)
