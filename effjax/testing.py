@@ -70,9 +70,12 @@ def check_against_reference(
     """
     shared = {"padding_mask": padding_mask, "is_causal": is_causal, "scale": scale}
 
+    # Compiled once each: many small eager ops would cost more than one compile.
+    @jax.jit
     def variant(q, k, v):
         return attention_fn(q, k, v, **shared, **options)
 
+    @jax.jit
     def reference(q, k, v):
         return dot_product_attention(q, k, v, mask=_broadcast_mask(mask), **shared)
 
@@ -95,8 +98,8 @@ def check_against_reference(
     def loss(fn):
         return lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * cotangent)
 
-    got = jax.grad(loss(variant), argnums=(0, 1, 2))(query, key, value)
-    want = jax.grad(loss(reference), argnums=(0, 1, 2))(query, key, value)
+    got = jax.jit(jax.grad(loss(variant), argnums=(0, 1, 2)))(query, key, value)
+    want = jax.jit(jax.grad(loss(reference), argnums=(0, 1, 2)))(query, key, value)
     for name, g, w in zip(("query", "key", "value"), got, want, strict=True):
         np.testing.assert_allclose(
             np.asarray(g, np.float32),

@@ -148,7 +148,12 @@ SPECS: dict[str, VariantSpec] = {
         _fixed(window_size=list(LOCAL_WINDOW)),
     ),
     "global_local": VariantSpec(
-        lambda rng, s: {"window_size": LOCAL_WINDOW, "global_mask": _global_mask(s)},
+        lambda rng, s: {
+            "window_size": LOCAL_WINDOW,
+            "global_mask": _global_mask(s),
+            # The mask travels as a traced argument: its token count must be static.
+            "max_global_tokens": NUM_GLOBAL_TOKENS,
+        },
         _global_local_flops,
         _fixed(window_size=list(LOCAL_WINDOW), num_global_tokens=NUM_GLOBAL_TOKENS),
     ),
