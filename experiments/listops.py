@@ -33,7 +33,7 @@ VARIANTS = {
     "dense": ("Transformer", 36.37, {}),
     "local": ("Local Attention", 15.82, {"window_size": 16}),
     "global_local": ("Longformer", 35.63, {"window_size": 16}),
-    "linformer": ("Linformer", 35.70, {}),
+    "linformer": ("Linformer", 35.70, {"proj_dim": 32, "max_len": 200}),
     "lsh": ("Reformer", 37.27, {"num_hashes": 2, "num_buckets": 8, "chunk_size": 32}),
     "block_sparse": (
         "BigBird",
