@@ -168,7 +168,9 @@ def _chunk_attention(
     seen = total > 0
     out = jnp.einsum("bkgrncd,bkrndh->bkgrnch", weights, v.astype(jnp.float32))
     out = out / jnp.where(seen, total, 1.0)[..., None]
-    lse = jnp.where(seen, row_max[..., 0] + jnp.log(jnp.where(seen, total, 1.0)), _common.MASK_VALUE)
+    lse = jnp.where(
+        seen, row_max[..., 0] + jnp.log(jnp.where(seen, total, 1.0)), _common.MASK_VALUE
+    )
     return out, lse
 
 
@@ -280,9 +282,10 @@ def lsh_attention(
     if padding_mask is not None:
         key_valid = key_valid & _common.pad_axis(padding_mask, 1, k_padded, value=False)
     key_valid = jnp.take_along_axis(key_valid[:, None, None], k_perm, axis=-1)
-    look_back_ok = jnp.arange(2 * k_chunk)[None, :] < jnp.where(
-        jnp.arange(num_chunks) == 0, k_chunk, 2 * k_chunk
-    )[:, None]
+    look_back_ok = (
+        jnp.arange(2 * k_chunk)[None, :]
+        < jnp.where(jnp.arange(num_chunks) == 0, k_chunk, 2 * k_chunk)[:, None]
+    )
     key_valid = k_windows_of(key_valid) & look_back_ok[None, None, None]
 
     q_rank, k_rank = _inverse(q_perm), _inverse(k_perm)

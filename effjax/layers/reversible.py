@@ -170,7 +170,9 @@ class ReversibleStack(nn.Module):
         params = self.param("layers", init_layers)
         rngs = {}
         if not deterministic:
-            rngs = {name: self.make_rng(name) for name in self.rng_collections if self.has_rng(name)}
+            rngs = {
+                name: self.make_rng(name) for name in self.rng_collections if self.has_rng(name)
+            }
         run = _reversible_forward if self.reversible else _ordinary_forward
         return run(branch(f_module), branch(g_module))(params, x1, x2, rngs)
 

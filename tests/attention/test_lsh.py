@@ -61,10 +61,13 @@ def shared_qk_reference(query, value, *, mask=None, **kwargs):
 OPTIONS = {"rng": jax.random.key(7), "num_buckets": 4}
 
 
-@pytest.mark.parametrize("is_causal", [False, True])
-@pytest.mark.parametrize("num_hashes", [1, 3])
-@pytest.mark.parametrize(("t", "chunk_size"), [(16, 16), (13, 64)])
-def test_one_chunk_equals_dense(is_causal, num_hashes, t, chunk_size):
+@pytest.mark.parametrize(("t", "chunk_size", "num_hashes", "is_causal"), [
+    (16, 16, 1, False),
+    (16, 16, 3, True),
+    (13, 64, 3, False),
+    (13, 64, 1, True),
+])  # fmt: skip
+def test_one_chunk_equals_dense(t, chunk_size, num_hashes, is_causal):
     q, k, v = testing.random_qkv(jax.random.key(0), q_len=t, num_heads=4, num_kv_heads=2)
     padding = testing.random_padding_mask(jax.random.key(1), 2, t)
     testing.check_against_reference(
@@ -80,21 +83,19 @@ def test_one_chunk_equals_dense(is_causal, num_hashes, t, chunk_size):
     )
 
 
-@pytest.mark.parametrize("is_causal", [False, True])
-def test_one_chunk_cross_attention_equals_dense(is_causal):
+def test_one_chunk_cross_attention_equals_dense():
     q, k, v = testing.random_qkv(jax.random.key(0), q_len=9, kv_len=14, num_kv_heads=1)
     testing.check_against_reference(
-        lsh, q, k, v, is_causal=is_causal, num_hashes=2, chunk_size=14, **OPTIONS
+        lsh, q, k, v, is_causal=True, num_hashes=2, chunk_size=14, **OPTIONS
     )
 
 
-@pytest.mark.parametrize("num_hashes", [1, 3])
-@pytest.mark.parametrize(("t", "s", "num_kv_heads", "is_causal"), [
-    (40, 40, 2, False),
-    (37, 37, 4, True),
-    (24, 40, 1, False),
+@pytest.mark.parametrize(("t", "s", "num_kv_heads", "is_causal", "num_hashes"), [
+    (40, 40, 2, False, 1),
+    (37, 37, 4, True, 1),
+    (24, 40, 1, False, 3),
 ])  # fmt: skip
-def test_equals_dense_on_its_bucket_mask(num_hashes, t, s, num_kv_heads, is_causal):
+def test_equals_dense_on_its_bucket_mask(t, s, num_kv_heads, is_causal, num_hashes):
     q, k, v = testing.random_qkv(
         jax.random.key(2), q_len=t, kv_len=s, num_heads=4, num_kv_heads=num_kv_heads
     )
@@ -107,14 +108,16 @@ def test_equals_dense_on_its_bucket_mask(num_hashes, t, s, num_kv_heads, is_caus
     )
 
 
-@pytest.mark.parametrize(("chunk_size", "is_causal"), [(32, False), (32, True), (8, True)])
+@pytest.mark.parametrize(("chunk_size", "is_causal"), [(32, False), (8, True)])
 def test_shared_qk_matches_dense_with_self_rule(chunk_size, is_causal):
     q, _, v = testing.random_qkv(jax.random.key(4), q_len=30, num_heads=2)
     padding = testing.random_padding_mask(jax.random.key(5), 2, 30)
     options = {**OPTIONS, "num_hashes": 2, "chunk_size": chunk_size, "shared_qk": True}
     mask = None
     if chunk_size < 30:
-        mask = lsh_window_mask(q, q, **{k: options[k] for k in ("rng", "num_hashes", "num_buckets", "chunk_size")})
+        mask = lsh_window_mask(
+            q, q, **{k: options[k] for k in ("rng", "num_hashes", "num_buckets", "chunk_size")}
+        )
     kwargs = {"is_causal": is_causal, "padding_mask": padding}
 
     def variant(q, v):
@@ -135,7 +138,7 @@ def test_shared_qk_accepts_query_as_key_and_grouped_values():
     q, _, v = testing.random_qkv(jax.random.key(8), q_len=16, num_heads=4, num_kv_heads=2)
     options = {**OPTIONS, "num_hashes": 2, "chunk_size": 16, "shared_qk": True}
     out = lsh_attention(q, q, v, **options)
-    np.testing.assert_array_equal(out, lsh(q, None, v, **options))
+    np.testing.assert_allclose(out, lsh(q, None, v, **options), atol=1e-6)
     want = shared_qk_reference(q, jnp.repeat(v, 2, axis=2))
     np.testing.assert_allclose(out, want, atol=1e-5)
 

@@ -31,7 +31,9 @@ def test_matches_the_formula():
     ff = FeedForward(d_ff=12, chunk_size=2)
     params = ff.init(jax.random.key(1), x)["params"]
     want = jax.nn.gelu(x @ params["wi"] + params["bi"][None, None]) @ params["wo"]
-    np.testing.assert_allclose(ff.apply({"params": params}, x), want + params["bo"][None, None], atol=1e-5)
+    np.testing.assert_allclose(
+        ff.apply({"params": params}, x), want + params["bo"][None, None], atol=1e-5
+    )
 
 
 def gradient_temp_bytes(chunk_size):

@@ -69,7 +69,8 @@ def test_gradients_equal_the_ordinary_stack(x, deterministic):
     got = jax.jit(jax.grad(loss_fn(stack(3), deterministic), argnums=(0, 1)))(*args)
     want = jax.jit(jax.grad(loss_fn(stack(3, False), deterministic), argnums=(0, 1)))(*args)
     np.testing.assert_allclose(
-        loss_fn(stack(3), deterministic)(*args), loss_fn(stack(3, False), deterministic)(*args),
+        loss_fn(stack(3), deterministic)(*args),
+        loss_fn(stack(3, False), deterministic)(*args),
         rtol=1e-6,
     )
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
