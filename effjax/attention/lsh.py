@@ -320,8 +320,8 @@ def lsh_attention(
         k_chunks,
     )
     # Back to positions: [B,K,G,R,Tp,Hv] and [B,K,G,R,Tp], then the rounds' weighted sum.
-    out = jnp.take_along_axis(out.reshape(out.shape[:4] + (q_padded, -1)), q_rank[..., None], -2)
-    lse = jnp.take_along_axis(lse.reshape(lse.shape[:4] + (q_padded,)), q_rank, -1)
+    out = jnp.take_along_axis(out.reshape((*out.shape[:4], q_padded, -1)), q_rank[..., None], -2)
+    lse = jnp.take_along_axis(lse.reshape((*lse.shape[:4], q_padded)), q_rank, -1)
     weights = jax.nn.softmax(lse, axis=3)
     out = jnp.sum(out * weights[..., None], axis=3)[:, :, :, : dims.q_len]
     return _common.ungroup_heads(out.transpose(0, 3, 1, 2, 4)).astype(value.dtype)

@@ -1,4 +1,7 @@
-"""A small Reformer decoder LM (Kitaev et al. 2020): LSH attention, reversible layers, chunked FF."""
+"""A small Reformer decoder LM: LSH attention, reversible layers, chunked feed-forward.
+
+(Kitaev, Kaiser & Levskaya, 2020, "Reformer: The Efficient Transformer".)
+"""
 
 from __future__ import annotations
 
