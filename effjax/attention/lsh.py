@@ -81,7 +81,13 @@ def lsh_buckets(x: jax.Array, *, rng: jax.Array, num_hashes: int, num_buckets: i
     projected = jnp.einsum(
         "btnh,rhf->btnrf", jax.lax.stop_gradient(x).astype(jnp.float32), rotations
     )
-    return jnp.argmax(jnp.concatenate([projected, -projected], axis=-1), axis=-1).astype(jnp.int32)
+    # argmax over [xR, -xR] without building it: the largest entry or the most negative one.
+    half = num_buckets // 2
+    top, bottom = jnp.max(projected, axis=-1), jnp.min(projected, axis=-1)
+    buckets = jnp.where(
+        top >= -bottom, jnp.argmax(projected, axis=-1), half + jnp.argmin(projected, axis=-1)
+    )
+    return buckets.astype(jnp.int32)
 
 
 def chunk_layout(q_len: int, kv_len: int, chunk_size: int) -> tuple[int, int, int]:
@@ -137,20 +143,18 @@ def _with_look_back(x: jax.Array, chunk_axis: int) -> jax.Array:
 def _chunk_attention(
     q, k, v, q_pos, k_pos, k_valid, q_chunks, k_chunks, *, scale, is_causal, shared_qk, offset
 ):
-    """Softmax attention inside each chunk window, for every round.
+    """Softmax attention of every query block to its key window, all rounds and chunks at once.
 
-    Shapes (d = twice the key chunk, the window):
-      q [B,K,G,R,n,c,H], k [B,K,R,n,d,H], v [B,K,R,n,d,Hv], q_pos [B,K,G,R,n,c],
-      k_pos / k_valid [B,K,R,n,d]; q_chunks [B,K,G,R,n,c,R] / k_chunks [B,K,R,n,d,R]: the
-      chunk of each item in every round (None with one round).
-    Returns the window output [B,K,G,R,n,c,Hv] and its log-sum-exp [B,K,G,R,n,c].
+    Shapes, with Z = B*K*R*n windows, M = G*c queries and D = 2c' keys per window:
+      q [Z,M,H], k [Z,D,H], v [Z,D,Hv], q_pos [Z,M], k_pos / k_valid [Z,D];
+      q_chunks [Z,M,R] / k_chunks [Z,D,R]: the chunk of each item in every round (None with
+      one round). Flat 3-d batches keep XLA's CPU dot on its fast path.
+    Returns the window outputs [Z,M,Hv] and their log-sum-exps [Z,M].
     """
-    logits = jnp.einsum(
-        "bkgrnch,bkrndh->bkgrncd", q.astype(jnp.float32), k.astype(jnp.float32)
-    ) * jnp.float32(scale)
-    key_pos = k_pos[:, :, None, :, :, None, :]
-    query_pos = q_pos[..., None]
-    mask = jnp.broadcast_to(k_valid[:, :, None, :, :, None, :], logits.shape)
+    logits = jnp.einsum("zmh,zdh->zmd", q.astype(jnp.float32), k.astype(jnp.float32))
+    logits = logits * jnp.float32(scale)
+    key_pos, query_pos = k_pos[:, None, :], q_pos[:, :, None]
+    mask = jnp.broadcast_to(k_valid[:, None, :], logits.shape)
     if is_causal:
         mask = mask & (key_pos <= query_pos + offset)
     if shared_qk:
@@ -158,20 +162,30 @@ def _chunk_attention(
     if q_chunks is not None:
         # A key that several rounds put in this query's window would be counted once per
         # round by the log-sum-exp combination; subtracting log(count) counts it once.
-        gap = q_chunks[..., :, None, :] - k_chunks[:, :, None, :, :, None, :, :]
-        count = jnp.sum((gap >= 0) & (gap <= 1), axis=-1)
+        gap = q_chunks[:, :, None, :] - k_chunks[:, None, :, :]
+        count = jnp.sum(((gap >= 0) & (gap <= 1)).astype(jnp.int32), axis=-1)
         logits = logits - jnp.log(jnp.maximum(count, 1).astype(jnp.float32))
     logits = jnp.where(mask, logits, _common.MASK_VALUE)
     row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
     weights = jnp.where(mask, jnp.exp(logits - row_max), 0.0)
     total = jnp.sum(weights, axis=-1)
     seen = total > 0
-    out = jnp.einsum("bkgrncd,bkrndh->bkgrnch", weights, v.astype(jnp.float32))
-    out = out / jnp.where(seen, total, 1.0)[..., None]
-    lse = jnp.where(
-        seen, row_max[..., 0] + jnp.log(jnp.where(seen, total, 1.0)), _common.MASK_VALUE
-    )
+    safe_total = jnp.where(seen, total, 1.0)
+    out = jnp.einsum("zmd,zdh->zmh", weights, v.astype(jnp.float32)) / safe_total[..., None]
+    lse = jnp.where(seen, row_max[..., 0] + jnp.log(safe_total), _common.MASK_VALUE)
     return out, lse
+
+
+def _map_over_blocks(fn, num_blocks: int, *args):
+    """``fn`` over ``num_blocks`` consecutive groups of windows, one group at a time and
+    rematerialised in the backward pass: one group's logits stay in cache (a single pass
+    over all rounds' logits is several times slower on CPU) and memory holds only one."""
+
+    def split(x):
+        return None if x is None else x.reshape((num_blocks, -1, *x.shape[1:]))
+
+    outs = jax.lax.map(lambda blocks: jax.checkpoint(fn)(*blocks), tuple(split(a) for a in args))
+    return tuple(o.reshape((-1, *o.shape[2:])) for o in outs)
 
 
 def lsh_attention(
@@ -260,33 +274,34 @@ def lsh_attention(
         k_buckets = lsh_buckets(key, **hash_options).transpose(0, 2, 3, 1)
         k_perm = _sort_order(k_buckets, k_padded, num_buckets)
 
-    # Sorted, chunked queries [B,K,G,R,n,c,H] and look-back key windows [B,K,R,n,2c',H].
+    # Windows: Z = B*K*R*n, each holding G*c sorted queries and 2c' keys (own chunk + previous).
     q = _common.group_heads(query, dims.num_kv_heads).transpose(0, 2, 3, 1, 4)
     q = _common.pad_axis(q, -2, q_padded)[:, :, :, None]
     k = _common.pad_axis(key.transpose(0, 2, 1, 3), -2, k_padded)[:, :, None]
     v = _common.pad_axis(value.transpose(0, 2, 1, 3), -2, k_padded)[:, :, None]
-    rounds = (num_hashes, num_chunks)
+    num_windows = dims.batch * dims.num_kv_heads * num_hashes * num_chunks
 
-    def q_chunks_of(x):  # [B,K,G,R,Tp,...] -> [B,K,G,R,n,c,...]
-        return x.reshape(x.shape[:4] + rounds[1:] + (q_chunk,) + x.shape[5:])
+    def query_blocks(x):  # [B,K,G,R,Tp,...] -> [Z, G*c, ...]
+        b, kh, g, r = x.shape[:4]
+        x = x.reshape((b, kh, g, r, num_chunks, q_chunk, *x.shape[5:]))
+        x = jnp.moveaxis(x, 2, 4)  # [B,K,R,n,G,c,...]
+        return x.reshape((num_windows, g * q_chunk, *x.shape[6:]))
 
-    def k_windows_of(x):  # [B,K,R,Sp,...] -> [B,K,R,n,2c',...]
-        return _with_look_back(x.reshape(x.shape[:3] + rounds[1:] + (k_chunk,) + x.shape[4:]), 3)
-
-    q_sorted = q_chunks_of(_gather_rows(q, q_perm))
-    k_sorted = k_windows_of(_gather_rows(k, k_perm))
-    v_sorted = k_windows_of(_gather_rows(v, k_perm))
+    def key_windows(x):  # [B,K,R,Sp,...] -> [Z, 2c', ...]
+        x = x.reshape((*x.shape[:3], num_chunks, k_chunk, *x.shape[4:]))
+        x = _with_look_back(x, 3)
+        return x.reshape((num_windows, 2 * k_chunk, *x.shape[5:]))
 
     key_valid = jnp.arange(k_padded) < dims.kv_len
     key_valid = jnp.broadcast_to(key_valid[None], (dims.batch, k_padded))
     if padding_mask is not None:
         key_valid = key_valid & _common.pad_axis(padding_mask, 1, k_padded, value=False)
     key_valid = jnp.take_along_axis(key_valid[:, None, None], k_perm, axis=-1)
-    look_back_ok = (
-        jnp.arange(2 * k_chunk)[None, :]
-        < jnp.where(jnp.arange(num_chunks) == 0, k_chunk, 2 * k_chunk)[:, None]
-    )
-    key_valid = k_windows_of(key_valid) & look_back_ok[None, None, None]
+    has_previous = jnp.arange(num_chunks) > 0
+    look_back_ok = (jnp.arange(2 * k_chunk)[None, :] < k_chunk) | has_previous[:, None]
+    key_valid = key_valid.reshape((*key_valid.shape[:3], num_chunks, k_chunk))
+    key_valid = _with_look_back(key_valid, 3) & look_back_ok[None, None, None]
+    key_valid = key_valid.reshape(num_windows, 2 * k_chunk)
 
     q_rank, k_rank = _inverse(q_perm), _inverse(k_perm)
     q_chunks = k_chunks = None
@@ -298,30 +313,35 @@ def lsh_attention(
         k_chunks = jnp.take_along_axis(
             jnp.swapaxes(k_rank // k_chunk, -1, -2)[:, :, None], k_perm[..., None], axis=-2
         )
-        q_chunks, k_chunks = q_chunks_of(q_chunks), k_windows_of(k_chunks)
+        q_chunks, k_chunks = query_blocks(q_chunks), key_windows(k_chunks)
 
-    attend = jax.checkpoint(
-        functools.partial(
-            _chunk_attention,
-            scale=scale,
-            is_causal=is_causal,
-            shared_qk=shared_qk,
-            offset=dims.kv_len - dims.q_len,
-        )
+    attend = functools.partial(
+        _chunk_attention,
+        scale=scale,
+        is_causal=is_causal,
+        shared_qk=shared_qk,
+        offset=dims.kv_len - dims.q_len,
     )
-    out, lse = attend(
-        q_sorted,
-        k_sorted,
-        v_sorted,
-        q_chunks_of(q_perm),
-        k_windows_of(k_perm),
+    out, lse = _map_over_blocks(
+        attend,
+        num_windows // num_chunks,
+        query_blocks(_gather_rows(q, q_perm)),
+        key_windows(_gather_rows(k, k_perm)),
+        key_windows(_gather_rows(v, k_perm)),
+        query_blocks(q_perm),
+        key_windows(k_perm),
         key_valid,
         q_chunks,
         k_chunks,
     )
-    # Back to positions: [B,K,G,R,Tp,Hv] and [B,K,G,R,Tp], then the rounds' weighted sum.
-    out = jnp.take_along_axis(out.reshape((*out.shape[:4], q_padded, -1)), q_rank[..., None], -2)
-    lse = jnp.take_along_axis(lse.reshape((*lse.shape[:4], q_padded)), q_rank, -1)
+    # Back to [B,K,G,R,Tp,...] in sorted order, then to positions, then the rounds' weighted sum.
+    groups = dims.groups
+    out = out.reshape((*q_perm.shape[:2], num_hashes, num_chunks, groups, q_chunk, -1))
+    out = jnp.moveaxis(out, 4, 2).reshape((*q_perm.shape, -1))
+    lse = lse.reshape((*q_perm.shape[:2], num_hashes, num_chunks, groups, q_chunk))
+    lse = jnp.moveaxis(lse, 4, 2).reshape(q_perm.shape)
+    out = jnp.take_along_axis(out, q_rank[..., None], -2)
+    lse = jnp.take_along_axis(lse, q_rank, -1)
     weights = jax.nn.softmax(lse, axis=3)
     out = jnp.sum(out * weights[..., None], axis=3)[:, :, :, : dims.q_len]
     return _common.ungroup_heads(out.transpose(0, 3, 1, 2, 4)).astype(value.dtype)
