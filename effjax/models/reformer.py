@@ -38,6 +38,7 @@ class ReformerConfig:
     ff_chunk_size: int | None = 64
     dropout_rate: float = 0.0
     reversible: bool = True
+    positions: str = "learned"  # or "sinusoidal" (fixed; lets a 1-layer model copy by offset)
 
     def attention_options(self) -> dict[str, Any]:
         if self.attention == "lsh":
@@ -121,6 +122,22 @@ class ReformerLM(nn.Module):
         )(x, x, deterministic=deterministic)
         h = nn.LayerNorm(name="final_norm")(jnp.concatenate([y1, y2], axis=-1))
         return nn.Dense(c.vocab_size, name="logits")(h)
+
+    def _positions(self, length: int) -> jax.Array:
+        c = self.config
+        if c.positions == "sinusoidal":
+            return sinusoidal_positions(length, c.d_model)
+        if c.positions != "learned":
+            raise ValueError(f"positions must be 'learned' or 'sinusoidal', got {c.positions!r}")
+        table = self.param("positions", nn.initializers.normal(0.02), (c.max_len, c.d_model))
+        return table[:length]
+
+
+def sinusoidal_positions(length: int, dim: int) -> jax.Array:
+    """Vaswani et al. (2017) position encodings, float32 [length, dim]."""
+    freqs = 1.0 / (10000.0 ** (jnp.arange(0, dim, 2) / dim))
+    angles = jnp.arange(length)[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)[:, :dim]
 
 
 def next_token_loss(
