@@ -21,7 +21,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from effjax.models import ReformerConfig, ReformerLM, next_token_loss
@@ -137,9 +136,12 @@ def evaluator(setup: Setup, attention):
 
 def markdown(setup: Setup, results: dict, seconds: float) -> str:
     def header():
-        return "| trained with | " + " | ".join(
-            "Full" if e == "Full" else f"LSH-{e}" for e in EVAL_WITH
-        ) + " |\n|---|" + "---|" * len(EVAL_WITH)
+        return (
+            "| trained with | "
+            + " | ".join("Full" if e == "Full" else f"LSH-{e}" for e in EVAL_WITH)
+            + " |\n|---|"
+            + "---|" * len(EVAL_WITH)
+        )
 
     lines = [
         "# Reformer duplication task (Kitaev et al. 2020, Table 2), CPU-sized",

@@ -7,7 +7,9 @@ OPTIONS = {"num_hashes": 2, "num_buckets": 4, "chunk_size": 8}
 
 
 def layers(**options):
-    lsh = MultiHeadAttention(num_heads=2, attention="lsh", is_causal=True, attention_options=options)
+    lsh = MultiHeadAttention(
+        num_heads=2, attention="lsh", is_causal=True, attention_options=options
+    )
     return lsh, MultiHeadAttention(num_heads=2, attention="dense", is_causal=True)
 
 
