@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from effjax.models import ReformerConfig, ReformerLM, next_token_loss
 
@@ -20,6 +21,7 @@ def copy_batch(rng, batch=4, half=16):
     return jnp.concatenate([zero, w, zero, w], axis=1)
 
 
+@pytest.mark.slow  # compiles the full reversible LSH model's gradient
 def test_trains_on_a_tiny_copy_task():
     model = ReformerLM(CONFIG)
     tokens = copy_batch(jax.random.key(0))
