@@ -1,5 +1,6 @@
 import jax
 import numpy as np
+import pytest
 
 from effjax.layers import MultiHeadAttention
 
@@ -13,6 +14,7 @@ def layers(**options):
     return lsh, MultiHeadAttention(num_heads=2, attention="dense", is_causal=True)
 
 
+@pytest.mark.slow
 def test_one_chunk_lsh_layer_equals_dense_layer_in_training_and_evaluation():
     x = jax.random.normal(jax.random.key(0), (2, 16, 8))
     lsh, dense = layers(**{**OPTIONS, "chunk_size": 16})

@@ -62,7 +62,7 @@ def test_forward_is_the_residual_recurrence(x):
         np.testing.assert_allclose(g, w, atol=1e-5)
 
 
-@pytest.mark.parametrize("deterministic", [True, False])
+@pytest.mark.parametrize("deterministic", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_gradients_equal_the_ordinary_stack(x, deterministic):
     params = stack(3).init(jax.random.key(1), x, x)["params"]
     args = (params, x, jax.random.key(3))

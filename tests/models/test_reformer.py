@@ -52,6 +52,7 @@ def test_trains_on_a_tiny_copy_task():
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_dense_and_one_chunk_lsh_models_agree():
     """Same parameters: LSH with one chunk covering the sequence is full attention."""
     tokens = copy_batch(jax.random.key(0))
