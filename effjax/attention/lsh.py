@@ -134,10 +134,26 @@ def _gather_rows(x: jax.Array, perm: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, perm[..., None], axis=-2)
 
 
-def _with_look_back(x: jax.Array, chunk_axis: int) -> jax.Array:
+def _with_look_back(x: jax.Array) -> jax.Array:
     """Appends the previous chunk's items after each chunk's own (chunk 0 gets the last
-    chunk's, which the caller masks out): ``[..., n, c, ...] -> [..., n, 2c, ...]``."""
-    return jnp.concatenate([x, jnp.roll(x, 1, axis=chunk_axis)], axis=chunk_axis + 1)
+    chunk's, which the caller masks out): ``[n, c, ...] -> [n, 2c, ...]``."""
+    return jnp.concatenate([x, jnp.roll(x, 1, axis=0)], axis=1)
+
+
+def _attend_head_round(q, k, v, q_pos, k_pos, k_valid, q_chunks, k_chunks, **options):
+    """One head and round: its n query blocks ``[n, G*c, ...]`` and key chunks ``[n, c', ...]``.
+
+    Builds each chunk's window (own chunk + previous one; chunk 0 has no previous) here,
+    inside the mapped block, so the doubled keys exist one head-round at a time.
+    """
+    num_chunks, key_chunk = k_valid.shape
+    has_previous = jnp.arange(num_chunks) > 0
+    look_back_ok = (jnp.arange(2 * key_chunk)[None, :] < key_chunk) | has_previous[:, None]
+    k_valid = _with_look_back(k_valid) & look_back_ok
+    k, v, k_pos = _with_look_back(k), _with_look_back(v), _with_look_back(k_pos)
+    if k_chunks is not None:
+        k_chunks = _with_look_back(k_chunks)
+    return _chunk_attention(q, k, v, q_pos, k_pos, k_valid, q_chunks, k_chunks, **options)
 
 
 def _chunk_attention(
@@ -177,7 +193,7 @@ def _chunk_attention(
 
 
 def _map_over_blocks(fn, num_blocks: int, *args):
-    """``fn`` over ``num_blocks`` consecutive groups of windows, one group at a time and
+    """``fn`` over ``num_blocks`` consecutive groups of chunks, one group at a time and
     rematerialised in the backward pass: one group's logits stay in cache (a single pass
     over all rounds' logits is several times slower on CPU) and memory holds only one."""
 
@@ -274,7 +290,7 @@ def lsh_attention(
         k_buckets = lsh_buckets(key, **hash_options).transpose(0, 2, 3, 1)
         k_perm = _sort_order(k_buckets, k_padded, num_buckets)
 
-    # Windows: Z = B*K*R*n, each holding G*c sorted queries and 2c' keys (own chunk + previous).
+    # Z = B*K*R*n chunks: G*c sorted queries and c' sorted keys each, mapped per head-round.
     q = _common.group_heads(query, dims.num_kv_heads).transpose(0, 2, 3, 1, 4)
     q = _common.pad_axis(q, -2, q_padded)[:, :, :, None]
     k = _common.pad_axis(key.transpose(0, 2, 1, 3), -2, k_padded)[:, :, None]
@@ -287,21 +303,14 @@ def lsh_attention(
         x = jnp.moveaxis(x, 2, 4)  # [B,K,R,n,G,c,...]
         return x.reshape((num_windows, g * q_chunk, *x.shape[6:]))
 
-    def key_windows(x):  # [B,K,R,Sp,...] -> [Z, 2c', ...]
-        x = x.reshape((*x.shape[:3], num_chunks, k_chunk, *x.shape[4:]))
-        x = _with_look_back(x, 3)
-        return x.reshape((num_windows, 2 * k_chunk, *x.shape[5:]))
+    def key_chunks(x):  # [B,K,R,Sp,...] -> [Z, c', ...]
+        return x.reshape((num_windows, k_chunk, *x.shape[4:]))
 
     key_valid = jnp.arange(k_padded) < dims.kv_len
     key_valid = jnp.broadcast_to(key_valid[None], (dims.batch, k_padded))
     if padding_mask is not None:
         key_valid = key_valid & _common.pad_axis(padding_mask, 1, k_padded, value=False)
-    key_valid = jnp.take_along_axis(key_valid[:, None, None], k_perm, axis=-1)
-    has_previous = jnp.arange(num_chunks) > 0
-    look_back_ok = (jnp.arange(2 * k_chunk)[None, :] < k_chunk) | has_previous[:, None]
-    key_valid = key_valid.reshape((*key_valid.shape[:3], num_chunks, k_chunk))
-    key_valid = _with_look_back(key_valid, 3) & look_back_ok[None, None, None]
-    key_valid = key_valid.reshape(num_windows, 2 * k_chunk)
+    key_valid = key_chunks(jnp.take_along_axis(key_valid[:, None, None], k_perm, axis=-1))
 
     q_rank, k_rank = _inverse(q_perm), _inverse(k_perm)
     q_chunks = k_chunks = None
@@ -313,10 +322,10 @@ def lsh_attention(
         k_chunks = jnp.take_along_axis(
             jnp.swapaxes(k_rank // k_chunk, -1, -2)[:, :, None], k_perm[..., None], axis=-2
         )
-        q_chunks, k_chunks = query_blocks(q_chunks), key_windows(k_chunks)
+        q_chunks, k_chunks = query_blocks(q_chunks), key_chunks(k_chunks)
 
     attend = functools.partial(
-        _chunk_attention,
+        _attend_head_round,
         scale=scale,
         is_causal=is_causal,
         shared_qk=shared_qk,
@@ -326,10 +335,10 @@ def lsh_attention(
         attend,
         num_windows // num_chunks,
         query_blocks(_gather_rows(q, q_perm)),
-        key_windows(_gather_rows(k, k_perm)),
-        key_windows(_gather_rows(v, k_perm)),
+        key_chunks(_gather_rows(k, k_perm)),
+        key_chunks(_gather_rows(v, k_perm)),
         query_blocks(q_perm),
-        key_windows(k_perm),
+        key_chunks(k_perm),
         key_valid,
         q_chunks,
         k_chunks,
