@@ -178,8 +178,10 @@ def _chunk_attention(
     if q_chunks is not None:
         # A key that several rounds put in this query's window would be counted once per
         # round by the log-sum-exp combination; subtracting log(count) counts it once.
+        # Unsigned view: negative gaps wrap to large values, so one compare tests 0 <= gap <= 1.
         gap = q_chunks[:, :, None, :] - k_chunks[:, None, :, :]
-        count = jnp.sum(((gap >= 0) & (gap <= 1)).astype(jnp.int32), axis=-1)
+        unsigned = jnp.uint16 if gap.dtype == jnp.int16 else jnp.uint32
+        count = jnp.sum((gap.astype(unsigned) <= 1).astype(jnp.int32), axis=-1)
         logits = logits - jnp.log(jnp.maximum(count, 1).astype(jnp.float32))
     logits = jnp.where(mask, logits, _common.MASK_VALUE)
     row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
@@ -322,7 +324,9 @@ def lsh_attention(
         k_chunks = jnp.take_along_axis(
             jnp.swapaxes(k_rank // k_chunk, -1, -2)[:, :, None], k_perm[..., None], axis=-2
         )
-        q_chunks, k_chunks = query_blocks(q_chunks), key_chunks(k_chunks)
+        # Narrow chunk ids make the pairwise count (R compares per logit) cheaper.
+        ids = jnp.int16 if num_chunks < np.iinfo(np.int16).max else jnp.int32
+        q_chunks, k_chunks = query_blocks(q_chunks).astype(ids), key_chunks(k_chunks).astype(ids)
 
     attend = functools.partial(
         _attend_head_round,
