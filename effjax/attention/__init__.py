@@ -22,12 +22,14 @@ from effjax.attention.kernel import (
 )
 from effjax.attention.local import local_attention, local_mask
 from effjax.attention.lowrank import linformer_attention
+from effjax.attention.lsh import lsh_attention, lsh_buckets
 from effjax.attention.registry import AttentionFn, available, get, register, resolve
 
 register("dense", dot_product_attention)
 register("local", local_attention)
 register("global_local", global_local_attention)
 register("block_sparse", block_sparse_attention)
+register("lsh", lsh_attention)
 register("performer", performer_attention)
 register("linear", linear_attention)
 register("linformer", linformer_attention)
@@ -49,6 +51,8 @@ __all__ = [
     "linformer_attention",
     "local_attention",
     "local_mask",
+    "lsh_attention",
+    "lsh_buckets",
     "make_performer_features",
     "masks",
     "performer_attention",

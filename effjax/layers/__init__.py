@@ -1,19 +1,23 @@
 """Flax linen modules built on effjax's attention functions."""
 
 # Importing these registers each variant's layer hooks (keys, features, decoding caches).
-from effjax.layers import block_sparse_rng, kernel_state, linformer, local_cache  # noqa: F401
+from effjax.layers import block_sparse_rng, kernel_state, linformer, local_cache, lsh_hooks  # noqa: F401
 from effjax.layers.attention import MultiHeadAttention, as_flax_attention_fn
+from effjax.layers.feedforward import FeedForward
 from effjax.layers.kernel_state import RANDOM_FEATURES, redraw_performer_features
 from effjax.layers.linformer import linformer_projection_init
 from effjax.layers.quantized import QuantizedArray, QuantizedDense
+from effjax.layers.reversible import ReversibleStack
 from effjax.layers.variants import LayerHooks, register_layer_hooks
 
 __all__ = [
     "RANDOM_FEATURES",
+    "FeedForward",
     "LayerHooks",
     "MultiHeadAttention",
     "QuantizedArray",
     "QuantizedDense",
+    "ReversibleStack",
     "as_flax_attention_fn",
     "linformer_projection_init",
     "redraw_performer_features",

@@ -40,6 +40,7 @@ from effjax.models.hf import (
     sentence_embedding,
 )
 from effjax.models.positions import extend_position_embeddings
+from effjax.models.reformer import ReformerConfig, ReformerLM, next_token_loss
 
 __all__ = [
     "DecoderConfig",
@@ -53,6 +54,8 @@ __all__ = [
     "EncoderLayer",
     "FeedForward",
     "MaskedLMHead",
+    "ReformerConfig",
+    "ReformerLM",
     "export_hf_encoder",
     "extend_position_embeddings",
     "generate",
@@ -60,5 +63,6 @@ __all__ = [
     "load_hf_encoder",
     "load_hf_masked_lm",
     "load_hf_tokenizer",
+    "next_token_loss",
     "sentence_embedding",
 ]

@@ -190,7 +190,9 @@ def init_state(
     )
     params = variables.pop("params")
     return TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=tx.init(params),
         collections=variables,
     )
 

@@ -1,0 +1,360 @@
+"""Reformer LSH attention (Kitaev, Kaiser & Levskaya, 2020, "Reformer: The Efficient Transformer").
+
+Angular locality-sensitive hashing groups similar queries and keys: a random
+rotation ``R [H, b/2]`` maps ``x`` to ``argmax([xR, -xR])``, one of ``b``
+buckets (Andoni et al. 2015). Queries and keys are sorted by (bucket, position),
+cut into equal chunks, and each query chunk attends to the key chunk at the same
+index and the one before it. ``num_hashes`` rounds with independent rotations
+are combined with their log-sum-exp weights, after dividing out keys that
+several rounds share (the paper's ``N_{i,j}`` correction, computed exactly), so
+the result is dense attention restricted to the union of the rounds' windows.
+
+Cost: ``O(R T c H)`` time and memory for ``R`` rounds and chunk size ``c``
+(never a ``[T, S]`` array); the chunk attention is rematerialised in the
+backward pass.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from effjax.attention import _common
+
+# The self-logit in shared-QK mode (the paper's "a token attends to itself only when it has
+# nothing else"): far below any real logit, so it gets zero weight beside another key, yet
+# finite and above MASK_VALUE, so a query with only itself to see still sees itself.
+SELF_LOGIT = -1e5
+
+
+def _check_num_buckets(num_buckets: int) -> int:
+    if not isinstance(num_buckets, (int, np.integer)) or num_buckets < 2 or num_buckets % 2:
+        raise ValueError(
+            "num_buckets must be an even int >= 2 (angular LSH takes argmax over [xR, -xR]), "
+            f"got {num_buckets!r}"
+        )
+    return int(num_buckets)
+
+
+def _rotations(rng: jax.Array, num_hashes: int, head_dim: int, num_buckets: int) -> jax.Array:
+    """Random rotations float32 [R, H, b/2]; round r uses fold_in(rng, r), so the rounds of
+    ``num_hashes=n`` are the first n rounds of any larger ``num_hashes``."""
+    return jnp.stack(
+        [
+            jax.random.normal(jax.random.fold_in(rng, r), (head_dim, num_buckets // 2))
+            for r in range(num_hashes)
+        ]
+    )
+
+
+def lsh_buckets(x: jax.Array, *, rng: jax.Array, num_hashes: int, num_buckets: int) -> jax.Array:
+    """Angular-LSH bucket of every vector, one per hash round.
+
+    ``bucket = argmax([x R_r, -x R_r])`` with ``R_r`` a Gaussian ``[H, b/2]`` matrix
+    drawn from ``fold_in(rng, r)`` for round ``r`` (Kitaev et al. 2020, Sec. 3),
+    shared by all heads. Queries and keys hashed with the same ``rng`` share
+    rotations, which is what :func:`lsh_attention` does.
+
+    Args:
+      x: ``[B, T, N, H]`` queries or keys.
+      rng: PRNG key.
+      num_hashes: R, hash rounds.
+      num_buckets: b, even, >= 2.
+
+    Returns:
+      int32 ``[B, T, N, R]`` in ``[0, b)``.
+
+    Example:
+      >>> import jax
+      >>> x = jax.random.normal(jax.random.key(0), (1, 16, 2, 8))
+      >>> lsh_buckets(x, rng=jax.random.key(1), num_hashes=3, num_buckets=4).shape
+      (1, 16, 2, 3)
+    """
+    num_hashes = _common.check_positive("num_hashes", num_hashes)
+    num_buckets = _check_num_buckets(num_buckets)
+    if x.ndim != 4:
+        raise ValueError(f"x must have rank 4 [B, T, N, H], got shape {x.shape}")
+    rotations = _rotations(rng, num_hashes, x.shape[-1], num_buckets)
+    projected = jnp.einsum(
+        "btnh,rhf->btnrf", jax.lax.stop_gradient(x).astype(jnp.float32), rotations
+    )
+    # argmax over [xR, -xR] without building it: the largest entry or the most negative one.
+    half = num_buckets // 2
+    top, bottom = jnp.max(projected, axis=-1), jnp.min(projected, axis=-1)
+    buckets = jnp.where(
+        top >= -bottom, jnp.argmax(projected, axis=-1), half + jnp.argmin(projected, axis=-1)
+    )
+    return buckets.astype(jnp.int32)
+
+
+def chunk_layout(q_len: int, kv_len: int, chunk_size: int) -> tuple[int, int, int]:
+    """``(num_chunks, query_chunk, key_chunk)``: ``ceil(max(T, S) / chunk_size)`` chunks that
+    split the T sorted queries and the S sorted keys into equal parts of at most chunk_size."""
+    num_chunks = -(-max(q_len, kv_len) // chunk_size)
+    return num_chunks, -(-q_len // num_chunks), -(-kv_len // num_chunks)
+
+
+def _shared_qk_inputs(query, key, value) -> tuple[jax.Array, jax.Array]:
+    """Keys are the L2-normalised queries; value heads are repeated to the query heads,
+    since each query head now has keys (and a sort order) of its own."""
+    if key is not None and key is not query:
+        raise ValueError(
+            "with shared_qk=True, key must be None or the query itself (keys are the "
+            f"normalised queries); got key of shape {jnp.shape(key)} for query {jnp.shape(query)}"
+        )
+    q32 = query.astype(jnp.float32)
+    key = (q32 * jax.lax.rsqrt(jnp.sum(q32 * q32, axis=-1, keepdims=True) + 1e-12)).astype(
+        query.dtype
+    )
+    if jnp.ndim(value) == 4 and jnp.ndim(query) == 4:
+        num_heads, num_value_heads = query.shape[2], value.shape[2]
+        if num_value_heads and num_value_heads != num_heads and num_heads % num_value_heads == 0:
+            value = jnp.repeat(value, num_heads // num_value_heads, axis=2)
+    return key, value
+
+
+def _sort_order(buckets: jax.Array, padded_len: int, num_buckets: int) -> jax.Array:
+    """Permutation sorting ``[..., R, L]`` buckets by (bucket, position), padding last."""
+    buckets = _common.pad_axis(buckets, -1, padded_len, value=num_buckets)
+    positions = jax.lax.broadcasted_iota(jnp.int32, buckets.shape, buckets.ndim - 1)
+    return jnp.argsort(buckets * padded_len + positions, axis=-1).astype(jnp.int32)
+
+
+def _inverse(perm: jax.Array) -> jax.Array:
+    """Rank of each position under ``perm`` (along the last axis)."""
+    ranks = jnp.broadcast_to(jnp.arange(perm.shape[-1], dtype=perm.dtype), perm.shape)
+    return jnp.put_along_axis(jnp.zeros_like(perm), perm, ranks, axis=-1, inplace=False)
+
+
+def _gather_rows(x: jax.Array, perm: jax.Array) -> jax.Array:
+    """``x [..., 1, L, F]`` rows in the order ``perm [..., R, L]`` -> ``[..., R, L, F]``."""
+    return jnp.take_along_axis(x, perm[..., None], axis=-2)
+
+
+def _with_look_back(x: jax.Array) -> jax.Array:
+    """Appends the previous chunk's items after each chunk's own (chunk 0 gets the last
+    chunk's, which the caller masks out): ``[n, c, ...] -> [n, 2c, ...]``."""
+    return jnp.concatenate([x, jnp.roll(x, 1, axis=0)], axis=1)
+
+
+def _attend_head_round(q, k, v, q_pos, k_pos, k_valid, q_chunks, k_chunks, **options):
+    """One head and round: its n query blocks ``[n, G*c, ...]`` and key chunks ``[n, c', ...]``.
+
+    Builds each chunk's window (own chunk + previous one; chunk 0 has no previous) here,
+    inside the mapped block, so the doubled keys exist one head-round at a time.
+    """
+    num_chunks, key_chunk = k_valid.shape
+    has_previous = jnp.arange(num_chunks) > 0
+    look_back_ok = (jnp.arange(2 * key_chunk)[None, :] < key_chunk) | has_previous[:, None]
+    k_valid = _with_look_back(k_valid) & look_back_ok
+    k, v, k_pos = _with_look_back(k), _with_look_back(v), _with_look_back(k_pos)
+    if k_chunks is not None:
+        k_chunks = _with_look_back(k_chunks)
+    return _chunk_attention(q, k, v, q_pos, k_pos, k_valid, q_chunks, k_chunks, **options)
+
+
+def _chunk_attention(
+    q, k, v, q_pos, k_pos, k_valid, q_chunks, k_chunks, *, scale, is_causal, shared_qk, offset
+):
+    """Softmax attention of every query block to its key window, all rounds and chunks at once.
+
+    Shapes, with Z = B*K*R*n windows, M = G*c queries and D = 2c' keys per window:
+      q [Z,M,H], k [Z,D,H], v [Z,D,Hv], q_pos [Z,M], k_pos / k_valid [Z,D];
+      q_chunks [Z,M,R] / k_chunks [Z,D,R]: the chunk of each item in every round (None with
+      one round). Flat 3-d batches keep XLA's CPU dot on its fast path.
+    Returns the window outputs [Z,M,Hv] and their log-sum-exps [Z,M].
+    """
+    logits = jnp.einsum("zmh,zdh->zmd", q.astype(jnp.float32), k.astype(jnp.float32))
+    logits = logits * jnp.float32(scale)
+    key_pos, query_pos = k_pos[:, None, :], q_pos[:, :, None]
+    mask = jnp.broadcast_to(k_valid[:, None, :], logits.shape)
+    if is_causal:
+        mask = mask & (key_pos <= query_pos + offset)
+    if shared_qk:
+        logits = jnp.where(key_pos == query_pos, jnp.float32(SELF_LOGIT), logits)
+    if q_chunks is not None:
+        # A key that several rounds put in this query's window would be counted once per
+        # round by the log-sum-exp combination; subtracting log(count) counts it once.
+        # Unsigned view: negative gaps wrap to large values, so one compare tests 0 <= gap <= 1.
+        gap = q_chunks[:, :, None, :] - k_chunks[:, None, :, :]
+        unsigned = jnp.uint16 if gap.dtype == jnp.int16 else jnp.uint32
+        count = jnp.sum((gap.astype(unsigned) <= 1).astype(jnp.int32), axis=-1)
+        logits = logits - jnp.log(jnp.maximum(count, 1).astype(jnp.float32))
+    logits = jnp.where(mask, logits, _common.MASK_VALUE)
+    row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    weights = jnp.where(mask, jnp.exp(logits - row_max), 0.0)
+    total = jnp.sum(weights, axis=-1)
+    seen = total > 0
+    safe_total = jnp.where(seen, total, 1.0)
+    out = jnp.einsum("zmd,zdh->zmh", weights, v.astype(jnp.float32)) / safe_total[..., None]
+    lse = jnp.where(seen, row_max[..., 0] + jnp.log(safe_total), _common.MASK_VALUE)
+    return out, lse
+
+
+def _map_over_blocks(fn, num_blocks: int, *args):
+    """``fn`` over ``num_blocks`` consecutive groups of chunks, one group at a time and
+    rematerialised in the backward pass: one group's logits stay in cache (a single pass
+    over all rounds' logits is several times slower on CPU) and memory holds only one."""
+
+    def split(x):
+        return None if x is None else x.reshape((num_blocks, -1, *x.shape[1:]))
+
+    outs = jax.lax.map(lambda blocks: jax.checkpoint(fn)(*blocks), tuple(split(a) for a in args))
+    return tuple(o.reshape((-1, *o.shape[2:])) for o in outs)
+
+
+def lsh_attention(
+    query: jax.Array,
+    key: jax.Array | None,
+    value: jax.Array,
+    *,
+    rng: jax.Array,
+    num_hashes: int,
+    num_buckets: int,
+    chunk_size: int,
+    shared_qk: bool = False,
+    is_causal: bool = False,
+    padding_mask: jax.Array | None = None,
+    scale: float | None = None,
+) -> jax.Array:
+    r"""Reformer LSH attention (Kitaev et al. 2020, Sec. 3).
+
+    For each hash round r (rotations from ``fold_in(rng, r)``, see
+    :func:`lsh_buckets`), queries and keys are sorted by (bucket, position) and
+    split into ``n = ceil(max(T, S) / chunk_size)`` chunks of
+    ``ceil(T / n)`` queries and ``ceil(S / n)`` keys. Query chunk i attends to key
+    chunks i and i - 1 (no wrap-around). Round outputs ``o_r`` with log-sum-exps
+    ``l_r`` are combined as :math:`\sum_r \mathrm{softmax}_r(l_r)\, o_r`, each logit
+    first lowered by ``log`` of the number of rounds whose window holds that
+    query-key pair, so the result equals dense attention masked to the union of
+    all rounds' windows (and to causality/padding). With ``chunk_size >= max(T, S)``
+    every query sees every key: exactly dense attention.
+
+    Shared-QK mode (the paper's): keys are the L2-normalised queries, queries and
+    keys share one sort, and a token's own logit is replaced by a large negative
+    finite value, so a token attends to itself only when nothing else is visible.
+
+    Args:
+      query: ``[B, T, N, H]``.
+      key: ``[B, S, K, H]`` (K divides N); ``None`` or ``query`` when ``shared_qk``.
+      value: ``[B, S, K, Hv]``.
+      rng: PRNG key of the random rotations; the same key gives the same output.
+      num_hashes: R >= 1 hash rounds.
+      num_buckets: b, even and >= 2 (a common choice is about ``2 T / chunk_size``).
+      chunk_size: at most this many sorted queries per chunk (> 0).
+      shared_qk: shared query-key attention as above.
+      is_causal: bottom-right aligned causal mask (query t sees keys <= t + S - T).
+      padding_mask: bool ``[B, S]``, True = a real key.
+      scale: logit scale, default ``1 / sqrt(H)``.
+
+    Returns:
+      ``[B, T, N, Hv]`` in ``value.dtype``; float32 logits and softmax. A query whose
+      windows hold no visible key returns zeros.
+
+    Raises:
+      ValueError: bad shapes; num_hashes or chunk_size not a positive int; num_buckets
+        odd or < 2; with ``shared_qk`` a key other than None or the query; without it,
+        key None.
+
+    Example:
+      >>> import jax
+      >>> from effjax.attention import lsh_attention
+      >>> q = k = v = jax.random.normal(jax.random.key(0), (1, 64, 2, 8))
+      >>> out = lsh_attention(q, k, v, rng=jax.random.key(1), num_hashes=2,
+      ...                     num_buckets=4, chunk_size=16, is_causal=True)
+      >>> out.shape
+      (1, 64, 2, 8)
+    """
+    num_hashes = _common.check_positive("num_hashes", num_hashes)
+    chunk_size = _common.check_positive("chunk_size", chunk_size)
+    num_buckets = _check_num_buckets(num_buckets)
+    if shared_qk:
+        key, value = _shared_qk_inputs(query, key, value)
+    elif key is None:
+        raise ValueError("key is None: pass key [B, S, K, H], or shared_qk=True to use the query")
+    dims = _common.check_qkv(query, key, value)
+    padding_mask = _common.check_padding_mask(padding_mask, dims)
+    scale = _common.resolve_scale(scale, dims.head_dim)
+    num_chunks, q_chunk, k_chunk = chunk_layout(dims.q_len, dims.kv_len, chunk_size)
+    q_padded, k_padded = num_chunks * q_chunk, num_chunks * k_chunk
+    hash_options = {"rng": rng, "num_hashes": num_hashes, "num_buckets": num_buckets}
+
+    # [B, K, G, R, T] query buckets, [B, K, R, S] key buckets.
+    q_buckets = lsh_buckets(query, **hash_options)
+    q_buckets = _common.group_heads(q_buckets, dims.num_kv_heads).transpose(0, 2, 3, 4, 1)
+    q_perm = _sort_order(q_buckets, q_padded, num_buckets)
+    if shared_qk:  # K = N, G = 1 and identical buckets: one sort serves both sides.
+        k_perm = q_perm[:, :, 0]
+    else:
+        k_buckets = lsh_buckets(key, **hash_options).transpose(0, 2, 3, 1)
+        k_perm = _sort_order(k_buckets, k_padded, num_buckets)
+
+    # Z = B*K*R*n chunks: G*c sorted queries and c' sorted keys each, mapped per head-round.
+    q = _common.group_heads(query, dims.num_kv_heads).transpose(0, 2, 3, 1, 4)
+    q = _common.pad_axis(q, -2, q_padded)[:, :, :, None]
+    k = _common.pad_axis(key.transpose(0, 2, 1, 3), -2, k_padded)[:, :, None]
+    v = _common.pad_axis(value.transpose(0, 2, 1, 3), -2, k_padded)[:, :, None]
+    num_windows = dims.batch * dims.num_kv_heads * num_hashes * num_chunks
+
+    def query_blocks(x):  # [B,K,G,R,Tp,...] -> [Z, G*c, ...]
+        b, kh, g, r = x.shape[:4]
+        x = x.reshape((b, kh, g, r, num_chunks, q_chunk, *x.shape[5:]))
+        x = jnp.moveaxis(x, 2, 4)  # [B,K,R,n,G,c,...]
+        return x.reshape((num_windows, g * q_chunk, *x.shape[6:]))
+
+    def key_chunks(x):  # [B,K,R,Sp,...] -> [Z, c', ...]
+        return x.reshape((num_windows, k_chunk, *x.shape[4:]))
+
+    key_valid = jnp.arange(k_padded) < dims.kv_len
+    key_valid = jnp.broadcast_to(key_valid[None], (dims.batch, k_padded))
+    if padding_mask is not None:
+        key_valid = key_valid & _common.pad_axis(padding_mask, 1, k_padded, value=False)
+    key_valid = key_chunks(jnp.take_along_axis(key_valid[:, None, None], k_perm, axis=-1))
+
+    q_rank, k_rank = _inverse(q_perm), _inverse(k_perm)
+    q_chunks = k_chunks = None
+    if num_hashes > 1:
+        # Chunk of every item in every round, in each round's sorted order: [..., R, L, R].
+        q_chunks = jnp.take_along_axis(
+            jnp.swapaxes(q_rank // q_chunk, -1, -2)[:, :, :, None], q_perm[..., None], axis=-2
+        )
+        k_chunks = jnp.take_along_axis(
+            jnp.swapaxes(k_rank // k_chunk, -1, -2)[:, :, None], k_perm[..., None], axis=-2
+        )
+        # Narrow chunk ids make the pairwise count (R compares per logit) cheaper.
+        ids = jnp.int16 if num_chunks < np.iinfo(np.int16).max else jnp.int32
+        q_chunks, k_chunks = query_blocks(q_chunks).astype(ids), key_chunks(k_chunks).astype(ids)
+
+    attend = functools.partial(
+        _attend_head_round,
+        scale=scale,
+        is_causal=is_causal,
+        shared_qk=shared_qk,
+        offset=dims.kv_len - dims.q_len,
+    )
+    out, lse = _map_over_blocks(
+        attend,
+        num_windows // num_chunks,
+        query_blocks(_gather_rows(q, q_perm)),
+        key_chunks(_gather_rows(k, k_perm)),
+        key_chunks(_gather_rows(v, k_perm)),
+        query_blocks(q_perm),
+        key_chunks(k_perm),
+        key_valid,
+        q_chunks,
+        k_chunks,
+    )
+    # Back to [B,K,G,R,Tp,...] in sorted order, then to positions, then the rounds' weighted sum.
+    groups = dims.groups
+    out = out.reshape((*q_perm.shape[:2], num_hashes, num_chunks, groups, q_chunk, -1))
+    out = jnp.moveaxis(out, 4, 2).reshape((*q_perm.shape, -1))
+    lse = lse.reshape((*q_perm.shape[:2], num_hashes, num_chunks, groups, q_chunk))
+    lse = jnp.moveaxis(lse, 4, 2).reshape(q_perm.shape)
+    out = jnp.take_along_axis(out, q_rank[..., None], -2)
+    lse = jnp.take_along_axis(lse, q_rank, -1)
+    weights = jax.nn.softmax(lse, axis=3)
+    out = jnp.sum(out * weights[..., None], axis=3)[:, :, :, : dims.q_len]
+    return _common.ungroup_heads(out.transpose(0, 3, 1, 2, 4)).astype(value.dtype)

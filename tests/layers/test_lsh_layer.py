@@ -1,0 +1,43 @@
+import jax
+import numpy as np
+import pytest
+
+from effjax.layers import MultiHeadAttention
+
+OPTIONS = {"num_hashes": 2, "num_buckets": 4, "chunk_size": 8}
+
+
+def layers(**options):
+    lsh = MultiHeadAttention(
+        num_heads=2, attention="lsh", is_causal=True, attention_options=options
+    )
+    return lsh, MultiHeadAttention(num_heads=2, attention="dense", is_causal=True)
+
+
+@pytest.mark.slow
+def test_one_chunk_lsh_layer_equals_dense_layer_in_training_and_evaluation():
+    x = jax.random.normal(jax.random.key(0), (2, 16, 8))
+    lsh, dense = layers(**{**OPTIONS, "chunk_size": 16})
+    variables = dense.init(jax.random.key(1), x)
+    want = dense.apply(variables, x)
+    train = lsh.apply(variables, x, deterministic=False, rngs={"attention": jax.random.key(2)})
+    np.testing.assert_allclose(train, want, atol=1e-5)
+    np.testing.assert_allclose(lsh.apply(variables, x), want, atol=1e-5)
+
+
+def test_training_draws_new_rotations_and_evaluation_is_fixed():
+    x = jax.random.normal(jax.random.key(0), (1, 64, 8))
+    lsh, _ = layers(**OPTIONS)
+    variables = lsh.init(jax.random.key(1), x)
+    apply = jax.jit(lsh.apply, static_argnames="deterministic")
+
+    def train(seed):
+        return apply(variables, x, deterministic=False, rngs={"attention": jax.random.key(seed)})
+
+    np.testing.assert_array_equal(train(3), train(3))
+    assert not np.allclose(train(3), train(4))
+    evaluation = apply(variables, x, rngs={"attention": jax.random.key(5)})
+    np.testing.assert_array_equal(evaluation, apply(variables, x))
+    # Evaluation uses the rng given in the options when there is one.
+    given, _ = layers(**OPTIONS, rng=jax.random.key(6))
+    assert not np.allclose(jax.jit(given.apply)(variables, x), evaluation)
