@@ -31,6 +31,7 @@ class MultiHeadAttention(nn.Module):
       num_kv_heads: K, key/value heads (must divide N), default N.
       attention: a registry name (``"dense"``, ``"local"``, ...) or an attention function.
       attention_options: keyword options of the variant (``{"window_size": 128}``).
+        With ``shared_qk=True`` (LSH) the layer has no key projection: keys are the queries.
       is_causal: causal self-attention (passed to the variant).
       dropout_rate: dropout on the attention output before the output projection.
         Sparse and linear variants never materialise attention weights, so unlike
@@ -118,7 +119,16 @@ class MultiHeadAttention(nn.Module):
         num_heads, num_kv_heads, head_dim = self._head_sizes(inputs_q.shape[-1])
 
         query = self._projection(num_heads, head_dim, "query")(inputs_q)
-        key = self._projection(num_kv_heads, head_dim, "key")(inputs_kv)
+        if self.attention_options.get("shared_qk", False):
+            # Reformer's shared-QK attention: the keys are the queries, no key projection.
+            if num_kv_heads != num_heads or inputs_kv is not inputs_q:
+                raise ValueError(
+                    "shared_qk needs self-attention with num_kv_heads == num_heads, got "
+                    f"num_heads={num_heads}, num_kv_heads={num_kv_heads}"
+                )
+            key = query
+        else:
+            key = self._projection(num_kv_heads, head_dim, "key")(inputs_kv)
         value = self._projection(num_kv_heads, head_dim, "value")(inputs_kv)
 
         hooks = variants.hooks_for(self.attention)

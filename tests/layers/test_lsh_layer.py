@@ -1,4 +1,5 @@
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -41,3 +42,27 @@ def test_training_draws_new_rotations_and_evaluation_is_fixed():
     # Evaluation uses the rng given in the options when there is one.
     given, _ = layers(**OPTIONS, rng=jax.random.key(6))
     assert not np.allclose(jax.jit(given.apply)(variables, x), evaluation)
+
+
+def test_shared_qk_layer_uses_queries_as_keys():
+    from effjax.attention import lsh_attention
+
+    x = jax.random.normal(jax.random.key(0), (1, 16, 32))
+    options = {"shared_qk": True, "num_hashes": 2, "num_buckets": 4, "chunk_size": 4}
+    layer = MultiHeadAttention(num_heads=4, attention="lsh", attention_options=options)
+    variables = layer.init(jax.random.key(1), x)
+    params = variables["params"]
+    assert "key" not in params
+
+    def proj(p, inp):
+        return jnp.einsum("btd,dnh->btnh", inp, p["kernel"]) + p["bias"][None, None]
+
+    q, v = proj(params["query"], x), proj(params["value"], x)
+    rng = jax.random.key(0)  # the layer's fixed evaluation key
+    o = lsh_attention(q, None, v, rng=rng, **options)
+    want = (
+        jnp.einsum("btnh,nhd->btd", o, params["out"]["kernel"]) + params["out"]["bias"][None, None]
+    )
+    np.testing.assert_allclose(layer.apply(variables, x), want, atol=1e-5)
+    with pytest.raises(ValueError, match="shared_qk needs self-attention"):
+        layer.clone(num_kv_heads=2).init(jax.random.key(1), x)
