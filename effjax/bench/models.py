@@ -80,14 +80,7 @@ def layer_records(config: runner.BenchConfig, env: dict[str, Any]) -> Iterator[d
         for mode in config.modes:
             for name in variants:
                 program, args = _encoder_layer_program(name, shape, mode, jax.random.key(seq_len))
-                result = measure_lib.measure(
-                    program,
-                    args,
-                    min_repeats=config.min_repeats,
-                    max_repeats=config.max_repeats,
-                    min_time_s=config.min_time_s,
-                    memory_limit_bytes=config.memory_limit_bytes,
-                )
+                result = runner.measure_program(config, program, args)
                 yield runner.make_record(
                     kind="layer",
                     variant=name,
@@ -287,14 +280,7 @@ def peer_records(config: runner.BenchConfig, env: dict[str, Any]) -> Iterator[di
                 jax.random.key(0), (config.batch, seq_len), 5, hf_config.vocab_size
             )
             program, args = _effjax_program(hf_config, attention, attention_options, ids)
-            result = measure_lib.measure(
-                program,
-                args,
-                min_repeats=config.min_repeats,
-                max_repeats=config.max_repeats,
-                min_time_s=config.min_time_s,
-                memory_limit_bytes=config.memory_limit_bytes,
-            )
+            result = runner.measure_program(config, program, args)
             yield runner.make_record(
                 kind="model",
                 variant=f"effjax_{pair.family}_{pair.setting}",

@@ -114,14 +114,7 @@ def attention_records(config: BenchConfig, env: dict[str, Any]) -> Iterator[dict
                 spec = suite.spec_for(name)
                 options = spec.options(keys[3], shape)
                 program, arrays = _attention_program(name, options, mode)
-                result = measure_lib.measure(
-                    program,
-                    (*qkv, arrays),
-                    min_repeats=config.min_repeats,
-                    max_repeats=config.max_repeats,
-                    min_time_s=config.min_time_s,
-                    memory_limit_bytes=config.memory_limit_bytes,
-                )
+                result = measure_program(config, program, (*qkv, arrays))
                 flops = spec.flops(shape, options)
                 if flops is not None and mode == "fwd_bwd":
                     flops *= 3.0  # backward = two matmuls per forward matmul
@@ -136,6 +129,18 @@ def attention_records(config: BenchConfig, env: dict[str, Any]) -> Iterator[dict
                     flops=flops,
                     env=env,
                 )
+
+
+def measure_program(config: BenchConfig, program: Callable, args: tuple) -> measure_lib.Measurement:
+    """:func:`~effjax.bench.measure.measure` with the run's repetitions and memory limit."""
+    return measure_lib.measure(
+        program,
+        args,
+        min_repeats=config.min_repeats,
+        max_repeats=config.max_repeats,
+        min_time_s=config.min_time_s,
+        memory_limit_bytes=config.memory_limit_bytes,
+    )
 
 
 def make_record(
