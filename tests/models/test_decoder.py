@@ -130,3 +130,18 @@ def test_bad_generation_arguments_raise(lm):
         generate(model, params, prompt, max_new_tokens=2, rng=jax.random.key(0), temperature=0.0)
     with pytest.raises(ValueError, match=r"prompt_ids must be \[B, P\]"):
         generate(model, params, prompt[0], max_new_tokens=2)
+
+
+def test_chunked_feed_forward_gives_the_same_logits_and_generation(lm):
+    model, params, prompt = lm
+    chunked = DecoderLM(model.config.replace(ff_chunk_size=3))
+    seq = jax.random.randint(jax.random.key(5), (B, 7), 0, 40)
+    np.testing.assert_allclose(
+        jax.jit(chunked.apply)({"params": params}, seq),
+        jax.jit(model.apply)({"params": params}, seq),
+        atol=1e-5,
+    )
+    np.testing.assert_array_equal(
+        generate(chunked, params, prompt, max_new_tokens=NEW),
+        generate(model, params, prompt, max_new_tokens=NEW),
+    )
