@@ -230,6 +230,9 @@ class DecoderConfig:
       tie_word_embeddings: the LM head reuses the token embedding matrix.
       pad_token_id: the padding token.
       ff_chunk_size: feed-forward over chunks of this many positions, None = one pass.
+      reversible: the blocks form a reversible stack on the two halves of the hidden state
+        (see DecoderLM); needs ``hidden_size / 2`` divisible by ``num_heads`` and one set
+        of attention options for all layers; training only (no cached decoding).
 
     Example:
       >>> from effjax.models import DecoderConfig
@@ -256,10 +259,13 @@ class DecoderConfig:
     tie_word_embeddings: bool = True
     pad_token_id: int = 0
     ff_chunk_size: int | None = None
+    reversible: bool = False
 
     def __post_init__(self):
         _check_sizes(self)
         _freeze_attention_options(self)
+        if self.reversible:
+            _check_reversible(self)
 
     @property
     def max_length(self) -> int:
@@ -268,3 +274,18 @@ class DecoderConfig:
 
     options_for_layer = EncoderConfig.options_for_layer
     replace = EncoderConfig.replace
+
+
+def _check_reversible(config: DecoderConfig) -> None:
+    """A reversible stack splits the hidden state in two and shares one attention setup."""
+    half, rem = divmod(config.hidden_size, 2)
+    if rem or half % config.num_heads:
+        raise ValueError(
+            f"reversible=True splits hidden_size={config.hidden_size} in two halves, each "
+            f"divisible by num_heads={config.num_heads}"
+        )
+    if config.layer_attention_options is not None:
+        raise ValueError(
+            "reversible=True runs one attention setup in every layer; "
+            "layer_attention_options is not supported"
+        )
