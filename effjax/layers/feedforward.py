@@ -12,6 +12,44 @@ import jax.numpy as jnp
 from effjax.attention import _common
 
 Dtype = Any
+Activation = Callable[[jax.Array], jax.Array]
+
+#: Activations by Hugging Face ``hidden_act`` name. "gelu" is the exact (erf) GELU.
+ACTIVATIONS: dict[str, Activation] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+
+def activation(name: str) -> Activation:
+    """The activation function named ``name`` (Hugging Face spelling)."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"hidden_act={name!r} is not supported; known: {', '.join(sorted(ACTIVATIONS))}"
+        ) from None
+
+
+class _Affine(nn.Module):
+    """The ``kernel [D_in, D_out]`` and ``bias [D_out]`` of one projection, laid out as
+    ``nn.Dense``'s, returned rather than applied so the chunked path can close over them."""
+
+    features: int
+    kernel_init: Callable[..., jax.Array]
+    param_dtype: Dtype
+
+    @nn.compact
+    def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+        shape = (in_features, self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros_init(), shape[1:], self.param_dtype)
+        return kernel, bias
 
 
 class FeedForward(nn.Module):
@@ -24,12 +62,18 @@ class FeedForward(nn.Module):
     (the Reformer's chunked feed-forward). Outputs and gradients equal the
     unchunked layer's (``chunk_size=None``) up to float rounding.
 
+    Parameters are laid out as two ``nn.Dense`` layers, ``intermediate`` (``D -> d_ff``)
+    and ``output`` (``d_ff -> D``), each with ``kernel`` and ``bias``: BERT's names, which
+    effjax.models' Hugging Face loader maps checkpoints to.
+
     Attributes:
       d_ff: hidden size.
       chunk_size: positions per chunk, or None for one pass.
-      activation: hidden activation (default gelu).
+      activation: hidden activation, a function or a Hugging Face ``hidden_act`` name
+        (:data:`ACTIVATIONS`; default flax's tanh-approximate gelu).
       dropout_rate: dropout on the output (per position, so chunking leaves it unchanged).
-      dtype: computation dtype; param_dtype: parameter dtype.
+      dtype: computation dtype (default the input's); param_dtype: parameter dtype.
+      kernel_init: initializer of both kernels (biases start at zero).
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -42,7 +86,7 @@ class FeedForward(nn.Module):
 
     d_ff: int
     chunk_size: int | None = None
-    activation: Callable[[jax.Array], jax.Array] = nn.gelu
+    activation: str | Activation = nn.gelu
     dropout_rate: float = 0.0
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -54,16 +98,16 @@ class FeedForward(nn.Module):
         if x.ndim != 3:
             raise ValueError(f"x must be [B, T, D], got shape {x.shape}")
         d_model = x.shape[-1]
-        w_in = self.param("wi", self.kernel_init, (d_model, self.d_ff), self.param_dtype)
-        b_in = self.param("bi", nn.initializers.zeros_init(), (self.d_ff,), self.param_dtype)
-        w_out = self.param("wo", self.kernel_init, (self.d_ff, d_model), self.param_dtype)
-        b_out = self.param("bo", nn.initializers.zeros_init(), (d_model,), self.param_dtype)
+        affine = lambda n, name: _Affine(n, self.kernel_init, self.param_dtype, name=name)  # noqa: E731
+        w_in, b_in = affine(self.d_ff, "intermediate")(d_model)
+        w_out, b_out = affine(d_model, "output")(self.d_ff)
         dtype = self.dtype or x.dtype
         w_in, b_in, w_out, b_out = (p.astype(dtype) for p in (w_in, b_in, w_out, b_out))
         x = x.astype(dtype)
+        act = activation(self.activation) if isinstance(self.activation, str) else self.activation
 
         def feed_forward(h):
-            hidden = self.activation(h @ w_in + b_in[None, None])
+            hidden = act(h @ w_in + b_in[None, None])
             return hidden @ w_out + b_out[None, None]
 
         if self.chunk_size is None:

@@ -28,7 +28,6 @@ from effjax.models.encoder import (
     EncoderForMaskedLM,
     EncoderForSequenceClassification,
     EncoderLayer,
-    FeedForward,
     MaskedLMHead,
 )
 from effjax.models.hf import (
@@ -52,7 +51,6 @@ __all__ = [
     "EncoderForMaskedLM",
     "EncoderForSequenceClassification",
     "EncoderLayer",
-    "FeedForward",
     "MaskedLMHead",
     "ReformerConfig",
     "ReformerLM",

@@ -13,32 +13,12 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 from flax.core import FrozenDict
 
-#: Hugging Face ``hidden_act`` names -> activation. "gelu" is the exact (erf) GELU.
-ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-}
+from effjax.layers.feedforward import activation
 
 #: ``model_type`` values whose position ids count real tokens from ``pad_token_id + 1``.
 _ROBERTA_POSITIONS = ("roberta", "longformer", "xlm-roberta", "camembert")
-
-
-def activation(name: str):
-    """The activation function named ``name`` (Hugging Face spelling)."""
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(
-            f"hidden_act={name!r} is not supported; known: {', '.join(sorted(ACTIVATIONS))}"
-        ) from None
 
 
 def _freeze(options: Mapping[str, Any] | None) -> FrozenDict:
@@ -70,6 +50,8 @@ def _check_sizes(config) -> None:
     if config.num_heads % kv:
         raise ValueError(f"num_kv_heads={kv} must divide num_heads={config.num_heads}")
     activation(config.hidden_act)
+    if config.ff_chunk_size is not None and config.ff_chunk_size <= 0:
+        raise ValueError(f"ff_chunk_size must be positive or None, got {config.ff_chunk_size}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +76,8 @@ class EncoderConfig:
       pad_token_id: the padding token.
       model_type: Hugging Face family ("bert" or "roberta"), used for export.
       add_pooler: whether the encoder has BERT's pooler (tanh dense on the first token).
+      ff_chunk_size: run each feed-forward over chunks of this many positions
+        (effjax.layers.FeedForward; same outputs, less activation memory), None = one pass.
 
     Example:
       >>> from effjax.models import EncoderConfig
@@ -124,6 +108,7 @@ class EncoderConfig:
     pad_token_id: int = 0
     model_type: str = "bert"
     add_pooler: bool = True
+    ff_chunk_size: int | None = None
 
     def __post_init__(self):
         _check_sizes(self)
@@ -244,6 +229,10 @@ class DecoderConfig:
         with a decoding hook (effjax.layers.register_layer_hooks).
       tie_word_embeddings: the LM head reuses the token embedding matrix.
       pad_token_id: the padding token.
+      ff_chunk_size: feed-forward over chunks of this many positions, None = one pass.
+      reversible: the blocks form a reversible stack on the two halves of the hidden state
+        (see DecoderLM); needs ``hidden_size / 2`` divisible by ``num_heads`` and one set
+        of attention options for all layers; training only (no cached decoding).
 
     Example:
       >>> from effjax.models import DecoderConfig
@@ -269,10 +258,14 @@ class DecoderConfig:
     layer_attention_options: Sequence[Mapping[str, Any]] | None = None
     tie_word_embeddings: bool = True
     pad_token_id: int = 0
+    ff_chunk_size: int | None = None
+    reversible: bool = False
 
     def __post_init__(self):
         _check_sizes(self)
         _freeze_attention_options(self)
+        if self.reversible:
+            _check_reversible(self)
 
     @property
     def max_length(self) -> int:
@@ -281,3 +274,18 @@ class DecoderConfig:
 
     options_for_layer = EncoderConfig.options_for_layer
     replace = EncoderConfig.replace
+
+
+def _check_reversible(config: DecoderConfig) -> None:
+    """A reversible stack splits the hidden state in two and shares one attention setup."""
+    half, rem = divmod(config.hidden_size, 2)
+    if rem or half % config.num_heads:
+        raise ValueError(
+            f"reversible=True splits hidden_size={config.hidden_size} in two halves, each "
+            f"divisible by num_heads={config.num_heads}"
+        )
+    if config.layer_attention_options is not None:
+        raise ValueError(
+            "reversible=True runs one attention setup in every layer; "
+            "layer_attention_options is not supported"
+        )

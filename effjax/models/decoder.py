@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from effjax.layers import ReversibleStack
 from effjax.models.config import DecoderConfig
 from effjax.models.encoder import (
     _init,
@@ -52,12 +53,62 @@ class DecoderLayer(nn.Module):
         )
 
 
+class _ReversibleAttention(nn.Module):
+    """F of a reversible decoder block: ``Dropout(Attn(LN(x)))`` on half the hidden state."""
+
+    config: DecoderConfig
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        cfg = self.config
+        norm = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="attention_norm")
+        attn = self_attention(cfg, cfg.attention_options, is_causal=True, dtype=self.dtype)
+        h = attn(norm(x), deterministic=deterministic)
+        return nn.Dropout(cfg.hidden_dropout_rate)(h, deterministic=deterministic)
+
+
+class _ReversibleFeedForward(nn.Module):
+    """G of a reversible decoder block: ``FF(LN(x))`` (output dropout inside FF)."""
+
+    config: DecoderConfig
+    dtype: Dtype | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        cfg = self.config
+        norm = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="output_norm")
+        return feed_forward(cfg, self.dtype)(norm(x), deterministic=deterministic)
+
+
+def _check_reversible_call(decode: bool, attention_mask) -> None:
+    """The reversible stack's branches see only the hidden state: no cache, no padding mask."""
+    if decode:
+        raise ValueError(
+            "DecoderConfig(reversible=True) does not support decode=True (cached generation); "
+            "copy the parameters into a non-reversible model to generate"
+        )
+    if attention_mask is not None:
+        raise ValueError(
+            "DecoderConfig(reversible=True) takes no attention_mask (its blocks see only the "
+            f"hidden state); got one of shape {attention_mask.shape}"
+        )
+
+
 class DecoderLM(nn.Module):
     """Causal LM: ``input_ids int [B, T] -> logits float32 [B, T, vocab_size]``.
 
     With ``decode=True`` each call appends ``T`` tokens to the ``"cache"`` collection
     (initialise with an input of the full length, as for flax's decoders); positions
     continue from the cache. Use :func:`generate` rather than driving this by hand.
+
+    With ``config.reversible`` the blocks form a :class:`~effjax.layers.ReversibleStack`
+    on the two halves ``x1, x2`` of the hidden state (``D / 2`` features each):
+    ``y1 = x1 + Attn(LN(x2))``, ``y2 = x2 + FF(LN(y1))``, then ``[y1, y2]`` goes on to the
+    final LayerNorm (RevNet, Gomez et al. 2017, as in the Reformer, Kitaev et al. 2020
+    Sec. 3). The backward pass rebuilds each block's inputs from its outputs, so training
+    memory does not grow with ``num_layers``. Its parameters sit in ``layers/layers``
+    (stacked over layers); it supports neither ``decode`` nor ``attention_mask``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -91,6 +142,8 @@ class DecoderLM(nn.Module):
           deterministic: False enables dropout (needs a ``"dropout"`` rng).
         """
         cfg = self.config
+        if cfg.reversible:
+            _check_reversible_call(self.decode, attention_mask)
         padding_mask = padding_mask_from(input_ids, attention_mask, cfg)
 
         embed = nn.Embed(
@@ -111,11 +164,14 @@ class DecoderLM(nn.Module):
             )(positions)[None]
         )
         x = nn.Dropout(cfg.hidden_dropout_rate)(x, deterministic=deterministic)
-        for i in range(cfg.num_layers):
-            layer = DecoderLayer(
-                cfg, cfg.options_for_layer(i), self.decode, self.dtype, name=f"layer_{i}"
-            )
-            x = layer(x, padding_mask, deterministic=deterministic)
+        if cfg.reversible:
+            x = self._reversible_layers(x, deterministic)
+        else:
+            for i in range(cfg.num_layers):
+                layer = DecoderLayer(
+                    cfg, cfg.options_for_layer(i), self.decode, self.dtype, name=f"layer_{i}"
+                )
+                x = layer(x, padding_mask, deterministic=deterministic)
         x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="final_norm")(x)
         if cfg.tie_word_embeddings:
             logits = embed.attend(x)
@@ -124,6 +180,18 @@ class DecoderLM(nn.Module):
                 cfg.vocab_size, use_bias=False, kernel_init=_init(cfg), name="lm_head"
             )(x)
         return logits.astype(jnp.float32)
+
+    def _reversible_layers(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        """All blocks as one reversible stack over the halves of ``x [B, T, D]``."""
+        cfg = self.config
+        stack = ReversibleStack(
+            f=lambda: _ReversibleAttention(cfg, self.dtype),
+            g=lambda: _ReversibleFeedForward(cfg, self.dtype),
+            num_layers=cfg.num_layers,
+            name="layers",
+        )
+        y1, y2 = stack(*jnp.split(x, 2, axis=-1), deterministic=deterministic)
+        return jnp.concatenate([y1, y2], axis=-1)
 
     def _positions(self, length: int) -> jax.Array:
         """``int [T]``: ``0..T-1``, or continuing from the cache when decoding."""

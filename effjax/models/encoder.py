@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from effjax.layers import MultiHeadAttention
+from effjax.layers import FeedForward, MultiHeadAttention
 from effjax.models.config import EncoderConfig, activation
 
 Dtype = Any
@@ -97,27 +97,6 @@ class Embeddings(nn.Module):
         return self.word_embeddings.attend(hidden)
 
 
-class FeedForward(nn.Module):
-    """``Dense(intermediate) -> act -> Dense(D) -> dropout``, named like BERT's blocks."""
-
-    hidden_size: int
-    intermediate_size: int
-    hidden_act: str
-    dropout_rate: float
-    initializer_range: float = 0.02
-    dtype: Dtype | None = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
-        init = nn.initializers.normal(stddev=self.initializer_range)
-        h = nn.Dense(
-            self.intermediate_size, kernel_init=init, dtype=self.dtype, name="intermediate"
-        )(x)
-        h = activation(self.hidden_act)(h)
-        h = nn.Dense(self.hidden_size, kernel_init=init, dtype=self.dtype, name="output")(h)
-        return nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-
-
 def self_attention(
     config, options: Mapping[str, Any], *, is_causal: bool, decode=False, dtype=None
 ):
@@ -137,13 +116,14 @@ def self_attention(
 
 
 def feed_forward(config, dtype=None) -> FeedForward:
-    """The block's :class:`FeedForward` for ``config``."""
+    """The block's :class:`~effjax.layers.FeedForward` for ``config``: ``intermediate_size``
+    hidden units, ``hidden_act``, output dropout, chunked over ``ff_chunk_size`` positions."""
     return FeedForward(
-        hidden_size=config.hidden_size,
-        intermediate_size=config.intermediate_size,
-        hidden_act=config.hidden_act,
+        d_ff=config.intermediate_size,
+        chunk_size=config.ff_chunk_size,
+        activation=config.hidden_act,
         dropout_rate=config.hidden_dropout_rate,
-        initializer_range=config.initializer_range,
+        kernel_init=_init(config),
         dtype=dtype,
         name="feed_forward",
     )

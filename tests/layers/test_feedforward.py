@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,10 +31,28 @@ def test_matches_the_formula():
     x = jax.random.normal(jax.random.key(0), (1, 5, 8))
     ff = FeedForward(d_ff=12, chunk_size=2)
     params = ff.init(jax.random.key(1), x)["params"]
-    want = jax.nn.gelu(x @ params["wi"] + params["bi"][None, None]) @ params["wo"]
+    w_in, w_out = params["intermediate"], params["output"]
+    want = jax.nn.gelu(x @ w_in["kernel"] + w_in["bias"][None, None]) @ w_out["kernel"]
     np.testing.assert_allclose(
-        ff.apply({"params": params}, x), want + params["bo"][None, None], atol=1e-5
+        ff.apply({"params": params}, x), want + w_out["bias"][None, None], atol=1e-5
     )
+
+
+def test_activation_by_name_matches_hugging_face_gelu():
+    """``"gelu"`` is the exact erf GELU (transformers' ``hidden_act="gelu"``), not flax's
+    tanh approximation, and the parameters are those of two ``nn.Dense`` layers."""
+    x = jax.random.normal(jax.random.key(0), (1, 5, 8))
+    ff = FeedForward(d_ff=12, activation="gelu")
+    params = ff.init(jax.random.key(1), x)["params"]
+    h = nn.Dense(12).apply({"params": params["intermediate"]}, x)
+    want = nn.Dense(8).apply({"params": params["output"]}, jax.nn.gelu(h, approximate=False))
+    np.testing.assert_allclose(ff.apply({"params": params}, x), want, atol=1e-5)
+
+
+def test_rejects_unknown_activation_name():
+    x = jnp.zeros((1, 4, 4))
+    with pytest.raises(ValueError, match="hidden_act='nope'"):
+        FeedForward(d_ff=8, activation="nope").init(jax.random.key(0), x)
 
 
 def gradient_temp_bytes(chunk_size):

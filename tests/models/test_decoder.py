@@ -1,12 +1,16 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import effjax.attention as ea
-from effjax.layers import register_layer_hooks
+from effjax.layers import ReversibleStack, register_layer_hooks
 from effjax.layers.variants import full_cache_decode
-from effjax.models import DecoderConfig, DecoderLM, generate
+from effjax.models import DecoderConfig, DecoderLM, generate, next_token_loss
+from effjax.models import decoder as decoder_module
 
 B, P, NEW = 2, 4, 6
 
@@ -130,3 +134,85 @@ def test_bad_generation_arguments_raise(lm):
         generate(model, params, prompt, max_new_tokens=2, rng=jax.random.key(0), temperature=0.0)
     with pytest.raises(ValueError, match=r"prompt_ids must be \[B, P\]"):
         generate(model, params, prompt[0], max_new_tokens=2)
+
+
+def test_chunked_feed_forward_gives_the_same_logits_and_generation(lm):
+    model, params, prompt = lm
+    chunked = DecoderLM(model.config.replace(ff_chunk_size=3))
+    seq = jax.random.randint(jax.random.key(5), (B, 7), 0, 40)
+    np.testing.assert_allclose(
+        jax.jit(chunked.apply)({"params": params}, seq),
+        jax.jit(model.apply)({"params": params}, seq),
+        atol=1e-5,
+    )
+    np.testing.assert_array_equal(
+        generate(chunked, params, prompt, max_new_tokens=NEW),
+        generate(model, params, prompt, max_new_tokens=NEW),
+    )
+
+
+def reversible_cfg(**changes):
+    return cfg(num_heads=2, num_kv_heads=None, num_layers=2, reversible=True, **changes)
+
+
+def test_reversible_gradients_equal_plain_autodiff_of_the_same_stack(monkeypatch):
+    """The custom backward pass (inputs rebuilt from outputs) gives autodiff's gradients,
+    dropout included (the backward pass replays the forward's masks)."""
+    model = DecoderLM(reversible_cfg(ff_chunk_size=3))
+    seq = jax.random.randint(jax.random.key(5), (B, 7), 0, 40)
+    params = jax.jit(model.init)(jax.random.key(1), seq)["params"]
+
+    def grads(model):
+        def loss(p):
+            logits = model.apply(
+                {"params": p}, seq, deterministic=False, rngs={"dropout": jax.random.key(2)}
+            )
+            return next_token_loss(logits, seq)
+
+        return jax.jit(jax.grad(loss))(params)
+
+    got = grads(model)
+    monkeypatch.setattr(
+        decoder_module, "ReversibleStack", functools.partial(ReversibleStack, reversible=False)
+    )
+    want = grads(DecoderLM(model.config))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-4)
+    query_kernel = want["layers"]["layers"]["f"]["attention"]["query"]["kernel"]
+    assert np.abs(np.asarray(query_kernel)).max() > 1e-3
+
+
+def test_reversible_decoder_trains():
+    model = DecoderLM(reversible_cfg(hidden_dropout_rate=0.0))
+    seq = jax.random.randint(jax.random.key(5), (4, 12), 0, 40)
+    params = jax.jit(model.init)(jax.random.key(1), seq)["params"]
+    optimizer = optax.adam(3e-2)
+
+    @jax.jit
+    def step(params, state):
+        loss, grads = jax.value_and_grad(
+            lambda p: next_token_loss(model.apply({"params": p}, seq), seq)
+        )(params)
+        updates, state = optimizer.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    state = optimizer.init(params)
+    losses = []
+    for _ in range(30):
+        params, state, loss = step(params, state)
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_reversible_refuses_decoding_padding_and_bad_sizes(lm):
+    _model, _params, prompt = lm
+    model = DecoderLM(reversible_cfg())
+    params = jax.eval_shape(model.init, jax.random.key(1), prompt)["params"]  # never read
+    with pytest.raises(ValueError, match="decode=True"):
+        generate(model, params, prompt, max_new_tokens=2)
+    with pytest.raises(ValueError, match="attention_mask"):
+        model.apply({"params": params}, prompt, jnp.ones_like(prompt))
+    with pytest.raises(ValueError, match="hidden_size=16 in two halves"):
+        cfg(num_heads=16, num_kv_heads=None, reversible=True)
+    with pytest.raises(ValueError, match="layer_attention_options"):
+        reversible_cfg(layer_attention_options=[{}, {}])

@@ -152,3 +152,35 @@ def test_extension_refuses_to_shrink(tiny):
     cfg, _, variables, _ = tiny
     with pytest.raises(ValueError, match="new_max_len=10 is shorter than the current 24"):
         extend_position_embeddings(variables, cfg, 10)
+
+
+def test_chunked_feed_forward_equals_unchunked_outputs_and_gradients(tiny):
+    """``ff_chunk_size`` only changes how the feed-forward is scheduled: same parameters,
+    same outputs and gradients, dropout included (it acts on the whole output)."""
+    cfg, model, variables, ids = tiny
+    chunked = Encoder(cfg.replace(ff_chunk_size=5))  # T=12: the last chunk is padded
+    assert jax.tree.structure(chunked.init(jax.random.key(1), ids)) == jax.tree.structure(variables)
+    mask = right_padding([T, 9], T)
+    weights = jax.random.normal(jax.random.key(3), (B, T, cfg.hidden_size))
+
+    def loss(module):
+        def f(params):
+            out = module.apply(
+                {"params": params}, ids, mask, deterministic=False,
+                rngs={"dropout": jax.random.key(4)},
+            )  # fmt: skip
+            return jnp.sum(out * weights), out
+
+        return jax.jit(jax.value_and_grad(f, has_aux=True))
+
+    (_, got), got_grads = loss(chunked)(variables["params"])
+    (_, want), want_grads = loss(model)(variables["params"])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5)
+    assert jax.tree.leaves(want_grads)[0].any()
+
+
+def test_ff_chunk_size_must_be_positive():
+    with pytest.raises(ValueError, match="ff_chunk_size"):
+        tiny_config(ff_chunk_size=0)
