@@ -256,7 +256,6 @@ class EncoderForMaskedLM(nn.Module):
         self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic=True, **kw
     ) -> jax.Array:
         encoder = Encoder(self.config, dtype=self.dtype, name="encoder")
-        kw = _global_classification_token(self.config, input_ids, kw)
         hidden = encoder(
             input_ids, attention_mask, token_type_ids, deterministic=deterministic, **kw
         )

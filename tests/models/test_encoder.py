@@ -184,3 +184,36 @@ def test_chunked_feed_forward_equals_unchunked_outputs_and_gradients(tiny):
 def test_ff_chunk_size_must_be_positive():
     with pytest.raises(ValueError, match="ff_chunk_size"):
         tiny_config(ff_chunk_size=0)
+
+
+def test_classifier_makes_first_token_global_under_global_local(monkeypatch):
+    from effjax.attention import dot_product_attention, masks, registry
+    from effjax.models import EncoderConfig, EncoderForSequenceClassification
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    def first_token_global_dense(q, k, v, *, window_size, padding_mask=None, **_):
+        b, t = q.shape[:2]
+        first = jnp.broadcast_to((jnp.arange(t) == 0)[None, :], (b, t))
+        mask = masks.window_mask(t, t, window_size)[None, None] | masks.global_tokens_mask(first)
+        return dot_product_attention(q, k, v, mask=mask, padding_mask=padding_mask)
+
+    registry.register("first_token_global_dense", first_token_global_dense)
+    cfg = EncoderConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=32,
+        attention="global_local",
+        attention_options={"window_size": 2},
+    )
+    ids = jax.random.randint(jax.random.key(0), (2, 12), 1, 50)
+    clf = EncoderForSequenceClassification(cfg, num_labels=3)
+    variables = clf.init(jax.random.key(1), ids)
+    reference = EncoderForSequenceClassification(
+        cfg.replace(attention="first_token_global_dense"), num_labels=3
+    )
+    np.testing.assert_allclose(
+        clf.apply(variables, ids), reference.apply(variables, ids), atol=1e-5
+    )
