@@ -140,18 +140,23 @@ def test_peer_claims_compare_effjax_with_the_model_it_faces():
     assert report.baseline_of("layer", "local") == "jax"
 
 
-def test_layer_records_time_whole_encoder_layers(tmp_path):
-    config = BenchConfig(
+def _one_shot_config(seq_len: int, **kinds) -> BenchConfig:
+    """Dense only, one tiny length, forward, one timed call."""
+    return BenchConfig(
         variants=("dense",),
-        seq_lens=(32,),
+        seq_lens=(seq_len,),
         modes=("fwd",),
         heads=2,
         head_dim=8,
         min_repeats=1,
         max_repeats=1,
         min_time_s=0.0,
-        layers=True,
+        **kinds,
     )
+
+
+def test_layer_records_time_whole_encoder_layers(tmp_path):
+    config = _one_shot_config(seq_len=32, layers=True)
     records = run_benchmark(config, tmp_path, progress=False)
     layers = {r["variant"]: r for r in records if r["kind"] == "layer"}
     assert set(layers) == {"jax", "dense"}
@@ -164,17 +169,7 @@ def test_layer_records_time_whole_encoder_layers(tmp_path):
 @pytest.mark.slow
 def test_peers_run_hugging_face_models_beside_effjax(tmp_path):
     pytest.importorskip("torch")
-    config = BenchConfig(
-        variants=("dense",),
-        seq_lens=(128,),
-        modes=("fwd",),
-        heads=2,
-        head_dim=8,
-        min_repeats=1,
-        max_repeats=1,
-        min_time_s=0.0,
-        peers=True,
-    )
+    config = _one_shot_config(seq_len=128, peers=True)
     records = run_benchmark(config, tmp_path, progress=False)
     models = {r["variant"]: r for r in records if r["kind"] == "model"}
     assert {"hf_bigbird_original_full", "effjax_bigbird_original_full"} <= models.keys()
