@@ -66,19 +66,31 @@ def check_qkv(query, key, value) -> AttentionDims:
     return AttentionDims(b, t, ks[1], n, k, h, vs[3])
 
 
+def check_token_mask(name: str, mask, batch: int, length: int, letter: str) -> jax.Array:
+    """Validates a per-token bool mask ``[B, letter]`` of shape ``(batch, length)``."""
+    shape = _shape(mask)
+    if shape != (batch, length):
+        raise ValueError(f"{name} must have shape [B, {letter}] = {(batch, length)}, got {shape}")
+    mask = jnp.asarray(mask)
+    if mask.dtype != jnp.bool_:
+        raise ValueError(f"{name} must be bool, got dtype {mask.dtype}")
+    return mask
+
+
 def check_padding_mask(padding_mask, dims: AttentionDims) -> jax.Array | None:
     """Validates ``padding_mask`` bool [B, S] (True = a real key)."""
     if padding_mask is None:
         return None
-    shape = _shape(padding_mask)
-    if shape != (dims.batch, dims.kv_len):
+    return check_token_mask("padding_mask", padding_mask, dims.batch, dims.kv_len, "S")
+
+
+def check_self_attention(function: str, query, key, dims: AttentionDims) -> None:
+    """Raises unless ``T == S``, for variants whose pattern is defined on one sequence."""
+    if dims.q_len != dims.kv_len:
         raise ValueError(
-            f"padding_mask must have shape [B, S] = {(dims.batch, dims.kv_len)}, got {shape}"
+            f"{function} is self-attention: query length {dims.q_len} must equal "
+            f"key length {dims.kv_len} (query {_shape(query)}, key {_shape(key)})"
         )
-    padding_mask = jnp.asarray(padding_mask)
-    if padding_mask.dtype != jnp.bool_:
-        raise ValueError(f"padding_mask must be bool, got dtype {padding_mask.dtype}")
-    return padding_mask
 
 
 def check_positive(name: str, value: int) -> int:

@@ -168,11 +168,7 @@ def block_sparse_attention(
       (1, 500, 4, 8)
     """
     dims = _common.check_qkv(query, key, value)
-    if dims.q_len != dims.kv_len:
-        raise ValueError(
-            f"block_sparse_attention is self-attention: query length {dims.q_len} must equal "
-            f"key length {dims.kv_len} (query {query.shape}, key {key.shape})"
-        )
+    _common.check_self_attention("block_sparse_attention", query, key, dims)
     padding_mask = _common.check_padding_mask(padding_mask, dims)
     b = _common.check_positive("block_size", block_size)
     r = _check_non_negative("num_random_blocks", num_random_blocks)

@@ -24,18 +24,6 @@ from effjax.attention import masks as masks_lib
 from effjax.attention.local import window_attention_with_lse
 
 
-def _check_global_mask(global_mask, dims: _common.AttentionDims) -> jax.Array:
-    shape = tuple(np.shape(global_mask))
-    if shape != (dims.batch, dims.q_len):
-        raise ValueError(
-            f"global_mask must have shape [B, T] = {(dims.batch, dims.q_len)}, got {shape}"
-        )
-    global_mask = jnp.asarray(global_mask)
-    if global_mask.dtype != jnp.bool_:
-        raise ValueError(f"global_mask must be bool, got dtype {global_mask.dtype}")
-    return global_mask
-
-
 def _resolve_max_global(global_mask: jax.Array, max_global_tokens: int | None) -> int:
     """The static number ``M`` of global slots: given, or counted from a concrete mask."""
     try:
@@ -121,13 +109,9 @@ def global_local_attention(
       (1, 64, 4, 8)
     """
     dims = _common.check_qkv(query, key, value)
-    if dims.q_len != dims.kv_len:
-        raise ValueError(
-            f"global_local_attention is self-attention: query length {dims.q_len} must equal "
-            f"key length {dims.kv_len} (query {query.shape}, key {key.shape})"
-        )
+    _common.check_self_attention("global_local_attention", query, key, dims)
     padding_mask = _common.check_padding_mask(padding_mask, dims)
-    global_mask = _check_global_mask(global_mask, dims)
+    global_mask = _common.check_token_mask("global_mask", global_mask, dims.batch, dims.q_len, "T")
     num_slots = _resolve_max_global(global_mask, max_global_tokens)
     left, right = masks_lib.normalize_window(window_size)
     dilation = _common.check_positive("dilation", dilation)
