@@ -45,8 +45,11 @@ def block_table(
     Slots, in order: the window (blocks ``i-1, i, i+1``; causal ``i-1, i``), the global
     blocks ``0 .. g-1``, then ``r`` distinct random blocks that are neither global nor in
     the window (causal: strictly before the window). A window slot that falls outside
-    ``[g, Tb)`` is unused (a global slot already covers blocks below ``g``); a row with
-    fewer than ``r`` candidates uses all of them and leaves the other slots unused.
+    ``[g, Tb)`` (a global slot already covers blocks below ``g``) holds one more random
+    block instead, so every row reads its full budget of ``C = 3 + g + r`` blocks
+    (causal ``2 + g + r``) while enough blocks remain; a row with fewer candidates uses
+    all of them and leaves the other slots unused. Hence when ``Tb <= C`` every row
+    reads every block: the pattern is dense attention.
 
     Returns:
       ``table`` int32 ``[P, Tb - g, C]`` of key-block ids and ``used`` bool of the same
@@ -58,6 +61,9 @@ def block_table(
     window = rows + offsets[None]
     window_used = (window >= g) & (window < num_blocks)
     globals_ = np.broadcast_to(np.arange(g)[None], (rows.shape[0], g))
+    spare = np.sum(~window_used, axis=1, keepdims=True)  # window slots left for random blocks
+    wanted = r + spare  # [rows, 1] random blocks per row
+    extra = int(spare.max(initial=0))
 
     # Candidates for random blocks: [g, Tb) minus the window [lo, hi] (causal: [g, i-1)).
     if is_causal:
@@ -67,31 +73,32 @@ def block_table(
         lo = np.maximum(rows - 1, g)
         skip = np.minimum(rows + 1, num_blocks - 1) - lo + 1
         count = num_blocks - g - skip
-    # r distinct candidate indices: sorted draws from [0, count - r] plus 0, 1, .., r-1.
+    # wanted distinct candidate indices per row: sorted draws from [0, count - wanted] plus
+    # 0, 1, ..; the slots a row does not want draw a value past every candidate.
+    slot = np.arange(r + extra)[None]
     draws = jax.random.randint(
-        rng, (num_patterns, rows.shape[0], r), 0, np.maximum(count - r, 0)[None] + 1
+        rng, (num_patterns, rows.shape[0], r + extra), 0, np.maximum(count - wanted, 0)[None] + 1
     )
-    candidate = jnp.sort(draws, axis=-1) + jnp.arange(r)[None, None]
-    random_used = candidate < count[None]
+    draws = jnp.where(slot[None] < wanted[None], draws, count[None])
+    candidate = jnp.sort(draws, axis=-1) + slot[None]
+    random_used = (candidate < count[None]) & (slot[None] < wanted[None])
     random = g + candidate
     random = jnp.where(random < lo[None], random, random + skip[None])
 
     shape = (num_patterns, rows.shape[0])
+    # The k-th unused window slot of a row takes the row's (r + k)-th random block.
+    spare_index = np.where(window_used, 0, r + np.cumsum(~window_used, axis=1) - 1)
+    window_shape = (*shape, window.shape[1])
+    spare_index, window, window_used = (
+        np.broadcast_to(x, window_shape) for x in (spare_index, window, window_used)
+    )
+    window_table = jnp.where(window_used, window, jnp.take_along_axis(random, spare_index, axis=-1))
+    window_used = window_used | jnp.take_along_axis(random_used, spare_index, axis=-1)
     table = jnp.concatenate(
-        [
-            jnp.broadcast_to(window, (*shape, window.shape[1])),
-            jnp.broadcast_to(globals_, (*shape, g)),
-            random,
-        ],
-        axis=-1,
+        [window_table, np.broadcast_to(globals_, (*shape, g)), random[..., :r]], axis=-1
     ).astype(jnp.int32)
     used = jnp.concatenate(
-        [
-            jnp.broadcast_to(window_used, (*shape, window.shape[1])),
-            jnp.ones((*shape, g), bool),
-            random_used,
-        ],
-        axis=-1,
+        [window_used, jnp.ones((*shape, g), bool), random_used[..., :r]], axis=-1
     )
     return jnp.where(used, table, 0), used
 
@@ -135,10 +142,13 @@ def block_sparse_attention(
     :func:`~effjax.attention.dot_product_attention` with ``mask=block_sparse_mask(T,
     rng=rng, ...)`` and the same ``is_causal``/``padding_mask``.
 
-    Any ``T`` works: the last block is padded internally. The pattern never switches to
-    dense; a short sequence whose ``Tb = ceil(T / b)`` blocks are all within reach of
-    the pattern (``Tb <= 3 + g + r``, or ``Tb <= g``) simply sees every block by it,
-    which then equals dense attention.
+    Any ``T`` works: the last block is padded internally. A window slot outside the
+    non-global blocks (rows ``g`` and ``Tb - 1``) reads one more random block, so every
+    row reads ``3 + g + r`` blocks (causal ``2 + g + r``) while there are that many.
+    The pattern never switches to dense; a short sequence whose ``Tb = ceil(T / b)``
+    blocks fit that budget (``Tb <= 3 + g + r``, causal ``Tb <= 2 + g + r``, or
+    ``Tb <= g``) sees every block by it, which equals dense attention (as transformers'
+    BigBird, which runs full attention on such inputs).
 
     Args:
       query: ``[B, T, N, H]``.

@@ -123,6 +123,9 @@ def global_local_attention(
 
     q = _common.group_heads(query, dims.num_kv_heads)
     key_valid = jnp.ones((dims.batch, dims.kv_len), bool) if padding_mask is None else padding_mask
+    # Only the first M flags of a row are global; the rest (possible only with a traced
+    # mask) are ordinary tokens, so the window path must keep them as keys.
+    global_mask = global_mask & (jnp.cumsum(global_mask, axis=1) <= num_slots)
     # 1. Window path over the non-global keys.
     window_out, window_lse = window_attention_with_lse(
         q,

@@ -81,7 +81,32 @@ def test_pattern_is_bigbird_itc():
         window = set(range(max(i - 1, 0), min(i + 2, num_blocks)))
         seen = set(np.flatnonzero(pattern[i]))
         assert window | set(range(g)) <= seen
-        assert len(seen - window - set(range(g))) == r  # exactly r extra random blocks
+        # r random blocks, plus one for a window slot outside [g, Tb): 3 + g + r in all.
+        edge = i in (g, num_blocks - 1)
+        assert len(seen - window - set(range(g))) == r + edge
+        assert len(seen) == 3 + g + r
+
+
+@pytest.mark.parametrize(
+    ("num_blocks", "r", "g", "is_causal"),
+    [(8, 3, 2, False), (7, 3, 2, True), (5, 2, 0, False), (4, 1, 1, True)],
+)
+def test_a_budget_that_covers_every_block_is_dense_attention(rng, num_blocks, r, g, is_causal):
+    # 3 + g + r (causal 2 + g + r) == Tb: every row reads every block (BigBird's short input).
+    block = 4
+    q, k, v = testing.random_qkv(rng, batch=1, q_len=num_blocks * block - 1, num_kv_heads=2)
+    out = jit_block_sparse(
+        q,
+        k,
+        v,
+        rng=jax.random.key(1),
+        block_size=block,
+        num_random_blocks=r,
+        num_global_blocks=g,
+        is_causal=is_causal,
+    )
+    want = dot_product_attention(q, k, v, is_causal=is_causal)
+    np.testing.assert_allclose(out, want, atol=1e-5)
 
 
 def test_causal_pattern_keeps_only_the_past():

@@ -113,3 +113,14 @@ def test_bad_arguments_raise(rng):
     q2, k2, v2 = testing.random_qkv(rng, q_len=8, kv_len=9)
     with pytest.raises(ValueError, match="self-attention"):
         global_local_attention(q2, k2, v2, window_size=2, global_mask=g)
+
+
+def test_flags_beyond_max_global_tokens_are_ordinary_tokens_under_jit(rng):
+    q, k, v = testing.random_qkv(rng, q_len=24, num_kv_heads=2)
+    g = jnp.zeros((2, 24), bool).at[:, 3].set(True).at[:, 12].set(True)
+    fn = jax.jit(
+        lambda g: global_local_attention(q, k, v, window_size=2, global_mask=g, max_global_tokens=1)
+    )
+    kept = jnp.zeros_like(g).at[:, 3].set(True)  # token 12 overflows: local only
+    want = dot_product_attention(q, k, v, mask=global_local_mask(kept, 2))
+    np.testing.assert_allclose(fn(g), want, atol=1e-5)
