@@ -2,7 +2,12 @@
 
 from effjax.data.batching import BatchOrder, ClassificationData, bucket_length, pad_batch
 from effjax.data.listops import ListOpsSpec, load_listops
-from effjax.data.synthetic import associative_recall, copy_task, duplication_task
+from effjax.data.synthetic import (
+    associative_recall,
+    copy_task,
+    duplication_task,
+    multi_query_recall,
+)
 from effjax.data.text import encode_bytes, load_text_classification, load_tokenizer
 
 __all__ = [
@@ -17,5 +22,6 @@ __all__ = [
     "load_listops",
     "load_text_classification",
     "load_tokenizer",
+    "multi_query_recall",
     "pad_batch",
 ]

@@ -6,6 +6,9 @@ and return fixed-length int32 arrays.
 * Associative recall (Ba et al. 2016; Zoology, Arora et al. 2023): ``k1 v1 ... kn vn
   SEP q`` -> the value paired with key ``q``. The answer may sit anywhere in the
   context, so a model must carry information across the whole sequence.
+* Multi-query associative recall (MQAR; Zoology, Arora et al. 2023, Sec. 3): the pairs,
+  then every key again as a query at a later position, as language modelling with the
+  loss on the queries.
 * Copy: ``x SEP x`` as language modelling, loss on the second ``x``.
 * Duplication (Kitaev et al. 2020, Reformer §5): ``0 w 0 w`` with ``w`` drawn from
   symbols ``1..V-1``; loss on the second ``w``.
@@ -57,6 +60,76 @@ def associative_recall(
     rows = np.arange(num_examples)
     tokens[:, -1] = keys[rows, queried]
     return tokens, values[rows, queried].astype(np.int32)
+
+
+def multi_query_recall(
+    num_examples: int,
+    *,
+    seq_len: int,
+    num_pairs: int,
+    vocab_size: int,
+    seed: int,
+    power_a: float = 0.01,
+) -> dict[str, np.ndarray]:
+    """Multi-query associative recall (MQAR), Zoology's layout (Arora et al. 2023, Sec. 3).
+
+    Ids: 0 filler, keys ``1 .. vocab_size // 2 - 1``, values ``vocab_size // 2 ..
+    vocab_size - 1``. Each example starts with ``num_pairs`` pairs ``k_1 v_1 ... k_P v_P``
+    (distinct keys, values drawn independently); the rest of the sequence is filler
+    except that every key appears once more, in random order, as a query. Query ``s``
+    of the ``(seq_len - 2P) // 2`` slots sits at position ``2P + 2s``; slots are drawn
+    without replacement with Zoology's power law ``p(s) ∝ (s + 1) ** (power_a - 1)``
+    (most queries close to the pairs, a few far), so two queries never share a slot
+    and a query is always followed by filler: no query can overwrite another one or
+    its answer position.
+
+    Returns:
+      ``inputs`` int32 ``[num_examples, seq_len]``, ``targets`` int32 (the queried
+      value at query positions, 0 elsewhere) and ``loss_mask`` bool (True at the
+      ``num_pairs`` query positions of each row): the model predicts the value as the
+      next token after reading the query key.
+
+    Raises:
+      ValueError: ``seq_len < 4 * num_pairs`` (fewer query slots than queries), or
+        fewer than ``num_pairs`` keys in the vocabulary.
+
+    Example:
+      >>> from effjax.data.synthetic import multi_query_recall
+      >>> batch = multi_query_recall(2, seq_len=16, num_pairs=2, vocab_size=10, seed=0)
+      >>> batch["inputs"].shape, batch["loss_mask"].sum(axis=1).tolist()
+      ((2, 16), [2, 2])
+    """
+    first_value = vocab_size // 2
+    if num_pairs <= 0 or seq_len < 4 * num_pairs:
+        raise ValueError(
+            f"seq_len={seq_len} must be at least 4 * num_pairs={4 * num_pairs} "
+            "(the pairs plus one query slot of two positions per key), num_pairs >= 1"
+        )
+    if first_value - 1 < num_pairs:
+        raise ValueError(
+            f"vocab_size={vocab_size} has {first_value - 1} keys, fewer than "
+            f"num_pairs={num_pairs} (keys must be distinct)"
+        )
+    rng = np.random.default_rng(seed)
+    shape = (num_examples, num_pairs)
+    keys = np.argsort(rng.random((num_examples, first_value - 1)), axis=1)[:, :num_pairs] + 1
+    values = rng.integers(first_value, vocab_size, size=shape)
+    num_slots = (seq_len - 2 * num_pairs) // 2
+    # Sampling without replacement proportional to p: the top-P of log p + Gumbel noise.
+    log_p = (power_a - 1.0) * np.log(np.arange(1, num_slots + 1))
+    gumbel = -np.log(-np.log(rng.random((num_examples, num_slots))))
+    slots = np.argsort(-(log_p + gumbel), axis=1)[:, :num_pairs]
+    positions = 2 * num_pairs + 2 * slots
+    inputs = np.zeros((num_examples, seq_len), dtype=np.int32)
+    inputs[:, 0 : 2 * num_pairs : 2] = keys
+    inputs[:, 1 : 2 * num_pairs : 2] = values
+    rows = np.arange(num_examples)[:, None]
+    inputs[rows, positions] = keys
+    targets = np.zeros_like(inputs)
+    targets[rows, positions] = values
+    loss_mask = np.zeros(inputs.shape, dtype=bool)
+    loss_mask[rows, positions] = True
+    return {"inputs": inputs, "targets": targets, "loss_mask": loss_mask}
 
 
 def _repeat_task(half: np.ndarray) -> dict[str, np.ndarray]:
