@@ -10,7 +10,7 @@ BENCH_OUT ?= bench-out
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev,peers]"
+	$(PY) -m pip install --quiet -e ".[dev,docs,peers]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,4 +1,4 @@
-"""The ``effjax`` command: ``effjax bench ...`` and ``effjax train CONFIG --workdir DIR``."""
+"""The effjax command: benchmark attention variants, train from a config."""
 
 from __future__ import annotations
 
@@ -8,7 +8,23 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from effjax import __version__
 from effjax.train.cli import add_train_parser
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions as written and appends each option's default when it has one.
+
+    Unlike ``argparse.ArgumentDefaultsHelpFormatter``, a default of None or False (a flag
+    that is off, a value computed at run time) is not printed: its help says what happens.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "%(default)" not in text and default not in (None, False, argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
 
 
 def _csv(cast):
@@ -21,42 +37,71 @@ def _csv(cast):
     return parse
 
 
+_BENCH_DESCRIPTION = """\
+effjax bench: forward and forward+backward time (median, min) and XLA compiled memory
+of attention variants over a length sweep, each against jax.nn.dot_product_attention
+measured in the same run. Writes DIR/results.jsonl (one record per measurement),
+DIR/results.md (tables and the claims checked) and PNG plots of time and memory.
+"""
+
+
 def _add_bench_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "bench",
         help="time and memory of attention variants against sequence length",
-        description="Measures forward and forward+backward time (median, min) and XLA "
-        "compiled memory of every registered attention variant over a length sweep, "
-        "against jax.nn.dot_product_attention in the same run.",
+        description=_BENCH_DESCRIPTION,
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--variants", type=_csv(str), default=None, help="default: all registered")
+    p.add_argument(
+        "--variants",
+        type=_csv(str),
+        default=None,
+        metavar="A,B",
+        help="comma-separated registry names (default: every registered variant)",
+    )
     p.add_argument(
         "--seq-lens",
         type=_csv(int),
         default=None,
-        help="default: 256..16384 on CPU, 256..65536 on GPU/TPU",
+        metavar="T1,T2",
+        help="comma-separated lengths (default: 256..16384 on CPU, 256..65536 on GPU/TPU, "
+        "256,512,1024 with --quick)",
     )
-    p.add_argument("--mode", choices=("fwd", "fwd_bwd", "both"), default="both")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--head-dim", type=int, default=64)
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--layers", action="store_true", help="also whole encoder layers")
+    p.add_argument(
+        "--mode",
+        choices=("fwd", "fwd_bwd", "both"),
+        default="both",
+        help="forward only, forward+backward, or both",
+    )
+    p.add_argument("--batch", type=int, default=1, help="batch size B")
+    p.add_argument("--heads", type=int, default=8, help="attention heads N")
+    p.add_argument("--head-dim", type=int, default=64, help="head dimension H")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        help="dtype of query, key and value: float32, bfloat16 or float16",
+    )
+    p.add_argument("--layers", action="store_true", help="also time whole encoder layers")
     p.add_argument(
         "--peers",
         action="store_true",
-        help="also Hugging Face PyTorch BigBird/Longformer/Reformer beside effjax "
+        help="also time Hugging Face PyTorch BigBird/Longformer/Reformer beside effjax "
         "(needs the peers extra: torch)",
     )
-    p.add_argument("--quick", action="store_true", help="short lengths, few repeats (~1 min)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="short lengths and few repeats (about a minute on CPU)",
+    )
     p.add_argument(
         "--memory-limit-gb",
         type=float,
         default=None,
-        help="skip (record as OOM) programs whose compiled footprint is larger; "
-        "default on CPU: 40%% of physical memory",
+        metavar="GB",
+        help="record as OOM, without running, programs whose compiled footprint is "
+        "larger (default: 40%% of physical memory on CPU, no limit elsewhere)",
     )
-    p.add_argument("--out", default="bench-out", help="output directory")
+    p.add_argument("--out", default="bench-out", metavar="DIR", help="output directory")
 
 
 def _physical_memory_bytes() -> int | None:
@@ -111,13 +156,27 @@ def _run_bench(args, argv: Sequence[str]) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``effjax`` console command."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="effjax", description=__doc__)
-    subparsers = parser.add_subparsers(dest="command", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    """The ``effjax`` argument parser with its ``bench`` and ``train`` subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="effjax",
+        description=__doc__,
+        epilog="Run 'effjax COMMAND --help' for a command's options.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"effjax {__version__}")
+    subparsers = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="bench or train"
+    )
     _add_bench_parser(subparsers)
-    add_train_parser(subparsers)
+    add_train_parser(subparsers, formatter_class=HelpFormatter)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``effjax`` console command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "train":
         return args.func(args)

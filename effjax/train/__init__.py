@@ -7,6 +7,8 @@ from effjax.train.config import (
     OptimizerConfig,
     RunConfig,
     load_config,
+    packaged_configs,
+    resolve_config,
 )
 from effjax.train.loop import (
     TrainState,
@@ -35,6 +37,8 @@ __all__ = [
     "make_optimizer",
     "make_schedule",
     "make_train_step",
+    "packaged_configs",
+    "resolve_config",
     "restore",
     "save",
     "train",

@@ -1,9 +1,11 @@
-"""``effjax train CONFIG --workdir DIR [--steps N]``.
+"""effjax train CONFIG --workdir DIR: train a model from a config, resuming from DIR.
 
-The subcommand of the ``effjax`` command (effjax/cli.py adds it with
-:func:`add_train_parser`); run it as ``effjax train ...`` or
-``python -m effjax.cli train ...``. Rerunning the same command resumes from the work
-directory's last checkpoint.
+CONFIG is the path of a config file (configs/smoke.py) or the name of a config shipped
+with effjax (smoke, listops; see --list-configs). Metrics go to DIR/metrics.jsonl and
+TensorBoard, checkpoints to DIR/checkpoints. Rerunning the same command resumes from the
+last checkpoint. Exit status: 0 when training completed, 128 + signal number when
+SIGINT/SIGTERM stopped it after saving a checkpoint, 2 for a bad config, missing data or
+an incompatible work directory (nothing written).
 """
 
 from __future__ import annotations
@@ -13,19 +15,32 @@ import json
 import sys
 
 
-def add_train_parser(subparsers) -> argparse.ArgumentParser:
+def add_train_parser(
+    subparsers, formatter_class: type[argparse.HelpFormatter] = argparse.RawDescriptionHelpFormatter
+) -> argparse.ArgumentParser:
     """Adds the ``train`` subcommand to an ``argparse`` subparsers object."""
     parser = subparsers.add_parser(
         "train",
-        help="train a model from a config file (resumes from --workdir)",
+        help="train a model from a config file or a packaged config (resumes from --workdir)",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=formatter_class,
     )
-    parser.add_argument("config", help="path of a config file, e.g. configs/smoke.py")
-    parser.add_argument("--workdir", required=True, help="checkpoints, metrics and logs go here")
-    parser.add_argument("--steps", type=int, default=None, help="override run.num_steps")
+    parser.add_argument(
+        "config",
+        nargs="?",
+        help="a config file (configs/smoke.py) or a packaged config's name (smoke)",
+    )
+    parser.add_argument(
+        "--workdir", metavar="DIR", help="checkpoints, metrics and logs go here (required)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="train this many steps (default: run.num_steps)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.set_defaults(func=run_train)
+    parser.add_argument(
+        "--list-configs", action="store_true", help="list the packaged configs and exit"
+    )
+    parser.set_defaults(func=run_train, parser=parser)
     return parser
 
 
@@ -38,8 +53,16 @@ def run_train(args: argparse.Namespace) -> int:
     """
     import dataclasses
 
+    from effjax.train.config import load_config, packaged_configs
+
+    if args.list_configs:
+        for name, summary in packaged_configs().items():
+            print(f"{name:12s} {summary}")
+        return 0
+    if args.config is None or args.workdir is None:
+        args.parser.error("CONFIG and --workdir are required (or --list-configs)")
+
     from effjax.train import loop, tasks
-    from effjax.train.config import load_config
 
     try:
         config = load_config(args.config).with_steps(args.steps)

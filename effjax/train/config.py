@@ -1,6 +1,7 @@
 """Experiment configurations: plain frozen dataclasses, loaded from Python files by path.
 
-A config file (``configs/smoke.py``) builds an :class:`ExperimentConfig` and names it
+A config file (``configs/smoke.py``, or a config shipped in :mod:`effjax.configs` and
+named by its module name, ``smoke``) builds an :class:`ExperimentConfig` and names it
 ``config`` (or defines ``get_config()`` returning one)::
 
     from effjax.train.config import DataConfig, ExperimentConfig, OptimizerConfig, RunConfig
@@ -12,7 +13,10 @@ known fields in the message (:func:`load_config`).
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import importlib.machinery
+import importlib.resources
 import importlib.util
 import json
 import re
@@ -224,21 +228,67 @@ def _explain_type_error(error: TypeError, path: Path) -> str:
     return f"config {path}: unknown field {field!r} in {cls_name}{listing}"
 
 
+def packaged_configs() -> dict[str, str]:
+    """The example configs shipped in ``effjax.configs``: name -> first line of its docstring.
+
+    Example:
+      >>> sorted(packaged_configs())
+      ['listops', 'smoke']
+    """
+    folder = importlib.resources.files("effjax.configs")
+    found = {}
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".py") and not entry.name.startswith("_"):
+            source = entry.read_text()
+            summary = ast.get_docstring(ast.parse(source)) or ""
+            found[entry.name.removesuffix(".py")] = summary.split("\n", 1)[0]
+    return found
+
+
+def resolve_config(name_or_path: str | Path) -> Path:
+    """The file of a config given by path (``configs/smoke.py``) or packaged name (``smoke``).
+
+    An existing file wins over a packaged name.
+
+    Raises:
+      ValueError: neither a file nor a packaged config name.
+
+    Example:
+      >>> resolve_config("smoke").name
+      'smoke.py'
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    name = str(name_or_path)
+    if name in packaged_configs():
+        return Path(str(importlib.resources.files("effjax.configs") / f"{name}.py"))
+    raise ValueError(
+        f"config {name!r} does not exist: it is neither a file nor a packaged config "
+        f"(packaged: {', '.join(packaged_configs())})"
+    )
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
-    """Runs a config file and returns its ``config`` (or ``get_config()``).
+    """Runs a config file (or a packaged config, by name) and returns its ``config``.
+
+    The file defines ``config`` (an :class:`ExperimentConfig`) or ``get_config()``
+    returning one. ``path`` is a file path or the name of a packaged config
+    (:func:`packaged_configs`).
 
     Raises:
       ValueError: the file is missing, has an unknown or invalid field, or does not
         define an ExperimentConfig.
 
     Example:
-      >>> cfg = load_config("configs/smoke.py")  # doctest: +SKIP
-      >>> cfg.run.num_steps  # doctest: +SKIP
+      >>> cfg = load_config("smoke")
+      >>> cfg.name, cfg.run.num_steps
+      ('smoke', 150)
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file {path} does not exist")
-    spec = importlib.util.spec_from_file_location(f"_effjax_config_{path.stem}", path)
+    path = resolve_config(path)
+    # An explicit loader also runs a file named without .py.
+    loader = importlib.machinery.SourceFileLoader(f"_effjax_config_{path.stem}", str(path))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)

@@ -2,8 +2,10 @@
 
 Example:
   >>> from effjax.train.config import load_config
-  >>> config = load_config("configs/smoke.py")  # doctest: +SKIP
-  >>> model, data = build_model(config), build_data(config)  # doctest: +SKIP
+  >>> config = load_config("smoke")
+  >>> build_model(config).num_labels
+  10
+  >>> data = build_data(config)  # doctest: +SKIP (generates ListOps into data.cache_dir)
 """
 
 from __future__ import annotations

@@ -53,11 +53,11 @@ def _final_params(workdir):
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """configs/smoke.py trained once, uninterrupted, through the command line."""
+    """The packaged smoke config, trained once by name, uninterrupted, through the command line."""
     home = tmp_path_factory.mktemp("home")
     workdir = home / "run"
     done = subprocess.run(
-        _command(ROOT / "configs/smoke.py", workdir),
+        _command("smoke", workdir),
         cwd=ROOT,
         env=_env(home),
         capture_output=True,
@@ -146,7 +146,7 @@ def _snapshot(directory):
 def test_unknown_field_stops_before_training(tmp_path, capsys):
     bad = tmp_path / "bad.py"
     bad.write_text(
-        (ROOT / "configs/smoke.py").read_text().replace("learning_rate=", "lerning_rate=")
+        (ROOT / "effjax/configs/smoke.py").read_text().replace("learning_rate=", "lerning_rate=")
     )
     assert _cli(bad, "--workdir", tmp_path / "run") == 2
     err = capsys.readouterr().err

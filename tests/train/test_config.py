@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from effjax.train import tasks
-from effjax.train.config import incompatibilities, load_config, to_json
+from effjax.train.config import incompatibilities, load_config, packaged_configs, to_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,6 +17,17 @@ def test_repository_configs_load(name):
     assert config.name.startswith(name)
     tasks.check_inputs(config)  # vocabulary and lengths fit the model
     assert incompatibilities(to_json(config), config) == []
+
+
+def test_packaged_configs_load_by_name_and_equal_the_repository_files(tmp_path, monkeypatch):
+    assert list(packaged_configs()) == ["listops", "smoke"]
+    for name in packaged_configs():
+        assert load_config(name) == load_config(ROOT / "configs" / f"{name}.py")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smoke").write_text("from effjax.configs.listops import config\n")
+    assert load_config("smoke").name == "listops-dense"  # an existing file wins over a name
+    with pytest.raises(ValueError, match=r"'nope' does not exist.*packaged: listops, smoke"):
+        load_config("nope")
 
 
 def test_unknown_nested_field_names_class_and_field(tmp_path):
