@@ -6,11 +6,13 @@ from effjax.layers.attention import MultiHeadAttention, as_flax_attention_fn
 from effjax.layers.feedforward import FeedForward
 from effjax.layers.kernel_state import RANDOM_FEATURES, redraw_performer_features
 from effjax.layers.linformer import linformer_projection_init
+from effjax.layers.moe import MOE_LOSSES, SwitchFeedForward, expert_capacity, moe_aux_losses
 from effjax.layers.quantized import QuantizedArray, QuantizedDense
 from effjax.layers.reversible import ReversibleStack
 from effjax.layers.variants import LayerHooks, register_layer_hooks
 
 __all__ = [
+    "MOE_LOSSES",
     "RANDOM_FEATURES",
     "FeedForward",
     "LayerHooks",
@@ -18,8 +20,11 @@ __all__ = [
     "QuantizedArray",
     "QuantizedDense",
     "ReversibleStack",
+    "SwitchFeedForward",
     "as_flax_attention_fn",
+    "expert_capacity",
     "linformer_projection_init",
+    "moe_aux_losses",
     "redraw_performer_features",
     "register_layer_hooks",
 ]
