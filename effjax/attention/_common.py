@@ -36,6 +36,11 @@ class AttentionDims:
     def groups(self) -> int:
         return self.num_heads // self.num_kv_heads
 
+    @property
+    def empty(self) -> bool:
+        """No query or no key: the result is all zeros (as for a query that sees no key)."""
+        return self.q_len == 0 or self.kv_len == 0
+
 
 def _shape(x) -> tuple[int, ...]:
     return tuple(getattr(x, "shape", np.shape(x)))
@@ -93,10 +98,27 @@ def check_self_attention(function: str, query, key, dims: AttentionDims) -> None
         )
 
 
-def check_positive(name: str, value: int) -> int:
-    if not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+def zeros_output(dims: AttentionDims, value) -> jax.Array:
+    """``[B, T, N, Hv]`` zeros in ``value.dtype``, the result when ``dims.empty``."""
+    return jnp.zeros((dims.batch, dims.q_len, dims.num_heads, dims.value_dim), value.dtype)
+
+
+def check_static_int(name: str, value: int, minimum: int = 0) -> int:
+    """``value`` as a Python int ``>= minimum``; a traced value (an argument of a jitted
+    function) is refused with the fix, since it sets shapes and must be known at trace time."""
+    if isinstance(value, jax.core.Tracer):
+        raise ValueError(
+            f"{name} must be a static Python int, got a traced value ({type(value).__name__}); "
+            f"under jax.jit pass it in static_argnames or close over it"
+        )
+    if not isinstance(value, (int, np.integer)) or value < minimum:
+        bound = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
     return int(value)
+
+
+def check_positive(name: str, value: int) -> int:
+    return check_static_int(name, value, 1)
 
 
 def resolve_scale(scale: float | None, head_dim: int) -> float:

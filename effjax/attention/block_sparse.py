@@ -19,12 +19,6 @@ from effjax.attention import _blockwise, _common
 from effjax.attention import masks as masks_lib
 
 
-def _check_non_negative(name: str, value: int) -> int:
-    if not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    return int(value)
-
-
 def _check_rng(rng) -> jax.Array:
     if rng is None:
         raise ValueError("rng is required: a jax.random key that draws the random blocks")
@@ -181,10 +175,12 @@ def block_sparse_attention(
     _common.check_self_attention("block_sparse_attention", query, key, dims)
     padding_mask = _common.check_padding_mask(padding_mask, dims)
     b = _common.check_positive("block_size", block_size)
-    r = _check_non_negative("num_random_blocks", num_random_blocks)
+    r = _common.check_static_int("num_random_blocks", num_random_blocks)
     rng = _check_rng(rng)
+    if dims.empty:
+        return _common.zeros_output(dims, value)
     num_blocks = -(-dims.q_len // b)
-    g = min(_check_non_negative("num_global_blocks", num_global_blocks), num_blocks)
+    g = min(_common.check_static_int("num_global_blocks", num_global_blocks), num_blocks)
     scale = _common.resolve_scale(scale, dims.head_dim)
     length = num_blocks * b
 
@@ -266,9 +262,9 @@ def block_sparse_mask(
       ((256, 256), True, True)
     """
     b = _common.check_positive("block_size", block_size)
-    r = _check_non_negative("num_random_blocks", num_random_blocks)
+    r = _common.check_static_int("num_random_blocks", num_random_blocks)
     num_blocks = -(-seq_len // b)
-    g = min(_check_non_negative("num_global_blocks", num_global_blocks), num_blocks)
+    g = min(_common.check_static_int("num_global_blocks", num_global_blocks), num_blocks)
     num_patterns = 1
     if num_heads is not None:
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads

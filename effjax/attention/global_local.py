@@ -37,14 +37,13 @@ def _resolve_max_global(global_mask: jax.Array, max_global_tokens: int | None) -
                 "bound on the number of global tokens per row"
             )
         return count
-    if not isinstance(max_global_tokens, (int, np.integer)) or max_global_tokens < 0:
-        raise ValueError(f"max_global_tokens must be an int >= 0, got {max_global_tokens!r}")
+    max_global_tokens = _common.check_static_int("max_global_tokens", max_global_tokens)
     if count is not None and count > max_global_tokens:
         raise ValueError(
             f"global_mask has {count} global tokens in a row, more than "
             f"max_global_tokens={max_global_tokens}"
         )
-    return int(max_global_tokens)
+    return max_global_tokens
 
 
 def _gather_rows(x: jax.Array, index: jax.Array) -> jax.Array:
@@ -120,6 +119,8 @@ def global_local_attention(
     scale = _common.resolve_scale(scale, dims.head_dim)
     if is_causal:
         right = 0
+    if dims.empty:
+        return _common.zeros_output(dims, value)
 
     q = _common.group_heads(query, dims.num_kv_heads)
     key_valid = jnp.ones((dims.batch, dims.kv_len), bool) if padding_mask is None else padding_mask

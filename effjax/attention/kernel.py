@@ -221,6 +221,8 @@ def _kernel_attention(
     is_causal: bool,
     chunk_size: int,
 ) -> jax.Array:
+    if dims.empty:
+        return _common.zeros_output(dims, value)
     grouped = _common.group_heads(query, dims.num_kv_heads).astype(jnp.float32)
     phi_k, _ = fmap.key(key.astype(jnp.float32), padding_mask)  # the offset cancels here
     v1 = _with_ones(value.astype(jnp.float32))

@@ -219,6 +219,8 @@ def local_attention(
         block_size = _common.check_positive("block_size", block_size)
     if is_causal:
         right = 0
+    if dims.empty:
+        return _common.zeros_output(dims, value)
     out, _ = window_attention_with_lse(
         _common.group_heads(query, dims.num_kv_heads),
         key,

@@ -31,7 +31,7 @@ SELF_LOGIT = -1e5
 
 
 def _check_num_buckets(num_buckets: int) -> int:
-    if not isinstance(num_buckets, (int, np.integer)) or num_buckets < 2 or num_buckets % 2:
+    if _common.check_static_int("num_buckets", num_buckets) < 2 or num_buckets % 2:
         raise ValueError(
             "num_buckets must be an even int >= 2 (angular LSH takes argmax over [xR, -xR]), "
             f"got {num_buckets!r}"
@@ -278,6 +278,8 @@ def lsh_attention(
     dims = _common.check_qkv(query, key, value)
     padding_mask = _common.check_padding_mask(padding_mask, dims)
     scale = _common.resolve_scale(scale, dims.head_dim)
+    if dims.empty:
+        return _common.zeros_output(dims, value)
     num_chunks, q_chunk, k_chunk = chunk_layout(dims.q_len, dims.kv_len, chunk_size)
     q_padded, k_padded = num_chunks * q_chunk, num_chunks * k_chunk
     hash_options = {"rng": rng, "num_hashes": num_hashes, "num_buckets": num_buckets}

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from effjax.attention import _common
+
 
 def combine(*masks: jax.Array | None) -> jax.Array | None:
     """Logical AND of broadcastable bool masks, skipping ``None``; ``None`` if all are."""
@@ -53,15 +55,14 @@ def normalize_window(window_size: int | tuple[int, int]) -> tuple[int, int]:
     (the query's own key is always in the window), as ``local_window_size`` in
     :func:`jax.nn.dot_product_attention`.
     """
-    if isinstance(window_size, (int, np.integer)):
-        window = (int(window_size), int(window_size))
-    elif isinstance(window_size, (tuple, list)) and len(window_size) == 2:
-        window = (int(window_size[0]), int(window_size[1]))
+    if isinstance(window_size, (tuple, list)) and len(window_size) == 2:
+        left, right = window_size
     else:
-        raise ValueError(f"window_size must be an int or (left, right), got {window_size!r}")
-    if min(window) < 0:
-        raise ValueError(f"window_size must be non-negative, got {window_size!r}")
-    return window
+        left = right = window_size
+    return (
+        _common.check_static_int("window_size", left),
+        _common.check_static_int("window_size", right),
+    )
 
 
 def window_mask(
@@ -82,8 +83,7 @@ def window_mask(
       [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]]
     """
     left, right = normalize_window(window_size)
-    if dilation < 1:
-        raise ValueError(f"dilation must be >= 1, got {dilation}")
+    dilation = _common.check_positive("dilation", dilation)
     if is_causal:
         right = 0
     rel = np.arange(kv_len)[None, :] - query_positions(q_len, kv_len)[:, None]
