@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -163,6 +162,8 @@ def claim_lines(records: list[dict]) -> list[str]:
                 f"| {variant} {mode} compiled memory T={lo}->{hi} {expected} {limit:g}x "
                 f"| {growth:.2f}x | {holds} |"
             )
+    if len(lines) == 4:  # the header only: nothing this run measured is claimed
+        lines[2:] = [_no_claims_note(records)]
     eff = sparsity_efficiency(index, 4096)
     if eff:
         lines += [
@@ -173,6 +174,49 @@ def claim_lines(records: list[dict]) -> list[str]:
             "",
         ]
         lines += [f"- {v}: {e:.2f}" for v, e in eff.items()]
+    return [*lines, ""]
+
+
+def _claimed_lengths() -> list[int]:
+    lengths = {c.seq_len for c in SPEED_CLAIMS} | {c.seq_len for c in PEER_CLAIMS}
+    return sorted(lengths | set(MEMORY_GROWTH[:2]))
+
+
+def _no_claims_note(records: list[dict]) -> str:
+    measured = ", ".join(str(t) for t in sorted({r["seq_len"] for r in records}))
+    speed = sorted({c.seq_len for c in SPEED_CLAIMS})
+    lo, hi, _ = MEMORY_GROWTH
+    return (
+        f"No claim was checked in this run: the speed claims are at T={', '.join(map(str, speed))} "
+        f"and the memory claims compare T={lo} with T={hi}, but this run measured T={measured}"
+        " (`effjax bench --quick` measures short lengths only; run `effjax bench`, or pass "
+        f"`--seq-lens` with {', '.join(map(str, _claimed_lengths()))}, to check them)."
+    )
+
+
+def _options_text(options: dict[str, Any]) -> str:
+    if not options:
+        return "defaults"
+    return ", ".join(f"{k}={_plain(v)}" for k, v in options.items())
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "(" + ", ".join(map(str, value)) + ")"
+    return str(value)
+
+
+def options_lines(records: list[dict]) -> list[str]:
+    """A table of every variant measured, with the options it ran with."""
+    lines = ["## Variants and their options", "", "| kind | variant | options |", "|---|---|---|"]
+    seen = {}
+    for r in records:
+        seen.setdefault((r["kind"], r["variant"]), r.get("options") or {})
+    for (kind, variant), options in seen.items():
+        text = _options_text(options)
+        if kind == "attention" and variant == BASELINE:
+            text = "jax.nn.dot_product_attention, the baseline of every speed-up"
+        lines.append(f"| {kind} | {variant} | {text} |")
     return [*lines, ""]
 
 
@@ -203,7 +247,7 @@ def write_markdown(
         f"Command: `{command}`",
         "",
         f"Backend {env['backend']}, device {env['device_kind']} x{env['device_count']}, "
-        f"jax {env['jax_version']}"
+        f"jax {env['jax_version']}; {_shapes(records)}"
         + (f"; measured matmul peak {peak_flops / 1e9:.1f} GFLOP/s" if peak_flops else "")
         + ".",
         "",
@@ -213,58 +257,19 @@ def write_markdown(
         "",
     ]
     lines += claim_lines(records)
+    lines += options_lines(records)
     for kind in dict.fromkeys(r["kind"] for r in records):
         for mode in ("fwd", "fwd_bwd"):
             lines += _table(records, kind, mode, peak_flops)
     _atomic_write(path, "\n".join(lines))
 
 
+def _shapes(records: list[dict]) -> str:
+    shapes = sorted({(r["batch"], r["heads"], r["head_dim"], r["dtype"]) for r in records})
+    return "; ".join(f"B={b}, N={n}, H={h}, {dtype}" for b, n, h, dtype in shapes)
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def write_plots(records: list[dict], out_dir: Path) -> list[Path]:
-    """time_<kind>_<mode>.png and memory_<kind>_<mode>.png: log-log, one line per variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for r in records:
-        groups[(r["kind"], r["mode"])].append(r)
-    written = []
-    for (kind, mode), rows in groups.items():
-        for field, label, scale in (
-            ("time_s", "time (s)", 1.0),
-            ("peak_bytes", "memory (MiB)", 2**-20),
-        ):
-            fig, ax = plt.subplots(figsize=(6.4, 4.4))
-            for variant in dict.fromkeys(r["variant"] for r in rows):
-                pts = sorted(
-                    (r["seq_len"], r[field] * scale)
-                    for r in rows
-                    if r["variant"] == variant
-                    and r.get(field) is not None
-                    and (field != "time_s" or r["status"] == "ok")
-                )
-                if pts:
-                    ax.plot(*zip(*pts, strict=True), marker="o", label=variant)
-            ax.set(
-                xscale="log",
-                yscale="log",
-                xlabel="sequence length",
-                ylabel=label,
-                title=f"{kind} {mode}: {label.split(' ')[0]} vs length",
-            )
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
-            name = f"{'time' if field == 'time_s' else 'memory'}_{kind}_{mode}.png"
-            tmp = out_dir / f".{name}.tmp.png"
-            fig.savefig(tmp, dpi=110, bbox_inches="tight")
-            plt.close(fig)
-            os.replace(tmp, out_dir / name)
-            written.append(out_dir / name)
-    return written

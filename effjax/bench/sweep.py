@@ -9,7 +9,7 @@ from typing import Any
 import jax.numpy as jnp
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from effjax.bench import measure, models, report, runner
+from effjax.bench import measure, models, plots, report, runner
 
 
 def _total_steps(config: runner.BenchConfig) -> int:
@@ -66,5 +66,5 @@ def run_benchmark(
     report.write_markdown(
         records, out_dir / "results.md", env=env, peak_flops=peak, command=command
     )
-    report.write_plots(records, out_dir)
+    plots.write_plots(records, out_dir)
     return records

@@ -102,6 +102,19 @@ def test_claims_table_flags_a_missed_target():
     )
 
 
+def test_results_md_lists_options_and_explains_an_empty_claims_table(quick_run):
+    out, _ = quick_run
+    text = (out / "results.md").read_text()
+    assert "B=1, N=2, H=16, float32" in text
+    assert "| attention | jax | jax.nn.dot_product_attention, the baseline" in text
+    assert "| attention | dense | defaults |" in text
+    claims = text.split("## Claims checked in this run")[1].split("##")[0]
+    assert "No claim was checked in this run" in claims and "measured T=64, 128" in claims
+    assert "|---" not in claims  # no empty table
+    records = [{"kind": "attention", "variant": "local", "options": {"window_size": [8, 8]}}]
+    assert "| attention | local | window_size=(8, 8) |" in report.options_lines(records)
+
+
 def test_torn_last_line_is_skipped(tmp_path):
     path = tmp_path / "results.jsonl"
     path.write_text('{"a": 1}\n{"a": 2')
