@@ -36,6 +36,7 @@ from effjax.compress.quantize import (
     dequantize_params,
     fake_quant,
     fake_quant_params,
+    kernel_output_axes,
     quantize_params,
 )
 from effjax.compress.structured import (
@@ -71,6 +72,7 @@ __all__ = [
     "kd_loss",
     "keep_masks",
     "keep_top",
+    "kernel_output_axes",
     "magnitude_masks",
     "make_distill_step",
     "make_prune_step",

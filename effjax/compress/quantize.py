@@ -2,7 +2,10 @@
 
 Post-training: :func:`quantize_params` turns the selected float leaves into
 :class:`~effjax.layers.QuantizedArray` (int8 values + float32 per-output-channel
-scales, ``scale = max|w| / 127``), :func:`dequantize_params` turns them back.
+scales, ``scale = max|w| / 127``), :func:`dequantize_params` turns them back. The
+output channels are those of the layer: the last axis of a Dense kernel ``[in, out]``,
+the last two of an attention projection ``DenseGeneral`` kernel ``[D, N, H]``
+(:func:`kernel_output_axes`).
 The int8 tree is an ordinary pytree: orbax saves it as int8 arrays, about a
 quarter of the float32 checkpoint.
 
@@ -18,12 +21,13 @@ as in Wu et al. 2020, "Integer Quantization for Deep Learning Inference").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 
-from effjax.compress._tree import FilterFn, selection
+from effjax.compress._tree import FilterFn, Path, path_names, selection
 from effjax.layers.quantized import (
     QuantizedArray,
     quantize_array,
@@ -31,21 +35,60 @@ from effjax.layers.quantized import (
     symmetric_scale,
 )
 
+OutputAxesFn = Callable[[Path, jax.Array], int]
+
+# Modules whose kernels are DenseGeneral [D, N, H] with features=(N, H): effjax's attention
+# projections and flax's MultiHeadDotProductAttention use these names.
+_HEAD_PROJECTIONS = ("query", "key", "value")
+
 
 def _is_quantized(x: Any) -> bool:
     return isinstance(x, QuantizedArray)
 
 
-def quantize_params(params: Any, *, filter_fn: FilterFn | None = None) -> Any:
+def kernel_output_axes(path: Path, leaf: jax.Array) -> int:
+    """How many trailing axes of a kernel are output channels, as its layer defines them.
+
+    2 for a 3-d ``kernel`` of a ``query``/``key``/``value`` projection (``[D, N, H]``: one
+    channel per head and head dimension); 1 for everything else (Dense ``[in, out]``,
+    the attention output ``[N, H, D]``, embedding tables ``[V, D]``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> kernel_output_axes(("layers_0", "attention", "query", "kernel"), jnp.zeros((8, 2, 4)))
+      2
+      >>> kernel_output_axes(("layers_0", "attention", "out", "kernel"), jnp.zeros((2, 4, 8)))
+      1
+    """
+    is_head_projection = len(path) >= 2 and path[-1] == "kernel" and path[-2] in _HEAD_PROJECTIONS
+    return 2 if is_head_projection and leaf.ndim == 3 else 1
+
+
+def _map_chosen(fn, params: Any, filter_fn: FilterFn | None, caller: str) -> Any:
+    """``fn(path, leaf)`` on the leaves ``filter_fn`` chooses; the others unchanged."""
+    chosen = selection(params, filter_fn, caller=caller)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf, pick: fn(path_names(path), leaf) if pick else leaf, params, chosen
+    )
+
+
+def quantize_params(
+    params: Any,
+    *,
+    filter_fn: FilterFn | None = None,
+    output_axes: OutputAxesFn = kernel_output_axes,
+) -> Any:
     """int8-quantizes the leaves chosen by ``filter_fn`` (default: float arrays with ndim >= 2).
 
     Args:
       params: a pytree of arrays (e.g. flax ``variables["params"]``); Dense kernels ``[in, out]``.
       filter_fn: ``(path: tuple[str, ...], leaf) -> bool``.
+      output_axes: ``(path, leaf) -> int``, the number of trailing output axes of a leaf
+        (one scale per output channel); default :func:`kernel_output_axes`.
 
     Returns:
-      The same structure with each chosen leaf ``w [..., out]`` replaced by
-      ``QuantizedArray(values=int8 [..., out], scale=float32 [1, ..., 1, out])``;
+      The same structure with each chosen leaf ``w [in..., out...]`` replaced by
+      ``QuantizedArray(values=int8 [in..., out...], scale=float32 [1, ..., 1, out...])``;
       other leaves unchanged. ``|w - values * scale| <= scale / 2`` element-wise.
 
     Example:
@@ -55,9 +98,11 @@ def quantize_params(params: Any, *, filter_fn: FilterFn | None = None) -> Any:
       >>> q["kernel"].values.dtype, q["bias"].dtype
       (dtype('int8'), dtype('float32'))
     """
-    chosen = selection(params, filter_fn, caller="quantize_params")
-    return jax.tree_util.tree_map(
-        lambda leaf, pick: quantize_array(leaf) if pick else leaf, params, chosen
+    return _map_chosen(
+        lambda path, leaf: quantize_array(leaf, output_axes(path, leaf)),
+        params,
+        filter_fn,
+        "quantize_params",
     )
 
 
@@ -97,16 +142,24 @@ def fake_quant(x: jax.Array, scale: jax.Array | None = None) -> jax.Array:
     return x + jax.lax.stop_gradient(rounded - x)
 
 
-def fake_quant_params(params: Any, *, filter_fn: FilterFn | None = None) -> Any:
-    """:func:`fake_quant` on the leaves :func:`quantize_params` would quantize (for QAT).
+def fake_quant_params(
+    params: Any,
+    *,
+    filter_fn: FilterFn | None = None,
+    output_axes: OutputAxesFn = kernel_output_axes,
+) -> Any:
+    """:func:`fake_quant` on the leaves :func:`quantize_params` would quantize (for QAT),
+    with the same per-output-channel scales.
 
     Train with ``loss(fake_quant_params(params), batch)``: the forward pass sees the
     int8 weights, the gradient updates the float ones.
     """
-    chosen = selection(params, filter_fn, caller="fake_quant_params")
-    return jax.tree_util.tree_map(
-        lambda leaf, pick: fake_quant(leaf) if pick else leaf, params, chosen
-    )
+
+    def one(path, leaf):
+        scale = jax.lax.stop_gradient(quantize_array(leaf, output_axes(path, leaf)).scale)
+        return fake_quant(leaf, scale)
+
+    return _map_chosen(one, params, filter_fn, "fake_quant_params")
 
 
 def calibrate_scale(

@@ -39,8 +39,9 @@ class QuantizedArray(NamedTuple):
 
     Attributes:
       values: int8, the shape of the original array.
-      scale: float32, the original shape with every axis but the last set to 1
-        (``[1, ..., 1, out]``), so ``values * scale`` broadcasts without rank promotion.
+      scale: float32, the original shape with every input axis set to 1 (``[1, ..., 1,
+        out...]``: one scale per output channel), so ``values * scale`` broadcasts
+        without rank promotion.
     """
 
     values: jax.Array
@@ -63,8 +64,13 @@ def quantize_with_scale(x: jax.Array, scale: jax.Array) -> jax.Array:
     return jnp.clip(q, -INT8_MAX, INT8_MAX).astype(jnp.int8)
 
 
-def quantize_array(x: jax.Array) -> QuantizedArray:
-    """Symmetric per-output-channel (last axis) int8 quantization of ``x [..., out]``.
+def quantize_array(x: jax.Array, num_output_axes: int = 1) -> QuantizedArray:
+    """Symmetric per-output-channel int8 quantization of ``x [in..., out...]``.
+
+    The output channels are the last ``num_output_axes`` axes: 1 for a Dense kernel
+    ``[in, out]``, 2 for a ``DenseGeneral`` kernel ``[D, N, H]`` with ``features=(N, H)``
+    (``N * H`` channels, one per head and head dimension). One scale per channel is
+    ``max |x|`` over the input axes ``/ 127``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -76,9 +82,11 @@ def quantize_array(x: jax.Array) -> QuantizedArray:
       ...          <= qa.scale / 2))
       True
     """
-    if x.ndim < 1:
-        raise ValueError(f"quantize_array needs an array with an output axis, got shape {x.shape}")
-    reduce_axes = tuple(range(x.ndim - 1))
+    if not 1 <= num_output_axes <= x.ndim:
+        raise ValueError(
+            f"num_output_axes={num_output_axes} must be in [1, x.ndim] for x of shape {x.shape}"
+        )
+    reduce_axes = tuple(range(x.ndim - num_output_axes))
     absmax = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=reduce_axes, keepdims=True)
     scale = symmetric_scale(absmax)
     return QuantizedArray(quantize_with_scale(x, scale), scale)

@@ -212,6 +212,22 @@ def test_vmap_matches_batch():
     np.testing.assert_allclose(mapped(q, k, v), lsh(q, k, v, **options), atol=1e-6)
 
 
+def test_buckets_are_the_argmax_over_rotated_and_negated_projections():
+    # The hash as the paper defines it, in numpy, with the documented rotations.
+    x = jax.random.normal(jax.random.key(3), (2, 64, 2, 6))
+    rng, num_buckets = jax.random.key(9), 8
+    got = np.asarray(lsh_buckets(x, rng=rng, num_hashes=3, num_buckets=num_buckets))
+    for r in range(3):
+        rotation = np.asarray(jax.random.normal(jax.random.fold_in(rng, r), (6, num_buckets // 2)))
+        projected = np.asarray(x) @ rotation
+        want = np.argmax(np.concatenate([projected, -projected], axis=-1), axis=-1)
+        np.testing.assert_array_equal(got[..., r], want)
+    # Antipodal vectors land half the buckets apart, and every bucket is used.
+    flipped = np.asarray(lsh_buckets(-x, rng=rng, num_hashes=3, num_buckets=num_buckets))
+    np.testing.assert_array_equal(flipped, (got + num_buckets // 2) % num_buckets)
+    assert set(np.unique(got)) == set(range(num_buckets))
+
+
 def test_registered_as_lsh():
     assert get("lsh") is lsh_attention
 

@@ -107,3 +107,23 @@ def test_qat_gradient_is_the_loss_gradient_at_the_int8_weights(params, normal):
         qat_grad["dense"]["kernel"], at_int8["dense"]["kernel"], rtol=1e-5, atol=1e-6
     )
     assert not np.allclose(qat_grad["dense"]["kernel"], jax.grad(loss)(params)["dense"]["kernel"])
+
+
+def test_one_scale_per_output_channel_as_each_attention_projection_defines_it(random_init):
+    # query/key/value are DenseGeneral [D, N, H] (N*H channels), out is [N, H, D] (D channels).
+    from effjax.layers import MultiHeadAttention
+
+    layer = MultiHeadAttention(num_heads=3)
+    params = random_init(layer, jnp.zeros((1, 2, 12)))
+    heads = jnp.array([1.0, 10.0, 0.1])[None, :, None]  # heads of very different ranges
+    params["query"]["kernel"] = params["query"]["kernel"] * heads
+    q = quantize_params(params)
+    for name, input_axes in (("query", (0,)), ("key", (0,)), ("value", (0,)), ("out", (0, 1))):
+        w = np.asarray(params[name]["kernel"])
+        qk = q[name]["kernel"]
+        want = np.max(np.abs(w), axis=input_axes, keepdims=True) / 127
+        np.testing.assert_allclose(qk.scale, want, rtol=1e-6)
+        assert np.all(np.abs(w - np.asarray(qk.dequantize())) <= want / 2 + 1e-7)
+    # QAT rounds onto the same grid.
+    faked = fake_quant_params(params)["query"]["kernel"]
+    np.testing.assert_allclose(faked, q["query"]["kernel"].dequantize(), atol=1e-7)
