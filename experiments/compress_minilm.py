@@ -376,7 +376,7 @@ def reading(rows) -> list[str]:
         f"{cos('torch quantize_dynamic int8')} at {size('torch quantize_dynamic int8')}.",
         f"- L1 pruning without retraining: 20% keeps {cos('L1 20%')}, 50% only "
         f"{cos('L1 50%')}; int8 on top costs almost nothing. The published distilroberta / "
-        "STS-B run (REFERENCES.md) lost about 4 Pearson points at 20% and 2 more with "
+        "STS-B run (docs/references.md) lost about 4 Pearson points at 20% and 2 more with "
         "dynamic int8, at 61% of the size; pruning by itself does not shrink a dense "
         "checkpoint much (only tensorstore's compression of the zeros).",
         f"- Distillation: the 3-layer student starts at {cos('3-layer student, before training')}"

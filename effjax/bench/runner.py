@@ -155,7 +155,8 @@ def make_record(
     flops: float | None,
     env: dict[str, Any],
 ) -> dict[str, Any]:
-    """One JSON record with the fields of DESIGN.md plus kind/status/error."""
+    """One JSON record: variant, options, mode, sizes, dtype, times, peak_bytes, flops,
+    backend, device_kind and jax_version, plus kind/status/error."""
     return {
         "kind": kind,
         "variant": variant,

@@ -1,6 +1,6 @@
 """int8 weights and the Dense layer that multiplies with them.
 
-The storage convention (DESIGN.md, "Compression conventions"): symmetric, per
+The storage convention (effjax's, for every compressed model): symmetric, per
 output channel, the output channel being the last axis of a kernel:
 
     scale[j] = max_i |w[i, j]| / 127,    q[i, j] = round(w[i, j] / scale[j])  (int8)
