@@ -1,48 +1,79 @@
-"""ListOps accuracy of every attention variant at one model size, beside LRA's column.
+"""ListOps accuracy of every attention variant at one model size, with learning curves.
 
-    python experiments/listops.py [--variants dense local ...] [--steps N]
+    python experiments/listops.py --regime shallow --variants dense --seeds 0 1 2
+    python experiments/listops.py --report-only
 
-Trains configs/listops.py (60 < length < 200, depth <= 5; a 2-layer, 64-wide encoder)
-once per variant with the same data, seed, optimizer and step budget, and writes
-experiments/results/listops.md. Variants not registered in effjax.attention are
-skipped with a message (they land on other branches); a variant that fails to train
-is reported with its error rather than stopping the table.
+Trains configs/listops.py's encoder (2 layers, 64 wide, classification on a CLS token)
+once per variant and seed on the same data, in one of the expression regimes below, and
+writes experiments/results/listops.{json,md,png}: every run's test accuracy and its
+validation curve, the baselines of that regime's test split (majority class; the
+outermost operator alone), mean ± s.d. over seeds, and the train time per run. A rerun
+adds the runs not yet in the JSON, so regimes and seeds accumulate; the file lists
+every invocation.
 
-LRA numbers: Tay et al. 2020, "Long Range Arena", Table 1, ListOps column (lengths
-up to 2K, depth <= 10; not the same scale as ours, so compare orderings, not values).
+Regimes (the LRA task is 500 < length < 2000 tokens, depth <= 10):
+  ``lra_short``: 60 < length < 200, depth <= 5, <= 10 arguments (configs/listops.py);
+  ``shallow``: 10 < length < 64, depth <= 2, <= 5 arguments, a 3x longer schedule.
+
+LRA numbers: Tay et al. 2020, "Long Range Arena", Table 1, ListOps column (see
+docs/references.md); not the same scale as ours, so compare orderings, not values.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from effjax import provenance  # noqa: E402
 from effjax.attention import available  # noqa: E402
+from effjax.data import listops  # noqa: E402
 from effjax.train import loop, tasks  # noqa: E402
 
-#: Registry name -> (LRA model name, LRA ListOps accuracy, options at our scale).
-VARIANTS = {
-    "dense": ("Transformer", 36.37, {}),
-    "local": ("Local Attention", 15.82, {"window_size": 16}),
-    "global_local": ("Longformer", 35.63, {"window_size": 16}),
-    "linformer": ("Linformer", 35.70, {"proj_dim": 32, "max_len": 200}),
-    "lsh": ("Reformer", 37.27, {"num_hashes": 2, "num_buckets": 8, "chunk_size": 32}),
-    "block_sparse": (
-        "BigBird",
-        36.05,
-        {"block_size": 16, "num_random_blocks": 2, "num_global_blocks": 1},
-    ),
-    "linear": ("Linear Trans.", 16.13, {}),
-    "performer": ("Performer", 18.01, {}),
+#: Registry name -> (LRA model name, LRA ListOps accuracy).
+LRA = {
+    "dense": ("Transformer", 36.37),
+    "local": ("Local Attention", 15.82),
+    "global_local": ("Longformer", 35.63),
+    "linformer": ("Linformer", 35.70),
+    "lsh": ("Reformer", 37.27),
+    "block_sparse": ("BigBird", 36.05),
+    "linear": ("Linear Trans.", 16.13),
+    "performer": ("Performer", 18.01),
 }
+
+#: Regime -> (changes to the ListOps spec, steps, peak learning rate, length buckets).
+REGIMES = {
+    "lra_short": ({}, 1000, 2e-3, (128, 200)),
+    "shallow": (
+        {"min_length": 10, "max_length": 64, "max_depth": 2, "max_args": 5},
+        3000,
+        1e-3,
+        (32, 64),
+    ),
+}
+
+
+def variant_options(name: str, max_length: int) -> dict:
+    """Each variant's options; windows and blocks a quarter of the longest input or less."""
+    window = max(4, max_length // 12)
+    return {
+        "local": {"window_size": window},
+        "global_local": {"window_size": window},
+        "linformer": {"proj_dim": 32, "max_len": max_length},
+        "lsh": {"num_hashes": 2, "num_buckets": 8, "chunk_size": 32},
+        "block_sparse": {"block_size": 8, "num_random_blocks": 2, "num_global_blocks": 1},
+        "performer": {"num_features": 64},
+    }.get(name, {})
 
 
 def _listops_config_module():
@@ -52,29 +83,69 @@ def _listops_config_module():
     return module
 
 
-def run_variant(name: str, workdir: Path, steps: int | None, data) -> dict:
+def regime_config(regime: str, variant: str = "dense", seed: int = 0):
+    """configs/listops.py's experiment in ``regime``, with ``variant`` and ``seed``."""
     module = _listops_config_module()
-    config = module.for_variant(name, **VARIANTS[name][2]).with_steps(steps)
+    spec_changes, steps, learning_rate, boundaries = REGIMES[regime]
+    base = module.config
+    spec = dataclasses.replace(base.data.listops, **spec_changes)
+    max_tokens = spec.max_length + 1  # the CLS token
+    data = dataclasses.replace(base.data, listops=spec, boundaries=boundaries)
+    model = base.model.replace(
+        max_position_embeddings=max(boundaries),
+        attention=variant,
+        attention_options=variant_options(variant, max_tokens),
+    )
+    return base.replace(
+        name=f"listops-{regime}-{variant}",
+        data=data,
+        model=model,
+        optimizer=dataclasses.replace(base.optimizer, learning_rate=learning_rate),
+        run=dataclasses.replace(
+            base.run,
+            seed=seed,
+            num_steps=steps,
+            eval_every=max(100, steps // 15),
+            checkpoint_every=steps,
+            progress=False,
+            feature_redraw_interval=100,
+        ),
+    )
+
+
+def validation_curve(workdir: Path) -> list[list[float]]:
+    """``[step, validation accuracy]`` pairs from the run's metrics.jsonl."""
+    curve = []
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "validation/accuracy" in record:
+            curve.append([record["step"], round(record["validation/accuracy"], 4)])
+    return curve
+
+
+def run_variant(regime: str, name: str, seed: int, workdir: Path, data) -> dict:
+    config = regime_config(regime, name, seed)
+    run_dir = workdir / regime / f"{name}-seed{seed}"
     start = time.perf_counter()
-    result = loop.train(config, workdir / name, model=tasks.build_model(config), data=data)
+    result = loop.train(config, run_dir, model=tasks.build_model(config), data=data)
     return {
+        "regime": regime,
         "variant": name,
+        "seed": seed,
+        "options": dict(config.model.attention_options),
         "test_accuracy": result["test/accuracy"],
-        "validation_accuracy": result["validation/accuracy"],
         "steps": result["step"],
-        "seconds": time.perf_counter() - start,
-        "options": VARIANTS[name][2],
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "curve": validation_curve(run_dir),
     }
 
 
-def baselines(data) -> tuple[float, float]:
+def baselines(data) -> dict[str, float]:
     """Test accuracy of the majority class and of the outermost operator alone.
 
     The operator baseline predicts, for each outermost operator, the label most
     frequent with it in the training split (inputs are ``[CLS, operator, ...]``).
     """
-    import numpy as np
-
     train_ids, train_labels = data.splits["train"]
     test_ids, test_labels = data.splits["test"]
     test_labels = np.asarray(test_labels)
@@ -84,82 +155,168 @@ def baselines(data) -> tuple[float, float]:
     by_operator = counts.argmax(axis=1)
     operator_acc = np.mean([by_operator[ids[1]] for ids in test_ids] == test_labels)
     majority_acc = np.mean(test_labels == counts.sum(0).argmax())
-    return float(majority_acc), float(operator_acc)
+    return {"majority": float(majority_acc), "operator": float(operator_acc)}
 
 
-def write_table(rows: list[dict], path: Path, steps: int, threads: str, data) -> None:
-    majority, operator = baselines(data)
+def lra_operator_baseline(count: int) -> float:
+    """The operator baseline in-sample on ``count`` LRA-length expressions (LRA's spec)."""
+    spec = listops.ListOpsSpec(seed=1)
+    counts = np.zeros((len(listops.VOCAB), 10), dtype=int)
+    expressions = listops.generate_expressions(spec)
+    for _ in range(count):
+        source, label = next(expressions)
+        counts[listops.TOKEN_IDS[source.split()[0]], label] += 1
+    return float(counts.max(axis=1).sum() / counts.sum())
+
+
+def _mean_sd(values: list[float]) -> str:
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{100 * np.mean(values):.1f} ± {100 * sd:.1f} (n={len(values)})"
+
+
+def markdown(results: dict) -> str:
     lines = [
         "# ListOps: every attention variant at one model size",
         "",
-        "Ours: configs/listops.py — ListOps generated by effjax.data.listops with LRA's "
-        "operators (MIN, MAX, MED, SM), 2-10 arguments and operator probability 0.25, but "
-        "**60 < length < 200 tokens and depth <= 5** (LRA: 500 < length < 2000, depth <= 10). "
-        "10,000 training / 2,000 test expressions. Encoder: 2 layers, hidden 64, 4 heads, "
-        f"MLP 128, classification on a prepended CLS token. AdamW 2e-3, {steps} steps of "
-        f"batch 32, CPU ({threads}). Test accuracy on all 2,000 test expressions.",
-        "",
-        "The LRA column is Tay et al. 2020, Table 1 (full-length ListOps). Baselines on our "
-        f"test split: majority class {100 * majority:.1f}%; the outermost operator alone "
-        f"(its most frequent label in training) {100 * operator:.1f}%. At this budget the "
-        "dense model reaches the operator baseline and not beyond. The LRA models sit at "
-        "about the same place: on LRA-length expressions (500-2000 tokens, depth 10) from "
-        "this generator the operator baseline is 36.1% (in-sample, 3,000 expressions).",
-        "",
-        "| variant | LRA model | LRA ListOps (%) | ours: test acc. (%) | steps | train time (s) |",
-        "|---|---|---|---|---|---|",
+        "Encoder (configs/listops.py): 2 layers, hidden 64, 4 heads, MLP 128, classification "
+        "on a prepended CLS token; AdamW with 100 warm-up steps then cosine, batch 32; "
+        "10,000 training / 500 validation / 2,000 test expressions from "
+        "effjax.data.listops (LRA's operators MIN, MAX, MED, SM; operator probability "
+        "0.25). Test accuracy on all 2,000 test expressions; ± is the sample s.d. over "
+        "seeds. The LRA column is Tay et al. 2020, Table 1 (500-2000 tokens, depth 10).",
     ]
-    for row in rows:
-        lra_name, lra_value, _ = VARIANTS[row["variant"]]
-        if "error" in row:
-            ours, steps_cell, secs = row["error"], "", ""
-        else:
-            ours = f"{100 * row['test_accuracy']:.2f}"
-            steps_cell, secs = str(row["steps"]), f"{row['seconds']:.0f}"
+    lra = results.get("lra_operator_baseline")
+    if lra:
+        lines += [
+            "",
+            f"On LRA-length expressions ({lra['count']} drawn with LRA's spec), the "
+            f"outermost operator alone scores {100 * lra['accuracy']:.1f}% (in-sample).",
+        ]
+    for regime, info in results["regimes"].items():
+        runs = [r for r in results["runs"] if r["regime"] == regime]
+        spec, base = info["spec"], info["baselines"]
+        lines += [
+            "",
+            f"## Regime `{regime}`: {spec['min_length']} < length < {spec['max_length']}, "
+            f"depth <= {spec['max_depth']}, <= {spec['max_args']} arguments",
+            "",
+            f"{info['steps']} steps, peak learning rate {info['learning_rate']:g}. Baselines "
+            f"on this test split: majority class {100 * base['majority']:.1f}%, outermost "
+            f"operator {100 * base['operator']:.1f}%.",
+            "",
+            "| variant | LRA model | LRA ListOps (%) | test acc. (%) | minus operator "
+            "baseline (points) | steps | train time per run (s) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name in dict.fromkeys(r["variant"] for r in runs):
+            mine = [r for r in runs if r["variant"] == name]
+            accs = [r["test_accuracy"] for r in mine]
+            lra_name, lra_value = LRA.get(name, (name, float("nan")))
+            margin = 100 * (np.mean(accs) - base["operator"])
+            lines.append(
+                f"| {name} | {lra_name} | {lra_value:.2f} | {_mean_sd(accs)} | {margin:+.1f} "
+                f"| {mine[0]['steps']} | {np.mean([r['train_seconds'] for r in mine]):.0f} |"
+            )
+        imported = [r for r in runs if not r.get("curve")]
+        if imported:
+            lines += [
+                "",
+                f"{len(imported)} rows of this regime have no learning curve: "
+                "they were imported from an earlier results file (see Provenance).",
+            ]
+    lines += [
+        "",
+        "Validation curves: listops.png (one panel per regime, one line per run, the "
+        "operator baseline dashed).",
+        "",
+        "## Provenance",
+        "",
+    ]
+    for info in results["invocations"]:
+        lines += [*provenance.stamp_lines(info), ""]
+    if len(results["invocations"]) > 1:
         lines.append(
-            f"| {row['variant']} | {lra_name} | {lra_value:.2f} | {ours} | {steps_cell} | {secs} |"
+            f"The runs were merged from the {len(results['invocations'])} invocations above."
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = list(results["regimes"])
+    fig, axes = plt.subplots(1, len(regimes), figsize=(6 * len(regimes), 4), squeeze=False)
+    for ax, regime in zip(axes[0], regimes, strict=True):
+        for run in results["runs"]:
+            if run["regime"] == regime and run.get("curve"):
+                steps, accs = zip(*run["curve"], strict=True)
+                ax.plot(steps, accs, marker=".", label=f"{run['variant']} s{run['seed']}")
+        base = results["regimes"][regime]["baselines"]["operator"]
+        ax.axhline(base, color="gray", linestyle="--", label="operator baseline")
+        ax.set(title=f"ListOps, {regime}", xlabel="step", ylabel="validation accuracy")
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    scratch = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(scratch, dpi=110)
+    plt.close(fig)
+    scratch.replace(path)
+
+
+def save(results: dict, out: Path) -> None:
+    provenance.write_json(out.with_suffix(".json"), results)
+    provenance.write_text(out.with_suffix(".md"), markdown(results))
+    if any(r.get("curve") for r in results["runs"]):
+        plot(results, out.with_suffix(".png"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
-    parser.add_argument("--steps", type=int, default=None, help="default: the config's 1000")
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/effjax-listops"))
-    parser.add_argument("--out", type=Path, default=ROOT / "experiments/results/listops.md")
+    parser.add_argument("--regime", choices=sorted(REGIMES), default="shallow")
+    parser.add_argument("--variants", nargs="+", default=None, help="default: all registered")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument(
-        "--table-only", action="store_true", help="rewrite the table from the saved .json"
+        "--lra-baseline",
+        type=int,
+        default=0,
+        help="also score the operator baseline on this many LRA-length expressions",
     )
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/effjax-listops"))
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments/results/listops")
+    parser.add_argument("--report-only", action="store_true", help="rewrite .md/.png from .json")
     args = parser.parse_args()
-
-    module = _listops_config_module()
-    steps = args.steps or module.config.run.num_steps
-    data = tasks.build_data(module.config.with_steps(steps))  # shared by all variants
-    threads = os.environ.get("OMP_NUM_THREADS", "2 cores shared with other jobs")
-    if args.table_only:
-        rows = json.loads(args.out.with_suffix(".json").read_text())
-        write_table(rows, args.out, rows[0].get("steps", steps), threads, data)
+    start = time.time()
+    json_path = args.out.with_suffix(".json")
+    saved = json.loads(json_path.read_text()) if json_path.exists() else None
+    results = saved if isinstance(saved, dict) else {"regimes": {}, "runs": [], "invocations": []}
+    if args.report_only:
+        save(results, args.out)
         return
-    rows = []
-    for name in args.variants:
-        if name not in VARIANTS:
-            print(f"skipping {name!r}: no LRA row or options for it in this script")
-            continue
-        if name not in available():
-            print(f"skipping {name!r}: not registered in effjax.attention ({available()})")
-            rows.append({"variant": name, "error": "not registered yet"})
-            continue
-        try:
-            row = run_variant(name, args.workdir, steps, data)
-        except Exception as error:  # one broken variant must not hide the others
-            print(f"{name}: failed: {error!r}")
-            row = {"variant": name, "error": f"failed: {type(error).__name__}"}
-        print(json.dumps(row))
-        rows.append(row)
-    write_table(rows, args.out, steps, threads, data)
-    (args.out.with_suffix(".json")).write_text(json.dumps(rows, indent=2))
+    results["invocations"].append(provenance.stamp(sys.argv, start=start))
+    if args.lra_baseline:
+        accuracy = lra_operator_baseline(args.lra_baseline)
+        results["lra_operator_baseline"] = {"count": args.lra_baseline, "accuracy": accuracy}
+    config = regime_config(args.regime)
+    data = tasks.build_data(config)  # shared by every variant and seed
+    results["regimes"][args.regime] = {
+        "spec": dataclasses.asdict(config.data.listops),
+        "steps": config.run.num_steps,
+        "learning_rate": config.optimizer.learning_rate,
+        "baselines": baselines(data),
+    }
+    done = {(r["regime"], r["variant"], r["seed"]) for r in results["runs"]}
+    for seed in args.seeds:
+        for name in args.variants or available():
+            if (args.regime, name, seed) in done:
+                continue
+            results["runs"].append(run_variant(args.regime, name, seed, args.workdir, data))
+            print(json.dumps({k: v for k, v in results["runs"][-1].items() if k != "curve"}))
+            results["invocations"][-1] = provenance.stamp(sys.argv, start=start)
+            save(results, args.out)
+    results["invocations"][-1] = provenance.stamp(sys.argv, start=start)
+    save(results, args.out)
 
 
 if __name__ == "__main__":

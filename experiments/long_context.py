@@ -1,6 +1,6 @@
 """Are long contexts used? Perturb the distant context, measure the loss (Sun et al. 2021).
 
-    python experiments/long_context.py [--steps N] [--pairs P]
+    python experiments/long_context.py [--steps N] [--pairs P] [--variants dense local ...]
 
 Sun, Krishna, Mattarella-Micke & Iyyer (2021), "Do Long-Range Language Models
 Actually Use Long-Range Context?", perturb the distant part of a model's context
@@ -9,15 +9,17 @@ the loss on the target changes: no change means the distant context is not used.
 
 Task: associative recall (effjax.data.synthetic) written query-first with one token
 per key-value pair, ``q SEP (k_1 v_1) ... (k_P v_P)``, classified from the first token
-(the query). The
-"near" context is the ``NEAR`` pairs next to the query, the "distant" context all
-others. Two encoders of the same size are trained on the same data: global (dense)
-attention and local attention (window ``WINDOW`` on each side, so the query's
-2-layer receptive field covers only the near pairs). Each is evaluated on the test
-set as is and with the distant context shuffled (token order within it permuted),
-replaced (taken from another test example) or dropped (masked out as padding),
-separately for examples whose answer lies near and distant. Results go to
-experiments/results/long_context.md.
+(the query). The "near" context is the ``NEAR`` pairs next to the query, the
+"distant" context all others. One encoder per attention variant (same size, data and
+budget) is trained; local attention has a window of ``WINDOW`` on each side, so the
+query's 2-layer receptive field covers only the near pairs. Each model is evaluated
+on the test set as is and with the distant context shuffled, replaced (taken from
+another test example) or dropped (masked out as padding), and along a curve: the
+loss when every pair farther than ``d`` pairs from the query is dropped, for every
+``d``. A second local model is trained only on examples whose answer lies within its
+reach, to tell "cannot see the answer" from "cannot learn the lookup". Results:
+experiments/results/long_context.{md,json,png}, rewritten after each model (a rerun
+skips the models already in the JSON).
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
 
-from effjax.attention import available, dot_product_attention, register  # noqa: E402
-from effjax.attention.masks import window_mask  # noqa: E402
+from effjax import provenance  # noqa: E402
+from effjax.attention import available  # noqa: E402
 from effjax.data.batching import ClassificationData  # noqa: E402
 from effjax.data.synthetic import associative_recall  # noqa: E402
 from effjax.models import EncoderConfig, EncoderForSequenceClassification  # noqa: E402
@@ -47,24 +49,22 @@ WINDOW = 3
 #: Pairs within the query's reach through 2 local layers (positions 2 .. 2 * WINDOW).
 NEAR = 2 * WINDOW - 1
 NUM_VALUES = 8
+PERTURBATIONS = ("none", "shuffle", "replace", "drop")
+#: The local model trained only on examples whose answer is within its reach.
+LOCAL_NEAR_ONLY = "local, trained on near answers only"
 
 
-def masked_local_attention(query, key, value, *, window_size, padding_mask=None, **kwargs):
-    """Sliding-window attention as dense attention with a window mask.
-
-    Used only when effjax's own "local" variant is not registered on this branch:
-    it sees exactly the same keys (the cost differs, which this experiment ignores).
-    """
-    mask = window_mask(query.shape[1], key.shape[1], window_size)[None, None]
-    return dot_product_attention(query, key, value, mask=mask, padding_mask=padding_mask, **kwargs)
-
-
-def local_variant() -> str:
-    if "local" in available():
-        return "local"
-    register("local_masked", masked_local_attention, overwrite=True)
-    print("'local' is not registered on this branch: using dense attention with a window mask")
-    return "local_masked"
+def variant_options(name: str, pairs: int) -> dict:
+    """Options at this length (``pairs + 2`` tokens); windows and blocks well below it."""
+    return {
+        "local": {"window_size": WINDOW},
+        # The classifier makes its first token (the query) global (Longformer's recipe).
+        "global_local": {"window_size": WINDOW},
+        "block_sparse": {"block_size": 2, "num_random_blocks": 1, "num_global_blocks": 1},
+        "lsh": {"num_hashes": 2, "num_buckets": 4, "chunk_size": 4},
+        "performer": {"num_features": 32},
+        "linformer": {"proj_dim": 8, "max_len": pairs + 2},
+    }.get(name, {})
 
 
 def make_split(count: int, pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -97,10 +97,13 @@ def answer_position(tokens: np.ndarray, pairs: int) -> np.ndarray:
     return 2 + np.argmax(keys == (tokens[:, :1] - 2), axis=1)
 
 
-def perturb(tokens: np.ndarray, how: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The test inputs with the distant context shuffled, replaced or dropped."""
+def perturb(
+    tokens: np.ndarray, how: str, seed: int, keep: int = NEAR
+) -> tuple[np.ndarray, np.ndarray]:
+    """The inputs with every pair farther than ``keep`` pairs from the query shuffled,
+    replaced (by another example's) or dropped (padding); and the padding mask."""
     rng = np.random.default_rng(seed)
-    cut = 2 + NEAR
+    cut = 2 + keep
     tokens = tokens.copy()
     mask = np.ones(tokens.shape, dtype=bool)
     if how == "shuffle":
@@ -114,7 +117,17 @@ def perturb(tokens: np.ndarray, how: str, seed: int) -> tuple[np.ndarray, np.nda
     return tokens, mask
 
 
-def train_model(attention: str, options: dict, data: ClassificationData, args):
+def recall_data(splits: dict) -> ClassificationData:
+    pairs = splits["test"][0].shape[1] - 2
+    return ClassificationData(
+        {k: (t.tolist(), y.tolist()) for k, (t, y) in splits.items()},
+        batch_size=64,
+        seed=0,
+        max_length=pairs + 2,
+    )
+
+
+def train_model(label: str, attention: str, data: ClassificationData, args):
     """Trains one encoder on the recall data; returns the model and its parameters."""
     pairs, steps = args.pairs, args.steps
     model_config = EncoderConfig(
@@ -127,10 +140,10 @@ def train_model(attention: str, options: dict, data: ClassificationData, args):
         hidden_dropout_rate=0.0,
         attention_dropout_rate=0.0,
         attention=attention,
-        attention_options=options,
+        attention_options=variant_options(attention, pairs),
     )
     config = ExperimentConfig(
-        name=f"recall-{attention}",
+        name=f"recall-{label}",
         data=DataConfig(
             kind="associative_recall",
             recall_pairs=pairs,
@@ -147,20 +160,45 @@ def train_model(attention: str, options: dict, data: ClassificationData, args):
             eval_every=steps,
             checkpoint_every=steps,
             progress=False,
+            feature_redraw_interval=100,
         ),
         num_classes=NUM_VALUES,
     )
     model = EncoderForSequenceClassification(model_config, num_labels=NUM_VALUES)
-    result = loop.train(config, args.workdir / attention, model=model, data=data)
-    return model, result["state"].params
+    workdir = args.workdir / label.replace(" ", "_").replace(",", "")
+    result = loop.train(config, workdir, model=model, data=data)
+    return model, result["state"]
 
 
-def measure(model, params, tokens, mask, labels) -> tuple[np.ndarray, np.ndarray]:
+def measure(model, state, tokens, mask, labels) -> tuple[np.ndarray, np.ndarray]:
     """Per-example cross-entropy and correctness."""
-    logits = jax.jit(lambda p, t, m: model.apply({"params": p}, t, m))(params, tokens, mask)
+    variables = {"params": state.params, **state.collections}
+    logits = jax.jit(lambda v, t, m: model.apply(v, t, m))(variables, tokens, mask)
     logp = jax.nn.log_softmax(np.asarray(logits, dtype=np.float32))
     loss = -np.take_along_axis(np.asarray(logp), labels[:, None], axis=1)[:, 0]
     return loss, np.asarray(logits).argmax(-1) == labels
+
+
+def evaluate_model(label, attention, model, state, splits, args, seconds) -> list[dict]:
+    """The perturbation rows and the drop-beyond-d curve of one trained model."""
+    test_tokens, test_labels = splits["test"]
+    distant = answer_position(test_tokens, args.pairs) >= 2 + NEAR
+    rows = []
+    for how in PERTURBATIONS:
+        tokens, mask = perturb(test_tokens, how, seed=3)
+        loss, correct = measure(model, state, tokens, mask, test_labels)
+        for where, select in (("near", ~distant), ("distant", distant)):
+            rows.append({"model": label, "variant": attention, "perturbation": how,
+                         "answer": where, "loss": float(loss[select].mean()),
+                         "accuracy": float(correct[select].mean()),
+                         "train_seconds": seconds})  # fmt: skip
+    for keep in range(args.pairs + 1):
+        tokens, mask = perturb(test_tokens, "drop", seed=3, keep=keep)
+        loss, correct = measure(model, state, tokens, mask, test_labels)
+        rows.append({"model": label, "variant": attention, "perturbation": f"keep {keep}",
+                     "keep": keep, "answer": "all", "loss": float(loss.mean()),
+                     "accuracy": float(correct.mean()), "train_seconds": seconds})  # fmt: skip
+    return rows
 
 
 def main() -> None:
@@ -169,99 +207,173 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--train", type=int, default=20_000)
+    parser.add_argument("--variants", nargs="+", default=None, help="default: all registered")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/effjax-long-context"))
     parser.add_argument("--out", type=Path, default=ROOT / "experiments/results/long_context.md")
-    parser.add_argument(
-        "--table-only", action="store_true", help="rewrite the table from the saved .json"
-    )
+    parser.add_argument("--report-only", action="store_true", help="rewrite .md/.png from .json")
     args = parser.parse_args()
-    if args.table_only:
-        write_table(json.loads(args.out.with_suffix(".json").read_text()), args)
+    start = time.time()
+    json_path = args.out.with_suffix(".json")
+    saved = json.loads(json_path.read_text()) if json_path.exists() else None
+    results = saved if isinstance(saved, dict) else {"invocations": [], "rows": []}
+    if args.report_only:
+        write_report(results, args)
         return
-
+    results["setup"] = {
+        k: v for k, v in vars(args).items() if k in ("pairs", "steps", "lr", "train")
+    }
+    results["invocations"].append(provenance.stamp(sys.argv, start=start))
     splits = {
         "train": make_split(args.train, args.pairs, seed=0),
         "validation": make_split(512, args.pairs, seed=1),
         "test": make_split(2000, args.pairs, seed=2),
     }
-    data = ClassificationData(
-        {k: (t.tolist(), y.tolist()) for k, (t, y) in splits.items()},
-        batch_size=64,
-        seed=0,
-        max_length=args.pairs + 2,
-    )
-    test_tokens, test_labels = splits["test"]
-    distant = answer_position(test_tokens, args.pairs) >= 2 + NEAR
-    models = {"global (dense)": ("dense", {}), "local": (local_variant(), {"window_size": WINDOW})}
-    rows = []
-    for label, (attention, options) in models.items():
-        start = time.perf_counter()
-        model, params = train_model(attention, options, data, args)
-        seconds = time.perf_counter() - start
-        for how in ("none", "shuffle", "replace", "drop"):
-            tokens, mask = perturb(test_tokens, how, seed=3)
-            loss, correct = measure(model, params, tokens, mask, test_labels)
-            for where, select in (("near", ~distant), ("distant", distant)):
-                rows.append(
-                    {
-                        "model": label,
-                        "perturbation": how,
-                        "answer": where,
-                        "loss": float(loss[select].mean()),
-                        "accuracy": float(correct[select].mean()),
-                        "train_seconds": seconds,
-                    }
-                )
-        print(json.dumps(rows[-8:]))
-    write_table(rows, args)
+    train_tokens, train_labels = splits["train"]
+    reachable = answer_position(train_tokens, args.pairs) < 2 + NEAR
+    near_only = {**splits, "train": (train_tokens[reachable], train_labels[reachable])}
+    models = []
+    for name in args.variants or available():
+        models.append((name, name, splits))
+        if name == "local":  # its diagnosis right after it
+            models.append((LOCAL_NEAR_ONLY, "local", near_only))
+    done = {row["model"] for row in results["rows"]}
+    for label, attention, data_splits in models:
+        if label in done:
+            continue
+        tick = time.perf_counter()
+        model, state = train_model(label, attention, recall_data(data_splits), args)
+        seconds = time.perf_counter() - tick
+        rows = evaluate_model(label, attention, model, state, splits, args, seconds)
+        results["rows"] += rows
+        results["invocations"][-1] = provenance.stamp(sys.argv, start=start)
+        write_report(results, args)
+        print(json.dumps(rows[:8]), flush=True)
 
 
-def write_table(rows: list[dict], args) -> None:
-    base = {(r["model"], r["answer"]): r["loss"] for r in rows if r["perturbation"] == "none"}
+def _base_losses(rows: list[dict]) -> dict:
+    return {(r["model"], r["answer"]): r["loss"] for r in rows if r["perturbation"] == "none"}
+
+
+def findings(rows: list[dict], pairs: int) -> list[str]:
+    """Sentences computed from the rows: who uses distant context, and why local fails."""
+
+    def cell(model, how, answer, key):
+        found = [r[key] for r in rows if (r["model"], r["perturbation"], r["answer"]) ==
+                 (model, how, answer)]  # fmt: skip
+        return found[0] if found else None
+
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        base = cell(model, "none", "distant", "loss")
+        dropped = cell(model, "drop", "distant", "loss")
+        near = cell(model, "none", "near", "accuracy")
+        far = cell(model, "none", "distant", "accuracy")
+        uses = "uses" if dropped - base > 0.5 else "does not use"
+        lines.append(
+            f"- {model}: accuracy {100 * near:.1f}% on near answers, {100 * far:.1f}% on "
+            f"distant ones; dropping the distant context moves the distant-answer loss by "
+            f"{dropped - base:+.3f}, so it {uses} the distant context (criterion: > 0.5)."
+        )
+    near_local = cell("local", "none", "near", "accuracy")
+    near_only = cell(LOCAL_NEAR_ONLY, "none", "near", "accuracy")
+    if near_local is not None and near_only is not None:
+        share = NEAR / pairs
+        lines.append(
+            f"- Why the local row did or did not learn: only {NEAR} of {pairs} answer "
+            f"positions ({100 * share:.0f}% of training examples) lie within local "
+            f"attention's 2-layer reach; on the rest its loss cannot fall below chance. "
+            f"Trained on the full data it reaches {100 * near_local:.1f}% on near answers; "
+            f"trained only on examples whose answer is within reach (same steps), "
+            f"{100 * near_only:.1f}% on the same near answers."
+        )
+    return lines
+
+
+def write_report(results: dict, args) -> None:
+    rows, setup = results["rows"], results["setup"]
+    base = _base_losses(rows)
     lines = [
         "# Are long contexts used? (Sun et al. 2021 on associative recall)",
         "",
-        f"Associative recall with {args.pairs} key-value pairs, {NUM_VALUES} values "
+        f"Associative recall with {setup['pairs']} key-value pairs, {NUM_VALUES} values "
         f"(chance loss ln {NUM_VALUES} = {np.log(NUM_VALUES):.2f}), query first; the near "
         f"context is the {NEAR} pairs beside the query, the distant context the other "
-        f"{args.pairs - NEAR}. Encoders: 2 layers, hidden 64, 4 heads; local attention has a "
-        f"window of {WINDOW} on each side. AdamW {args.lr:g} (constant after 200 warm-up "
-        f"steps), {args.steps} steps of batch 64 on "
-        f"{args.train} training examples, CPU. 2,000 test examples, split by where the "
-        "answer is. Δ = loss minus the unperturbed loss of the same model and split.",
+        f"{setup['pairs'] - NEAR}. Encoders: 2 layers, hidden 64, 4 heads, one per "
+        f"attention variant; local attention has a window of {WINDOW} on each side. AdamW "
+        f"{setup['lr']:g} (constant after 200 warm-up steps), {setup['steps']} steps of "
+        f"batch 64 on {setup['train']} training examples. 2,000 test examples, split by "
+        "where the answer is. Δ = loss minus the unperturbed loss of the same model and "
+        "split.",
+        "",
+        "## Findings (computed from the tables below)",
+        "",
+        *findings(rows, setup["pairs"]),
+        "",
+        "*Shuffle* permutes whole pair tokens, which leaves the answer of this order-free "
+        "task unchanged: a control. *Replace* also hurts near answers, because another "
+        "example's distant pairs may hold the queried key with another value. *Drop* "
+        "isolates the use of distant context.",
+        "",
+        "## Perturbing the distant context",
         "",
         "| model | answer | perturbation of the distant context | loss | Δ loss | accuracy |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
+        if r["perturbation"] not in PERTURBATIONS:
+            continue
         delta = r["loss"] - base[(r["model"], r["answer"])]
         lines.append(
             f"| {r['model']} | {r['answer']} | {r['perturbation']} | {r['loss']:.3f} | "
             f"{delta:+.3f} | {100 * r['accuracy']:.1f}% |"
         )
-    train_times = sorted({(r["model"], r["train_seconds"]) for r in rows})
-    lines += ["", "Training time: " + ", ".join(f"{m} {s:.0f} s" for m, s in train_times)]
-    local_near = next(
-        r["accuracy"]
-        for r in rows
-        if r["model"] == "local" and r["answer"] == "near" and r["perturbation"] == "none"
-    )
+    curve = [r for r in rows if "keep" in r]
+    models = list(dict.fromkeys(r["model"] for r in curve))
+    keeps = sorted({r["keep"] for r in curve})
     lines += [
         "",
-        "Reading the table. *Shuffle* permutes whole pair tokens, which leaves the answer "
-        "of this order-free task unchanged, so it is a control: a model that reads the "
-        "distant pairs by content is unaffected. *Replace* also hurts near answers, because "
-        "another example's distant pairs may hold the queried key with another value. "
-        "*Drop* isolates the use of distant context: the global model's loss on "
-        "distant-answer examples rises to far above chance while near-answer examples are "
-        "untouched. The local model's loss cannot change (the distant pairs are outside its "
-        f"receptive field); within this budget it also did not learn the near answers "
-        f"({100 * local_near:.1f}% against a chance of {100 / NUM_VALUES:.1f}%), so its "
-        "row shows what it can see, not what it learned to use.",
+        "## Loss when every pair beyond distance d from the query is dropped "
+        f"(all test examples; plot: {args.out.with_suffix('.png').name})",
+        "",
+        "| model | " + " | ".join(f"d={d}" for d in keeps) + " |",
+        "|---|" + "---|" * len(keeps),
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n")
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
+    for model in models:
+        by_keep = {r["keep"]: r["loss"] for r in curve if r["model"] == model}
+        lines.append(f"| {model} | " + " | ".join(f"{by_keep[d]:.2f}" for d in keeps) + " |")
+    times = {r["model"]: r["train_seconds"] for r in rows}
+    lines += ["", "Training time (s, same machine, shared): "
+              + ", ".join(f"{m} {s:.0f}" for m, s in times.items()), ""]  # fmt: skip
+    lines += ["## Provenance", ""]
+    for info in results["invocations"]:
+        lines += [*provenance.stamp_lines(info), ""]
+    if len(results["invocations"]) > 1:
+        lines.append(f"Rows merged from the {len(results['invocations'])} invocations above.")
+    provenance.write_json(args.out.with_suffix(".json"), results)
+    provenance.write_text(args.out, "\n".join(lines).rstrip() + "\n")
+    if curve:
+        plot_curve(curve, args.out.with_suffix(".png"))
+
+
+def plot_curve(curve: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for model in dict.fromkeys(r["model"] for r in curve):
+        points = sorted((r["keep"], r["loss"]) for r in curve if r["model"] == model)
+        ax.plot(*zip(*points, strict=True), marker="o", label=model)
+    ax.axvline(NEAR, color="gray", linestyle=":", label="local attention's reach")
+    ax.axhline(np.log(NUM_VALUES), color="gray", linestyle="--", label="chance (ln 8)")
+    ax.set(xlabel="pairs kept beside the query (the rest dropped)", ylabel="test loss")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    scratch = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(scratch, dpi=110)
+    plt.close(fig)
+    scratch.replace(path)
 
 
 if __name__ == "__main__":

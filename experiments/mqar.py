@@ -407,14 +407,18 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=Setup.max_steps)
+    parser.add_argument("--vocab-size", type=int, default=Setup.vocab_size)
+    parser.add_argument("--learning-rate", type=float, default=Setup.learning_rate)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="path without suffix")
     parser.add_argument("--report-only", action="store_true", help="rewrite .md/.png from .json")
     args = parser.parse_args()
     start = time.time()
-    setup = Setup(max_steps=args.max_steps)
+    setup = Setup(
+        max_steps=args.max_steps, vocab_size=args.vocab_size, learning_rate=args.learning_rate
+    )
     lengths, pairs, seeds, out = args.lengths, args.pairs, range(args.seeds), args.out
     if args.quick:
-        setup = Setup(max_steps=300, eval_every=100, eval_examples=256)
+        setup = dataclasses.replace(setup, max_steps=300, eval_every=100, eval_examples=256)
         lengths, pairs, seeds = [64], [8], range(1)
         out = out.with_name(out.name + "_quick")
     json_path = out.with_suffix(".json")

@@ -32,6 +32,9 @@ def test_writes_replace_the_file_whole_and_leave_no_scratch(tmp_path, monkeypatc
     provenance.write_json(path, {"b": [2]})
     assert json.loads(path.read_text()) == {"b": [2]}
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would create it
 
     def fail(*args):
         raise OSError("disk full")
