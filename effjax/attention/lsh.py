@@ -116,6 +116,15 @@ def _shared_qk_inputs(query, key, value) -> tuple[jax.Array, jax.Array]:
     return key, value
 
 
+def _padding_bucket(buckets: jax.Array, padding_mask, num_buckets: int) -> jax.Array:
+    """``buckets [B, ..., S]`` with padded positions (``padding_mask [B, S]`` False) moved
+    to the extra bucket ``num_buckets``."""
+    if padding_mask is None:
+        return buckets
+    real = padding_mask.reshape(padding_mask.shape[:1] + (1,) * (buckets.ndim - 2) + (-1,))
+    return jnp.where(real, buckets, num_buckets)
+
+
 def _sort_order(buckets: jax.Array, padded_len: int, num_buckets: int) -> jax.Array:
     """Permutation sorting ``[..., R, L]`` buckets by (bucket, position), padding last."""
     buckets = _common.pad_axis(buckets, -1, padded_len, value=num_buckets)
@@ -233,6 +242,9 @@ def lsh_attention(
     all rounds' windows (and to causality/padding). With ``chunk_size >= max(T, S)``
     every query sees every key: exactly dense attention.
 
+    Padded keys (``padding_mask`` False) are hashed into a bucket of their own, sorted
+    after every real key, so their content changes no output.
+
     Shared-QK mode (the paper's): keys are the L2-normalised queries, queries and
     keys share one sort, and a token's own logit is replaced by a large negative
     finite value, so a token attends to itself only when nothing else is visible.
@@ -284,14 +296,19 @@ def lsh_attention(
     q_padded, k_padded = num_chunks * q_chunk, num_chunks * k_chunk
     hash_options = {"rng": rng, "num_hashes": num_hashes, "num_buckets": num_buckets}
 
-    # [B, K, G, R, T] query buckets, [B, K, R, S] key buckets.
+    # [B, K, G, R, T] query buckets, [B, K, R, S] key buckets. Padded keys get a bucket of
+    # their own, sorted after the real ones (as in trax and transformers): their content
+    # must not move real keys between chunks.
     q_buckets = lsh_buckets(query, **hash_options)
     q_buckets = _common.group_heads(q_buckets, dims.num_kv_heads).transpose(0, 2, 3, 4, 1)
-    q_perm = _sort_order(q_buckets, q_padded, num_buckets)
     if shared_qk:  # K = N, G = 1 and identical buckets: one sort serves both sides.
+        q_buckets = _padding_bucket(q_buckets, padding_mask, num_buckets)
+        q_perm = _sort_order(q_buckets, q_padded, num_buckets)
         k_perm = q_perm[:, :, 0]
     else:
+        q_perm = _sort_order(q_buckets, q_padded, num_buckets)
         k_buckets = lsh_buckets(key, **hash_options).transpose(0, 2, 3, 1)
+        k_buckets = _padding_bucket(k_buckets, padding_mask, num_buckets)
         k_perm = _sort_order(k_buckets, k_padded, num_buckets)
 
     # Z = B*K*R*n chunks: G*c sorted queries and c' sorted keys each, mapped per head-round.

@@ -13,19 +13,26 @@ lsh = jax.jit(
 )
 
 
-def lsh_window_mask(query, key, *, rng, num_hashes, num_buckets, chunk_size):
+def lsh_window_mask(
+    query, key, *, rng, num_hashes, num_buckets, chunk_size, padding_mask=None, shared_qk=False
+):
     """The dense mask lsh_attention is documented to equal, built here from lsh_buckets alone.
 
-    Per round: sort queries and keys by (bucket, position), cut n = ceil(max(T, S) / chunk_size)
-    equal chunks, and query chunk i sees key chunks i and i - 1. Rounds are OR-ed. [B, N, T, S].
+    Per round: sort queries and keys by (bucket, position), padded keys (and with shared QK,
+    padded queries) in an extra last bucket, cut n = ceil(max(T, S) / chunk_size) equal
+    chunks, and query chunk i sees key chunks i and i - 1. Rounds are OR-ed. [B, N, T, S].
     """
     b, t, n, _ = query.shape
     s, num_kv = key.shape[1], key.shape[2]
     num_chunks = -(-max(t, s) // chunk_size)
     q_chunk, k_chunk = -(-t // num_chunks), -(-s // num_chunks)
     options = {"rng": rng, "num_hashes": num_hashes, "num_buckets": num_buckets}
-    qb = np.asarray(lsh_buckets(query, **options))
-    kb = np.asarray(lsh_buckets(key, **options))
+    qb = np.array(lsh_buckets(query, **options))
+    kb = np.array(lsh_buckets(key, **options))
+    if padding_mask is not None:
+        padded = ~np.asarray(padding_mask)[:, :, None, None]
+        kb = np.where(padded, num_buckets, kb)
+        qb = np.where(padded, num_buckets, qb) if shared_qk else qb
 
     def chunk_ids(buckets, size):
         ranks = np.empty_like(buckets)
@@ -105,7 +112,7 @@ def test_equals_dense_on_its_bucket_mask(t, s, num_kv_heads, is_causal, num_hash
     )
     padding = testing.random_padding_mask(jax.random.key(3), 2, s)
     options = {**OPTIONS, "num_hashes": num_hashes, "chunk_size": 8}
-    mask = lsh_window_mask(q, k, **options)
+    mask = lsh_window_mask(q, k, padding_mask=padding, **options)
     assert not bool(jnp.all(mask)), "the test needs a sparse pattern"
     testing.check_against_reference(
         lsh, q, k, v, mask=mask, is_causal=is_causal, padding_mask=padding, **options
@@ -122,7 +129,11 @@ def test_shared_qk_matches_dense_with_self_rule(chunk_size, is_causal):
     mask = None
     if chunk_size < 30:
         mask = lsh_window_mask(
-            q, q, **{k: options[k] for k in ("rng", "num_hashes", "num_buckets", "chunk_size")}
+            q,
+            q,
+            padding_mask=padding,
+            shared_qk=True,
+            **{k: options[k] for k in ("rng", "num_hashes", "num_buckets", "chunk_size")},
         )
     kwargs = {"is_causal": is_causal, "padding_mask": padding}
 
@@ -210,6 +221,25 @@ def test_vmap_matches_batch():
     options = {**OPTIONS, "num_hashes": 2, "chunk_size": 8}
     mapped = jax.vmap(lambda q, k, v: lsh(q[None], k[None], v[None], **options)[0])
     np.testing.assert_allclose(mapped(q, k, v), lsh(q, k, v, **options), atol=1e-6)
+
+
+@pytest.mark.parametrize(("shared_qk", "is_causal"), [(False, False), (True, True)])
+def test_padding_content_changes_no_real_output(shared_qk, is_causal):
+    q, k, v = testing.random_qkv(jax.random.key(11), q_len=32, num_heads=2)
+    padding = jnp.ones((2, 32), bool).at[:, 20:].set(False).at[:, 5].set(False)
+    noise = 5 * jax.random.normal(jax.random.key(12), q.shape)
+    options = {**OPTIONS, "num_hashes": 2, "chunk_size": 8, "shared_qk": shared_qk}
+
+    def run(q, k):
+        return lsh(
+            q, None if shared_qk else k, v, padding_mask=padding, is_causal=is_causal, **options
+        )
+
+    pad = ~padding[:, :, None, None]
+    a = run(q, k)
+    b = run(jnp.where(pad, noise, q) if shared_qk else q, jnp.where(pad, noise, k))
+    rows = padding if shared_qk else jnp.ones_like(padding)  # shared QK: padded rows are keys too
+    np.testing.assert_allclose(a[rows], b[rows], atol=1e-6)
 
 
 def test_buckets_are_the_argmax_over_rotated_and_negated_projections():
