@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 BENCH_OUT ?= bench-out
 
-.PHONY: install bench bench-quick test test-slow lint
+.PHONY: install bench bench-quick test test-slow lint mutate
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# Small bugs planted in effjax/attention and effjax/compress must fail the fast tests.
+mutate: $(STAMP)
+	$(PY) tools/mutate.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
