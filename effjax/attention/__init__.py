@@ -9,6 +9,7 @@ Each is registered under a short name (``get("local")``) for configs.
 from effjax.attention import masks
 from effjax.attention.block_sparse import block_sparse_attention, block_sparse_mask
 from effjax.attention.dense import dot_product_attention
+from effjax.attention.gaussian import gaussian_attention
 from effjax.attention.global_local import global_local_attention, global_local_mask
 from effjax.attention.kernel import (
     KernelState,
@@ -23,7 +24,17 @@ from effjax.attention.kernel import (
 from effjax.attention.local import local_attention, local_mask
 from effjax.attention.lowrank import linformer_attention
 from effjax.attention.lsh import lsh_attention, lsh_buckets
+from effjax.attention.persistent_memory import persistent_memory_attention
 from effjax.attention.registry import AttentionFn, available, get, register, resolve
+from effjax.attention.routing import routing_attention, routing_clusters, update_centroids
+from effjax.attention.sinkhorn import default_sort_logits, sinkhorn_attention, sinkhorn_normalize
+from effjax.attention.synthesizer import (
+    dense_synthesizer_logits,
+    factorized_dense_logits,
+    factorized_random_logits,
+    random_synthesizer_logits,
+    synthesizer_attention,
+)
 
 register("dense", dot_product_attention)
 register("local", local_attention)
@@ -33,6 +44,11 @@ register("lsh", lsh_attention)
 register("performer", performer_attention)
 register("linear", linear_attention)
 register("linformer", linformer_attention)
+register("routing", routing_attention)
+register("sinkhorn", sinkhorn_attention)
+register("synthesizer", synthesizer_attention)
+register("persistent_memory", persistent_memory_attention)
+register("gaussian", gaussian_attention)
 
 __all__ = [
     "AttentionFn",
@@ -40,7 +56,12 @@ __all__ = [
     "available",
     "block_sparse_attention",
     "block_sparse_mask",
+    "default_sort_logits",
+    "dense_synthesizer_logits",
     "dot_product_attention",
+    "factorized_dense_logits",
+    "factorized_random_logits",
+    "gaussian_attention",
     "get",
     "global_local_attention",
     "global_local_mask",
@@ -57,6 +78,14 @@ __all__ = [
     "masks",
     "performer_attention",
     "performer_decode_step",
+    "persistent_memory_attention",
+    "random_synthesizer_logits",
     "register",
     "resolve",
+    "routing_attention",
+    "routing_clusters",
+    "sinkhorn_attention",
+    "sinkhorn_normalize",
+    "synthesizer_attention",
+    "update_centroids",
 ]
