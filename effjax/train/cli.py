@@ -3,16 +3,20 @@
 CONFIG is the path of a config file (configs/smoke.py) or the name of a config shipped
 with effjax (smoke, listops; see --list-configs). Metrics go to DIR/metrics.jsonl and
 TensorBoard, checkpoints to DIR/checkpoints. Rerunning the same command resumes from the
-last checkpoint. Exit status: 0 when training completed, 128 + signal number when
-SIGINT/SIGTERM stopped it after saving a checkpoint, 2 for a bad config, missing data or
-an incompatible work directory (nothing written).
+last checkpoint; rerunning a finished run changes nothing. Progress goes to stderr: a bar
+on a terminal, else one line per log interval. Exit status: 0 when training completed,
+128 + signal number when SIGINT/SIGTERM stopped it after saving a checkpoint (it says so
+on stderr), 2 for a bad argument, config, missing data or an unusable or incompatible
+work directory (nothing written).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 
 def add_train_parser(
@@ -34,7 +38,10 @@ def add_train_parser(
         "--workdir", metavar="DIR", help="checkpoints, metrics and logs go here (required)"
     )
     parser.add_argument(
-        "--steps", type=int, default=None, help="train this many steps (default: run.num_steps)"
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="train this many steps (default: run.num_steps)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
@@ -42,6 +49,29 @@ def add_train_parser(
     )
     parser.set_defaults(func=run_train, parser=parser)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def workdir_problem(workdir: str) -> str | None:
+    """Why ``workdir`` cannot hold a run (not a directory, or not writable), else None."""
+    path = Path(workdir)
+    if path.exists() and not path.is_dir():
+        return f"--workdir {workdir} exists and is not a directory"
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        return f"--workdir {workdir}: {existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--workdir {workdir}: {existing} is not writable"
+    return None
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -61,6 +91,10 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     if args.config is None or args.workdir is None:
         args.parser.error("CONFIG and --workdir are required (or --list-configs)")
+    problem = workdir_problem(args.workdir)
+    if problem:
+        print(f"effjax train: error: {problem}", file=sys.stderr)
+        return 2
 
     from effjax.train import loop, tasks
 

@@ -19,6 +19,10 @@ Files in the work directory:
   ``write`` each; records after the restored step are dropped on resume.
 * ``tensorboard/``: the same scalars as TensorBoard event files (tensorboardX).
 
+Progress goes to stderr: a rich progress bar on a terminal, else one line per log
+interval; a resumed run says the step it resumed from, and rerunning a finished run
+changes nothing (no new record, no new event file) and returns its recorded metrics.
+
 Example:
   >>> result = train(config, "/tmp/run", model=model, data=data)  # doctest: +SKIP
   >>> result["test/accuracy"]  # doctest: +SKIP
@@ -30,6 +34,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -291,7 +296,35 @@ def _stop_requests() -> Iterator[list[int]]:
             signal.signal(signum, old)
 
 
+def _say(message: str) -> None:
+    print(f"effjax train: {message}", file=sys.stderr, flush=True)
+
+
+class _LineProgress:
+    """Progress as plain lines on stderr, one per update with a status (a log interval),
+    for logs and pipes, where a live bar shows nothing until the end."""
+
+    def __init__(self, total: int, start: int):
+        self.total, self.start, self.begun = total, start, time.monotonic()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        return None
+
+    def update(self, task, *, completed: int | None = None, status: str | None = None) -> None:
+        del task
+        if status is None or completed is None:
+            return
+        rate = (completed - self.start) / max(time.monotonic() - self.begun, 1e-9)
+        _say(f"step {completed}/{self.total}  {status}  ({rate:.2f} steps/s)")
+
+
 def _progress(enabled: bool, total: int, start: int):
+    if enabled and not sys.stderr.isatty():
+        return _LineProgress(total, start), None
+    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -306,6 +339,7 @@ def _progress(enabled: bool, total: int, start: int):
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         TextColumn("{task.fields[status]}"),
+        console=Console(stderr=True),
         disable=not enabled,
         transient=False,
     )
@@ -326,6 +360,16 @@ def make_eval_step(model: nn.Module, loss_fn: LossFn = classification_loss) -> C
         return loss_fn(logits, batch)[1]
 
     return jax.jit(eval_step)
+
+
+def recorded_metrics(workdir: Path) -> dict[str, float]:
+    """The last recorded value of every validation and test metric in ``metrics.jsonl``."""
+    path = workdir / "metrics.jsonl"
+    latest: dict[str, float] = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        record = json.loads(line)
+        latest.update({k: v for k, v in record.items() if k.startswith(("validation/", "test/"))})
+    return latest
 
 
 def evaluate(eval_step: Callable, state: TrainState, batches) -> dict[str, float]:
@@ -398,6 +442,12 @@ def train(
         manager.close()
         raise
     start = int(state.step)
+    if start >= run.num_steps:  # Finished: rerunning must not log or evaluate again.
+        manager.close()
+        _say(f"{workdir} is complete at step {start}; nothing to do")
+        return {"stopped": 0, **recorded_metrics(workdir), "step": start, "state": state}
+    if start:
+        _say(f"resumed from step {start} of {run.num_steps} ({workdir})")
 
     # Validation is over: from here on the work directory is written.
     workdir.mkdir(parents=True, exist_ok=True)
@@ -443,7 +493,7 @@ def train(
                         make_schedule(config.optimizer, run.num_steps)(step)
                     )
                     log.write(done, means)
-                    bar.update(task, status=f"loss {means['train/loss']:.4f}")
+                    bar.update(task, completed=done, status=f"loss {means['train/loss']:.4f}")
                     pending.clear()
                 if done % run.eval_every == 0 or done == run.num_steps:
                     result.update(run_eval("validation", run.eval_examples, done))
@@ -453,6 +503,8 @@ def train(
                 if stop:
                     checkpoint.save(manager, done, state)
                     result["stopped"] = stop[0]
+                    name = signal.Signals(stop[0]).name
+                    _say(f"stopped by {name} at step {done} (checkpoint saved); rerun to resume")
                     break
             else:
                 checkpoint.save(manager, run.num_steps, state)

@@ -189,3 +189,20 @@ def test_incompatible_checkpoint_stops_and_overwrites_nothing(smoke_run, tmp_pat
     err = capsys.readouterr().err
     assert "model.hidden_size: checkpoint has 32, config has 64" in err
     assert _snapshot(smoke_workdir) == before
+
+
+def test_bad_steps_and_workdirs_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as stopped:
+        _cli("smoke", "--workdir", tmp_path / "run", "--steps", "-3")
+    assert stopped.value.code == 2
+    assert "--steps: must be a positive integer, got '-3'" in capsys.readouterr().err
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for workdir in (a_file, a_file / "run"):
+        assert _cli("smoke", "--workdir", workdir) == 2
+        err = capsys.readouterr().err
+        assert "is not a directory" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a read-only mount
+    assert _cli("smoke", "--workdir", tmp_path / "new") == 2
+    assert f"{tmp_path} is not writable" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "new").exists()

@@ -61,18 +61,41 @@ def _scalar_tags(path, event_pb2):
     return tags
 
 
-def test_resume_matches_uninterrupted_run(full_run, tmp_path):
+def test_resume_matches_uninterrupted_run(full_run, tmp_path, capsys):
     _, full = full_run
     data = tiny_data()
     # A run cut short after 12 steps (checkpoints at 10 and the end at 12) ...
     part = loop.train(_config(num_steps=12), tmp_path / "cut", model=TinyClassifier(), data=data)
     assert part["step"] == 12
-    # ... then rerun to the full length resumes from 12, same data order and keys.
-    resumed = loop.train(_config(), tmp_path / "cut", model=TinyClassifier(), data=data)
+    # ... then rerun to the full length resumes from 12, same data order and keys; with
+    # progress on and stderr not a terminal, it prints a line per log interval.
+    resumed = loop.train(
+        _config(progress=True), tmp_path / "cut", model=TinyClassifier(), data=data
+    )
+    err = capsys.readouterr().err
+    assert "resumed from step 12 of 40" in err
+    assert [
+        line.split()[3] for line in err.splitlines() if line.startswith("effjax train: step")
+    ] == [
+        "20/40",
+        "30/40",
+        "40/40",
+    ]
     jax.tree.map(np.testing.assert_array_equal, full["state"].params, resumed["state"].params)
     assert full["test/loss"] == resumed["test/loss"]
     steps = [json.loads(x)["step"] for x in (tmp_path / "cut" / "metrics.jsonl").open()]
     assert steps == sorted(steps)
+
+
+def test_rerunning_a_finished_run_changes_nothing(full_run, tmp_path, capsys):
+    workdir, full = full_run
+    shutil.copytree(workdir, tmp_path, dirs_exist_ok=True)
+    before = _snapshot(tmp_path)
+    again = loop.train(_config(), tmp_path, model=TinyClassifier(), data=tiny_data())
+    assert _snapshot(tmp_path) == before  # no new record, no second event file
+    assert again["step"] == 40 and again["test/loss"] == full["test/loss"]
+    assert again["validation/accuracy"] == full["validation/accuracy"]
+    assert "complete at step 40; nothing to do" in capsys.readouterr().err
 
 
 def test_incompatible_workdir_is_refused_untouched(full_run, tmp_path):
