@@ -263,7 +263,7 @@ def update_centroids(
       >>> import jax.numpy as jnp
       >>> mu = jnp.array([[1.0, 0.0], [0.0, 1.0]])
       >>> x = jnp.array([[1.0, 1.0]]).reshape(1, 1, 1, 2)
-      >>> update_centroids(mu, x, decay=0.0).round(3).tolist()
+      >>> [[round(float(a), 3) for a in row] for row in update_centroids(mu, x, decay=0.0)]
       [[0.707, 0.707], [0.0, 1.0]]
     """
     if not 0.0 <= decay < 1.0:
