@@ -26,7 +26,12 @@ from effjax.attention.lowrank import linformer_attention
 from effjax.attention.lsh import lsh_attention, lsh_buckets
 from effjax.attention.persistent_memory import persistent_memory_attention
 from effjax.attention.registry import AttentionFn, available, get, register, resolve
-from effjax.attention.routing import routing_attention, routing_clusters, update_centroids
+from effjax.attention.routing import (
+    routing_assignments,
+    routing_attention,
+    routing_clusters,
+    update_centroids,
+)
 from effjax.attention.sinkhorn import default_sort_logits, sinkhorn_attention, sinkhorn_normalize
 from effjax.attention.synthesizer import (
     dense_synthesizer_logits,
@@ -82,6 +87,7 @@ __all__ = [
     "random_synthesizer_logits",
     "register",
     "resolve",
+    "routing_assignments",
     "routing_attention",
     "routing_clusters",
     "sinkhorn_attention",

@@ -13,6 +13,11 @@ the result is exactly dense attention under the *cluster mask* ``M[t, s] = 1`` i
 centroid chose both ``t`` and ``s`` (see :func:`routing_clusters`). A query that no
 centroid chose gets zeros (the paper mixes in local-attention heads; the layer does too).
 
+Causal mode cannot take a top-w over all positions (a later token could then change
+which earlier tokens share a cluster). Each token goes to its nearest centroid instead,
+and query ``t`` attends to the ``w`` most recent keys ``s <= t`` of its own cluster: a
+per-cluster sliding window, decided by the prefix alone, O(T w H) time and memory.
+
 The centroids are not trained by gradients: :func:`update_centroids` moves them by an
 exponential moving average of the vectors assigned to them (the paper's Sec. 4.1).
 """
@@ -132,6 +137,55 @@ def _gather(x: jax.Array, index: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, flat, axis=2).reshape(b, n, c, w, *x.shape[3:])
 
 
+def routing_assignments(x: jax.Array, centroids: jax.Array) -> jax.Array:
+    """Nearest centroid of every vector (unit-vector dot product): ``x [B, L, N, H]``,
+    centroids ``[C, H]`` or ``[N, C, H]`` -> int32 ``[B, N, L]``. The causal routing."""
+    if jnp.ndim(x) != 4:
+        raise ValueError(f"x must have rank 4 [B, L, N, H], got shape {jnp.shape(x)}")
+    mu = _check_centroids(centroids, x.shape[2], x.shape[3])
+    scores = jnp.einsum("blnh,nch->bncl", _unit(jax.lax.stop_gradient(x)), mu)
+    return jnp.argmax(scores, axis=2).astype(jnp.int32)
+
+
+def _causal_routing(query, key, value, centroids, window, padding_mask, scale):
+    """Query t attends to the ``window`` latest keys s <= t of its own cluster.
+
+    Keys sorted by (cluster, position) put those keys just before the query's insertion
+    point (its cluster, its position), so each query gathers one contiguous run of
+    ``window`` sorted keys. ``query [B,T,N,H]``, ``key/value [B,T,N,*]`` (heads repeated).
+    """
+    b, length, n, _ = query.shape
+    num_clusters = centroids.shape[1]
+    q_cluster = routing_assignments(query, centroids)
+    k_cluster = routing_assignments(key, centroids)
+    if padding_mask is not None:  # padded keys: a cluster of their own, seen by no query
+        k_cluster = jnp.where(padding_mask[:, None], k_cluster, num_clusters)
+    positions = jnp.arange(length, dtype=jnp.int32)[None, None]
+    k_code = k_cluster * length + positions
+    order = jnp.argsort(k_code, axis=-1).astype(jnp.int32)
+    sorted_code = jnp.take_along_axis(k_code, order, axis=-1)
+    q_code = q_cluster * length + positions
+    search = jax.vmap(jax.vmap(lambda a, v: jnp.searchsorted(a, v, side="right")))
+    end = search(sorted_code, q_code)  # [B, N, T]: sorted keys before it are < or = code
+    slots = end[..., None] - window + jnp.arange(window, dtype=jnp.int32)[None, None, None]
+    in_range = slots >= 0
+    slots = jnp.maximum(slots, 0)
+    key_pos = jnp.take_along_axis(order, slots.reshape(b, n, -1), axis=-1).reshape(slots.shape)
+    same = jnp.take_along_axis(k_cluster, key_pos.reshape(b, n, -1), axis=-1).reshape(slots.shape)
+    mask = in_range & (same == q_cluster[..., None])
+
+    def rows(x):  # [B, T, N, D] at key_pos -> [B, N, T, w, D]
+        x = x.transpose(0, 2, 1, 3)
+        flat = key_pos.reshape(b, n, -1, 1)
+        return jnp.take_along_axis(x, flat, axis=2).reshape(*key_pos.shape, x.shape[-1])
+
+    q = query.transpose(0, 2, 1, 3).astype(jnp.float32)
+    logits = jnp.einsum("bnth,bntjh->bntj", q, rows(key).astype(jnp.float32)) * scale
+    weights, _ = _blockwise.softmax_with_lse(logits, mask)
+    out = jnp.einsum("bntj,bntjh->bnth", weights, rows(value).astype(jnp.float32))
+    return out.transpose(0, 2, 1, 3)
+
+
 def routing_attention(
     query: jax.Array,
     key: jax.Array,
@@ -152,15 +206,15 @@ def routing_attention(
 
       \mathrm{out}_t = \sum_{s \in \cup_{c: t \in Q_c} K_c} \mathrm{softmax}_s(s\,q_t k_s^T)\, v_s
 
-    (restricted to real keys, and to ``s <= t`` when causal): exactly
+    (restricted to real keys): exactly
     :func:`~effjax.attention.dot_product_attention` with the cluster mask
     ``M[t, s] = OR_c [t in Q_c and s in K_c]``. Time and memory O(T w H + T C), i.e.
     O(T sqrt(T)) for ``C = sqrt(T)`` and ``w = T / C``; never a ``[T, T]`` array.
 
-    Causal mode masks later keys inside each cluster, as the paper does. The choice of
-    cluster members is a top-w over all positions, so in causal mode a later token can
-    change which earlier keys a query is grouped with (values and gradients never flow
-    from later positions); for decoding token by token, mix with local heads.
+    Causal mode routes each token to its nearest centroid (:func:`routing_assignments`)
+    and query ``t`` attends to the ``w`` most recent keys ``s <= t`` of its own cluster:
+    exactly dense attention under that mask, decided by positions ``<= t`` alone (no
+    causal leak), O(T w H) time and memory.
 
     Args:
       query: ``[B, T, N, H]``.
@@ -169,7 +223,7 @@ def routing_attention(
       value: ``[B, T, K, Hv]``.
       centroids: ``[C, H]`` or ``[N, C, H]``, the k-means centroids (see
         :func:`update_centroids`); no gradient flows into them.
-      cluster_size: w, tokens per cluster; default ``ceil(T / C)``.
+      cluster_size: w, tokens per cluster (causal: keys per query); default ``ceil(T / C)``.
       padding_mask: bool ``[B, T]``, True = a real token; padded keys are never attended
         and padded positions are routed last.
       is_causal: query t sees keys s <= t only.
@@ -192,6 +246,12 @@ def routing_attention(
     dims, key_n, value_n = _per_query_head(query, key, value)
     _common.check_self_attention("routing_attention", query, key, dims)
     padding_mask = _common.check_padding_mask(padding_mask, dims)
+    if is_causal:
+        mu = _check_centroids(centroids, dims.num_heads, dims.head_dim)
+        window = _resolve_cluster_size(cluster_size, dims.q_len, mu.shape[1])
+        scale = _common.resolve_scale(scale, dims.head_dim)
+        out = _causal_routing(query, key_n, value_n, mu, window, padding_mask, scale)
+        return out.astype(value.dtype)
     q_idx, k_idx = routing_clusters(
         query, key, centroids=centroids, cluster_size=cluster_size, padding_mask=padding_mask
     )
@@ -215,8 +275,6 @@ def routing_attention(
             jnp.broadcast_to(padding_mask[:, None], (dims.batch, dims.num_heads, length)), k_idx
         )
         mask = mask & key_real[:, :, :, None, :]
-    if is_causal:
-        mask = mask & (k_idx[:, :, :, None, :] <= q_idx[:, :, :, :, None])
     weights, lse = _blockwise.softmax_with_lse(logits, mask)
     out = jnp.einsum("bncij,bncjh->bncih", weights, v)
 

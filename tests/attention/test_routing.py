@@ -5,7 +5,12 @@ import pytest
 
 import effjax.attention as ea
 from effjax import testing
-from effjax.attention import routing_attention, routing_clusters, update_centroids
+from effjax.attention import (
+    routing_assignments,
+    routing_attention,
+    routing_clusters,
+    update_centroids,
+)
 
 routing = jax.jit(routing_attention, static_argnames=("cluster_size", "is_causal"))
 
@@ -35,12 +40,12 @@ def check_nearest(index, x, mu, valid):
     assert all(len(set(row)) == len(row) for row in np.asarray(index).reshape(-1, index.shape[-1]))
 
 
-@pytest.mark.parametrize(("is_causal", "num_kv_heads", "cluster_size"), [
-    (True, 2, 5),
-    (False, 1, None),
-    pytest.param(False, 4, 13, marks=pytest.mark.slow),  # one cluster holds all: dense
+@pytest.mark.parametrize(("num_kv_heads", "cluster_size"), [
+    (2, 5),
+    pytest.param(1, None, marks=pytest.mark.slow),
+    pytest.param(4, 13, marks=pytest.mark.slow),  # one cluster holds all: dense
 ])  # fmt: skip
-def test_equals_dense_under_its_cluster_mask(is_causal, num_kv_heads, cluster_size):
+def test_equals_dense_under_its_cluster_mask(num_kv_heads, cluster_size):
     q, k, v = testing.random_qkv(
         jax.random.key(0), q_len=13, num_heads=4, num_kv_heads=num_kv_heads
     )
@@ -56,7 +61,38 @@ def test_equals_dense_under_its_cluster_mask(is_causal, num_kv_heads, cluster_si
         assert bool(jnp.all(mask))
     else:
         assert 0.1 < float(jnp.mean(mask)) < 0.9, "the test needs a sparse, overlapping pattern"
-    testing.check_against_reference(routing, q, k, v, mask=mask, is_causal=is_causal, **options)
+    testing.check_against_reference(routing, q, k, v, mask=mask, **options)
+
+
+def causal_window_mask(q_cluster, k_cluster, padding, window):
+    """Query t sees the `window` latest real keys s <= t of its own cluster: [B, N, T, T]."""
+    qc, kc, real = np.asarray(q_cluster), np.asarray(k_cluster), np.asarray(padding)
+    b, n, t = qc.shape
+    mask = np.zeros((b, n, t, t), bool)
+    for bi in range(b):
+        for ni in range(n):
+            for ti in range(t):
+                same = [s for s in range(ti + 1) if kc[bi, ni, s] == qc[bi, ni, ti] and real[bi, s]]
+                mask[bi, ni, ti, same[-window:]] = True
+    return jnp.asarray(mask)
+
+
+def test_causal_equals_dense_under_its_sliding_cluster_mask_and_never_looks_ahead():
+    q, k, v = testing.random_qkv(jax.random.key(6), q_len=13, num_heads=4, num_kv_heads=2)
+    mu = jax.random.normal(jax.random.key(7), (4, 3, 8))
+    padding = testing.random_padding_mask(jax.random.key(8), 2, 13)
+    options = {"centroids": mu, "cluster_size": 3, "padding_mask": padding}
+    mask = causal_window_mask(
+        routing_assignments(q, mu), routing_assignments(jnp.repeat(k, 2, axis=2), mu), padding, 3
+    )
+    assert 0.05 < float(jnp.mean(mask)) < 0.4, "the test needs windows that drop keys"
+    testing.check_against_reference(routing, q, k, v, mask=mask, is_causal=True, **options)
+    later = [x.at[:, 7:].set(3.0) for x in (q, k, v)]
+    np.testing.assert_allclose(
+        routing(*later, is_causal=True, **options)[:, :7],
+        routing(q, k, v, is_causal=True, **options)[:, :7],
+        atol=1e-6,
+    )
 
 
 def test_padded_tokens_change_nothing():
