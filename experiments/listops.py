@@ -272,6 +272,18 @@ def save(results: dict, out: Path) -> None:
         plot(results, out.with_suffix(".png"))
 
 
+def merge(results: dict, other: dict) -> None:
+    """Adds ``other``'s regimes, runs (those not yet in ``results``) and invocations."""
+    done = {(r["regime"], r["variant"], r["seed"]) for r in results["runs"]}
+    results["runs"] += [
+        r for r in other["runs"] if (r["regime"], r["variant"], r["seed"]) not in done
+    ]
+    results["regimes"].update(other["regimes"])
+    results["invocations"] += [i for i in other["invocations"] if i not in results["invocations"]]
+    if "lra_operator_baseline" in other:
+        results["lra_operator_baseline"] = other["lra_operator_baseline"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--regime", choices=sorted(REGIMES), default="shallow")
@@ -286,11 +298,20 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/effjax-listops"))
     parser.add_argument("--out", type=Path, default=ROOT / "experiments/results/listops")
     parser.add_argument("--report-only", action="store_true", help="rewrite .md/.png from .json")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="add the runs of these results files (from parallel invocations)",
+    )
     args = parser.parse_args()
     start = time.time()
     json_path = args.out.with_suffix(".json")
     saved = json.loads(json_path.read_text()) if json_path.exists() else None
     results = saved if isinstance(saved, dict) else {"regimes": {}, "runs": [], "invocations": []}
+    for other in args.merge:
+        merge(results, json.loads(other.read_text()))
     if args.report_only:
         save(results, args.out)
         return

@@ -1,15 +1,18 @@
 """The Reformer's duplication task (Kitaev et al. 2020, Sec. 5, Table 2), shrunk to run on CPU.
 
 Sequences ``0 w 0 w`` with ``w`` random symbols; a 1-layer Reformer LM is trained with
-LSH attention (1, 2 or 4 hash rounds) and each trained model is evaluated with LSH-1/2/4/8
-and with full attention (same parameters), scoring next-token accuracy on the second copy
-(the predictable half). Writes experiments/results/reformer_duplication.md.
+full attention and with LSH attention (1, 2 or 4 hash rounds), and each trained model is
+evaluated with full attention and LSH-8/4/2/1 (same parameters), scoring next-token
+accuracy on the second copy (the predictable half). Writes
+experiments/results/reformer_duplication.{md,json}.
 
 The paper: length 1024, d=256, 4 heads, shared-QK attention, long training. Here (CPU,
 minutes): see ``Setup``; attention is effjax.layers.MultiHeadAttention with separate
 query/key projections, positions are fixed sinusoids and the loss covers the second copy.
 
 Usage: python experiments/reformer_duplication.py [--steps 400] [--length 128]
+
+Paper numbers: Kitaev et al. 2020, Table 2 (also in docs/references.md).
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import pathlib
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from effjax import provenance
 from effjax.models import ReformerConfig, ReformerLM, next_token_loss
 
 PAPER = {  # Table 2: trained with (rows) / evaluated with (columns).
@@ -32,6 +37,7 @@ PAPER = {  # Table 2: trained with (rows) / evaluated with (columns).
     1: {"Full": 0.8, 8: 99.9, 4: 99.6, 2: 94.8, 1: 77.9},
 }
 EVAL_WITH = ("Full", 8, 4, 2, 1)
+TRAIN_WITH = ("Full", 4, 2, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,8 +84,13 @@ def config_for(setup: Setup, attention) -> ReformerConfig:
     )
 
 
-def train(setup: Setup, num_hashes: int, seed: int = 0):
-    model = ReformerLM(config_for(setup, num_hashes))
+def _name(attention) -> str:
+    return "Full" if attention == "Full" else f"LSH-{attention}"
+
+
+def train(setup: Setup, attention, seed: int = 0):
+    """Trains with ``attention`` ("Full" or a number of hash rounds); returns the params."""
+    model = ReformerLM(config_for(setup, attention))
     weights = second_copy_weights(setup)
     params = model.init(jax.random.key(seed), batch_of(jax.random.key(1), setup))["params"]
     warmup = min(50, setup.steps // 4)
@@ -105,7 +116,7 @@ def train(setup: Setup, num_hashes: int, seed: int = 0):
     for i in range(setup.steps):
         params, opt_state, loss = step(params, opt_state, jax.random.fold_in(rng, i))
         if i % 100 == 0 or i == setup.steps - 1:
-            print(f"  LSH-{num_hashes} step {i}: loss {float(loss):.3f}", flush=True)
+            print(f"  {_name(attention)} step {i}: loss {float(loss):.3f}", flush=True)
     return params
 
 
@@ -134,14 +145,17 @@ def evaluator(setup: Setup, attention):
     return accuracy
 
 
-def markdown(setup: Setup, results: dict, seconds: float) -> str:
+def markdown(setup: Setup, results: dict, info: dict) -> str:
     def header():
         return (
             "| trained with | "
-            + " | ".join("Full" if e == "Full" else f"LSH-{e}" for e in EVAL_WITH)
+            + " | ".join(_name(e) for e in EVAL_WITH)
             + " |\n|---|"
             + "---|" * len(EVAL_WITH)
         )
+
+    def row(trained, cells):
+        return f"| {_name(trained)} | " + " | ".join(f"{cells[e]:.1f}" for e in EVAL_WITH) + " |"
 
     lines = [
         "# Reformer duplication task (Kitaev et al. 2020, Table 2), CPU-sized",
@@ -151,22 +165,25 @@ def markdown(setup: Setup, results: dict, seconds: float) -> str:
         "",
         "## effjax (this run)",
         "",
-        f"Setup: length {setup.length} (paper 1024), vocabulary {setup.vocab_size}, 1 layer,",
-        f"d_model {setup.d_model} (paper 256), {setup.num_heads} heads, chunk {setup.chunk_size},",
-        f"{setup.num_buckets} buckets, batch {setup.batch}, {setup.steps} Adam steps, loss on the",
-        "second copy only, fixed sinusoidal positions, separate Q/K projections (the paper uses",
-        f"shared-QK), {setup.eval_batches * setup.batch} evaluation sequences. "
-        f"Wall time {seconds / 60:.1f} min on a shared 2-core CPU.",
+        f"Setup: length {setup.length} (paper 1024), vocabulary {setup.vocab_size}, 1 layer, "
+        f"d_model {setup.d_model} (paper 256), {setup.num_heads} heads, chunk "
+        f"{setup.chunk_size}, {setup.num_buckets} buckets, batch {setup.batch}, "
+        f"{setup.steps} Adam steps (learning rate {setup.learning_rate:g}), loss on the "
+        f"second copy only, {setup.eval_batches * setup.batch} evaluation sequences "
+        "(fresh hash rotations per batch).",
         "",
         header(),
+        *(row(trained, cells) for trained, cells in results.items()),
+        "",
+        "## Paper (Table 2; length 1024, d=256, shared-QK)",
+        "",
+        header(),
+        *(row(trained, cells) for trained, cells in PAPER.items()),
+        "",
+        "## Provenance",
+        "",
+        *provenance.stamp_lines(info),
     ]
-    for trained, row in results.items():
-        cells = " | ".join(f"{row[e]:.1f}" for e in EVAL_WITH)
-        lines.append(f"| LSH-{trained} | {cells} |")
-    lines += ["", "## Paper (Table 2; length 1024, d=256, shared-QK)", "", header()]
-    for trained, row in PAPER.items():
-        name = "Full" if trained == "Full" else f"LSH-{trained}"
-        lines.append(f"| {name} | " + " | ".join(f"{row[e]}" for e in EVAL_WITH) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -180,14 +197,24 @@ def main():
     start = time.time()
     results = {}
     evaluators = {e: evaluator(setup, e) for e in EVAL_WITH}
-    for num_hashes in (1, 2, 4):
-        print(f"training with LSH-{num_hashes}", flush=True)
-        params = train(setup, num_hashes)
-        results[num_hashes] = {e: evaluators[e](params) for e in EVAL_WITH}
-        print(f"  eval {results[num_hashes]}", flush=True)
-    table = markdown(setup, results, time.time() - start)
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.out).write_text(table)
+    for attention in TRAIN_WITH:
+        print(f"training with {_name(attention)}", flush=True)
+        params = train(setup, attention)
+        results[attention] = {e: evaluators[e](params) for e in EVAL_WITH}
+        print(f"  eval {results[attention]}", flush=True)
+    info = provenance.stamp(sys.argv, start=start)
+    out = pathlib.Path(args.out)
+    records = [
+        {"trained_with": _name(t), "evaluated_with": _name(e), "accuracy": cells[e]}
+        for t, cells in results.items()
+        for e in EVAL_WITH
+    ]
+    provenance.write_json(
+        out.with_suffix(".json"),
+        {"provenance": info, "setup": dataclasses.asdict(setup), "results": records},
+    )
+    table = markdown(setup, results, info)
+    provenance.write_text(out, table)
     print(table)
 
 
