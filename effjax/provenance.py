@@ -88,12 +88,16 @@ def stamp(argv: Sequence[str], *, start: float) -> dict[str, Any]:
 
 def stamp_lines(info: dict[str, Any]) -> list[str]:
     """A :func:`stamp` as markdown lines (a results file's provenance paragraph)."""
+    def seconds(key: str) -> str:  # an imported record may say "not recorded"
+        value = info.get(key, "not recorded")
+        return f"{value:.0f} s" if isinstance(value, int | float) else str(value)
+
     lines = [
         f"Command: `{info['command']}`",
         f"Commit: {info['commit']}",
         f"Machine: {info['machine']}",
-        f"Wall time: {info['wall_time_s']:.0f} s, CPU time {info['cpu_time_s']:.0f} s "
-        f"(finished {info['date_utc']} UTC)",
+        f"Wall time: {seconds('wall_time_s')}, CPU time {seconds('cpu_time_s')} "
+        f"(finished {info.get('date_utc', 'at an unrecorded time')} UTC)",
     ]
     return [line + "  " for line in lines[:-1]] + lines[-1:]
 

@@ -25,6 +25,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -219,10 +220,12 @@ def markdown(results: dict) -> str:
             )
         imported = [r for r in runs if not r.get("curve")]
         if imported:
+            sources = ", ".join(sorted({r["imported_from"] for r in imported}))
             lines += [
                 "",
-                f"{len(imported)} rows of this regime have no learning curve: "
-                "they were imported from an earlier results file (see Provenance).",
+                f"{len(imported)} rows of this regime have no learning curve: they are the "
+                f"earlier single-seed table ({sources}), made by that commit's script "
+                "(options per row in the JSON) and imported by the invocation below.",
             ]
     lines += [
         "",
@@ -272,6 +275,22 @@ def save(results: dict, out: Path) -> None:
         plot(results, out.with_suffix(".png"))
 
 
+def import_rows(results: dict, commit: str) -> None:
+    """The rows of the earlier table (experiments/results/listops.json at ``commit``, a
+    list of single-seed runs of the ``lra_short`` regime without curves), as runs."""
+    source = f"{commit}:experiments/results/listops.json"
+    rows = json.loads(subprocess.run(["git", "show", source], cwd=ROOT, check=True,
+                                     capture_output=True, text=True).stdout)  # fmt: skip
+    done = {(r["regime"], r["variant"], r["seed"]) for r in results["runs"]}
+    results["runs"] += [
+        {"regime": "lra_short", "variant": r["variant"], "seed": 0, "options": r["options"],
+         "test_accuracy": r["test_accuracy"], "steps": r["steps"],
+         "train_seconds": round(r["seconds"], 1), "curve": [], "imported_from": source}
+        for r in rows
+        if "test_accuracy" in r and ("lra_short", r["variant"], 0) not in done
+    ]  # fmt: skip
+
+
 def merge(results: dict, other: dict) -> None:
     """Adds ``other``'s regimes, runs (those not yet in ``results``) and invocations."""
     done = {(r["regime"], r["variant"], r["seed"]) for r in results["runs"]}
@@ -288,7 +307,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--regime", choices=sorted(REGIMES), default="shallow")
     parser.add_argument("--variants", nargs="+", default=None, help="default: all registered")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument(
+        "--import-from",
+        metavar="COMMIT",
+        help="add the earlier single-seed table of that commit (regime lra_short)",
+    )
     parser.add_argument(
         "--lra-baseline",
         type=int,
@@ -327,6 +351,8 @@ def main() -> None:
         "learning_rate": config.optimizer.learning_rate,
         "baselines": baselines(data),
     }
+    if args.import_from:
+        import_rows(results, args.import_from)
     done = {(r["regime"], r["variant"], r["seed"]) for r in results["runs"]}
     for seed in args.seeds:
         for name in args.variants or available():
