@@ -6,10 +6,10 @@ forward and backward. :func:`check_against_reference` is that check.
 Example:
   >>> import jax
   >>> from effjax import testing
-  >>> from effjax.attention import dot_product_attention, masks
+  >>> from effjax.attention import local_attention, local_mask
   >>> q = k = v = jax.random.normal(jax.random.key(0), (1, 8, 2, 4))
   >>> testing.check_against_reference(
-  ...     dot_product_attention, q, k, v, mask=masks.causal_mask(8, 8), is_causal=False
+  ...     local_attention, q, k, v, mask=local_mask(8, 8, 2), window_size=2
   ... )
 """
 

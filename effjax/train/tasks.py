@@ -1,11 +1,11 @@
 """From an experiment config to the model and data the loop trains.
 
-Example:
+Example (``build_data`` is skipped: it generates ListOps into ``data.cache_dir``):
   >>> from effjax.train.config import load_config
   >>> config = load_config("smoke")
   >>> build_model(config).num_labels
   10
-  >>> data = build_data(config)  # doctest: +SKIP (generates ListOps into data.cache_dir)
+  >>> data = build_data(config)  # doctest: +SKIP
 """
 
 from __future__ import annotations

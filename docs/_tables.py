@@ -1,0 +1,76 @@
+"""The "choosing a variant" table, with its numbers read from the committed results files.
+
+Written at build time to docs/guides/_variants_table.md (not committed), so the guide
+shows what experiments/results/ holds and never a hand-copied number.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
+BENCH = RESULTS / "bench_cpu" / "results.jsonl"
+LISTOPS = RESULTS / "listops.json"
+SEQ_LEN = 4096
+
+#: What each variant is (from its docstring and tests); the numbers come from the files.
+PROPERTIES = {
+    # name: (cost per query, exactness, causal, decoding cache)
+    "dense": ("O(S)", "exact (the reference)", "yes", "full key/value cache"),
+    "local": ("O(w)", "exact for its window mask", "yes", "rolling window cache"),
+    "global_local": ("O(w + g)", "exact for window + global mask", "yes", "no"),
+    "block_sparse": ("O(b (3 + g + r))", "exact for its block mask (random blocks)", "yes", "no"),
+    "lsh": ("O(n_hashes · 2c)", "exact for its bucket mask (hashing approximates)", "yes", "no"),
+    "performer": ("O(F H)", "unbiased estimate of softmax", "yes", "recurrent state"),
+    "linear": ("O(H²)", "another kernel (elu+1), not softmax", "yes", "recurrent state"),
+    "linformer": ("O(k)", "low-rank approximation", "no (refused)", "no"),
+}
+
+
+def _bench() -> dict[tuple[str, str], dict]:
+    records = [json.loads(line) for line in BENCH.read_text().splitlines() if line.strip()]
+    return {
+        (r["variant"], r["mode"]): r
+        for r in records
+        if r["kind"] == "attention" and r["seq_len"] == SEQ_LEN
+    }
+
+
+def _speedup(bench, variant: str, mode: str) -> str:
+    mine, base = bench.get((variant, mode)), bench.get(("jax", mode))
+    if not mine or not base or mine["status"] != "ok" or base["status"] != "ok":
+        return "-"
+    return f"{base['time_s'] / mine['time_s']:.1f}x"
+
+
+def _megabytes(bench, variant: str) -> str:
+    r = bench.get((variant, "fwd_bwd"))
+    return f"{r['peak_bytes'] / 2**20:.0f}" if r and r.get("peak_bytes") else "-"
+
+
+def variants_table() -> str:
+    bench = _bench()
+    listops = {row["variant"]: row for row in json.loads(LISTOPS.read_text())}
+    base_mb = _megabytes(bench, "jax")
+    lines = [
+        f"| variant | cost per query | exactness | causal | padding | decoding "
+        f"| fwd speed-up at T={SEQ_LEN} | fwd+bwd speed-up | fwd+bwd compiled MB "
+        f"(jax.nn: {base_mb}) | ListOps test acc. (%) |",
+        "|---" * 10 + "|",
+    ]
+    for name, (cost, exact, causal, decoding) in PROPERTIES.items():
+        acc = listops.get(name, {}).get("test_accuracy")
+        lines.append(
+            f"| `{name}` | {cost} | {exact} | {causal} | yes | {decoding} "
+            f"| {_speedup(bench, name, 'fwd')} | {_speedup(bench, name, 'fwd_bwd')} "
+            f"| {_megabytes(bench, name)} | {f'{100 * acc:.1f}' if acc is not None else '-'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write(folder: Path) -> None:
+    path = folder / "_variants_table.md"
+    text = variants_table()
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
