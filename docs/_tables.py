@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from effjax.attention import registry
+
 RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
 BENCH = RESULTS / "bench_cpu" / "results.jsonl"
 LISTOPS = RESULTS / "listops.json"
@@ -25,7 +27,13 @@ PROPERTIES = {
     "performer": ("O(F H)", "unbiased estimate of softmax", "yes", "recurrent state"),
     "linear": ("O(H²)", "another kernel (elu+1), not softmax", "yes", "recurrent state"),
     "linformer": ("O(k)", "low-rank approximation", "no (refused)", "no"),
+    "routing": ("O(T / C)", "exact for its k-means cluster mask", "yes", "no"),
+    "sinkhorn": ("O(2b)", "own block + a softly sorted block", "yes (not SortCut)", "no"),
+    "synthesizer": ("O(S)", "synthesised logits, optionally mixed with dot-product", "yes", "no"),
+    "persistent_memory": ("O(M + S)", "exact dense attention over memory + keys", "yes", "no"),
+    "gaussian": ("O(w)", "fixed Gaussian weights (a convolution of the values)", "yes", "no"),
 }
+_UNDESCRIBED = ("see its docstring",) * 2 + ("-", "-")
 
 
 def _bench() -> dict[tuple[str, str], dict]:
@@ -59,7 +67,10 @@ def variants_table() -> str:
         f"(jax.nn: {base_mb}) | ListOps test acc. (%) |",
         "|---" * 10 + "|",
     ]
-    for name, (cost, exact, causal, decoding) in PROPERTIES.items():
+    # Every registered variant gets a row, described or not, so none is left out.
+    names = [*PROPERTIES, *(n for n in registry.available() if n not in PROPERTIES)]
+    for name in names:
+        cost, exact, causal, decoding = PROPERTIES.get(name, _UNDESCRIBED)
         acc = listops.get(name, {}).get("test_accuracy")
         lines.append(
             f"| `{name}` | {cost} | {exact} | {causal} | yes | {decoding} "
