@@ -88,6 +88,7 @@ def stamp(argv: Sequence[str], *, start: float) -> dict[str, Any]:
 
 def stamp_lines(info: dict[str, Any]) -> list[str]:
     """A :func:`stamp` as markdown lines (a results file's provenance paragraph)."""
+
     def seconds(key: str) -> str:  # an imported record may say "not recorded"
         value = info.get(key, "not recorded")
         return f"{value:.0f} s" if isinstance(value, int | float) else str(value)

