@@ -103,6 +103,7 @@ def test_one_chunk_cross_attention_equals_dense():
 
 @pytest.mark.parametrize(("t", "s", "num_kv_heads", "is_causal", "num_hashes"), [
     (40, 40, 2, False, 1),
+    (12, 20, 1, True, 2),  # causal cross-attention, two rounds, separate queries and keys
     pytest.param(37, 37, 4, True, 1, marks=SLOW),
     pytest.param(24, 40, 1, False, 3, marks=SLOW),
 ])  # fmt: skip

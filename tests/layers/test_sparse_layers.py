@@ -116,8 +116,9 @@ def test_block_sparse_function_and_layer_options_agree(x):
     ("window", "dilation", "step"),
     [
         pytest.param((3, 1), 1, 1, marks=pytest.mark.slow),
-        (2, 2, 1),
-        pytest.param(4, 1, 3, marks=pytest.mark.slow),  # three tokens per step
+        pytest.param(2, 2, 1, marks=pytest.mark.slow),
+        pytest.param(4, 1, 3, marks=pytest.mark.slow),
+        ((3, 1), 2, 3),  # (left, right) window, dilated, three tokens per step: the fast case
     ],
 )
 def test_local_decode_equals_full_causal_pass(window, dilation, step):
