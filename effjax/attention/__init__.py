@@ -8,6 +8,7 @@ Each is registered under a short name (``get("local")``) for configs.
 
 from effjax.attention import masks
 from effjax.attention.block_sparse import block_sparse_attention, block_sparse_mask
+from effjax.attention.chunked import chunked_attention
 from effjax.attention.dense import dot_product_attention
 from effjax.attention.gaussian import gaussian_attention
 from effjax.attention.global_local import global_local_attention, global_local_mask
@@ -61,6 +62,7 @@ __all__ = [
     "available",
     "block_sparse_attention",
     "block_sparse_mask",
+    "chunked_attention",
     "default_sort_logits",
     "dense_synthesizer_logits",
     "dot_product_attention",
