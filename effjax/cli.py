@@ -101,6 +101,13 @@ def _add_bench_parser(subparsers) -> None:
         help="record as OOM, without running, programs whose compiled footprint is "
         "larger (default: 40%% of physical memory on CPU, no limit elsewhere)",
     )
+    p.add_argument(
+        "--max-run-seq-len",
+        type=int,
+        default=None,
+        metavar="T",
+        help="only compile (for the compiled-memory figure, without running) lengths above T",
+    )
     p.add_argument("--out", default="bench-out", metavar="DIR", help="output directory")
 
 
@@ -140,6 +147,7 @@ def _bench_config(args):
         head_dim=args.head_dim,
         dtype=args.dtype,
         memory_limit_bytes=limit_bytes,
+        max_run_seq_len=args.max_run_seq_len,
         layers=args.layers,
         peers=args.peers,
         **quick,

@@ -43,6 +43,7 @@ from effjax.attention.synthesizer import (
 )
 
 register("dense", dot_product_attention)
+register("chunked", chunked_attention)
 register("local", local_attention)
 register("global_local", global_local_attention)
 register("block_sparse", block_sparse_attention)

@@ -101,7 +101,7 @@ def _merge(a, b):
 
 def _forward(blocks: _Blocks, q, k, v, key_valid):
     """Online-softmax forward. ``q [B, Tp, K, G, H]`` (pre-scaled), ``k [B, Sp, K, H]``,
-    ``v [B, Sp, K, Hv]`` float32. Returns ``out [B, Tp, K, G, Hv]`` and ``lse [B, K, G, Tp]``."""
+    ``v [B, Sp, K, Hv]``, real floats. Returns ``out [B, Tp, K, G, Hv]``, ``lse [B, K, G, Tp]``."""
     b, _, kh, g, _ = q.shape
     hv = v.shape[-1]
 
@@ -130,14 +130,15 @@ def _forward(blocks: _Blocks, q, k, v, key_valid):
     return out, lse
 
 
-def _backward(blocks: _Blocks, q, k, v, key_valid, out, lse, d_out):
+def _backward(blocks: _Blocks, q, k, v, key_valid, out, lse, d_out, d_lse):
     """FlashAttention-2 backward: recompute each probability tile from ``lse``.
 
-    Returns float32 ``dq`` (w.r.t. the pre-scaled q; the scaling's own derivative is
-    left to autodiff), ``dk``, ``dv``.
+    Returns ``dq`` (w.r.t. the pre-scaled q; the scaling's own derivative is left to
+    autodiff), ``dk``, ``dv``.
     """
-    # D_i = rowsum(dO * O) = sum_j P_ij dP_ij: the softmax Jacobian's diagonal term.
-    delta = jnp.einsum("bikgh,bikgh->bkgi", d_out, out)
+    # dS_ij = P_ij (dP_ij - D_i) with D_i = rowsum(dO * O) = sum_j P_ij dP_ij (the softmax
+    # Jacobian's diagonal term); a cotangent of lse_i adds P_ij, as d lse_i / d S_ij = P_ij.
+    delta = jnp.einsum("bikgh,bikgh->bkgi", d_out, out) - d_lse
 
     def key_block(dq, j):
         k_j, v_j = _slice(k, j, blocks.bk, 1), _slice(v, j, blocks.bk, 1)
@@ -176,17 +177,17 @@ def _backward(blocks: _Blocks, q, k, v, key_valid, out, lse, d_out):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attention(blocks: _Blocks, q, k, v, key_valid):
-    return _forward(blocks, q, k, v, key_valid)[0]
+    return _forward(blocks, q, k, v, key_valid)
 
 
 def _attention_fwd(blocks, q, k, v, key_valid):
     out, lse = _forward(blocks, q, k, v, key_valid)
-    return out, (q, k, v, key_valid, out, lse)
+    return (out, lse), (q, k, v, key_valid, out, lse)
 
 
-def _attention_bwd(blocks, residuals, d_out):
+def _attention_bwd(blocks, residuals, cotangents):
     q, k, v, key_valid, out, lse = residuals
-    dq, dk, dv = _backward(blocks, q, k, v, key_valid, out, lse, d_out)
+    dq, dk, dv = _backward(blocks, q, k, v, key_valid, out, lse, *cotangents)
     return dq, dk, dv, None
 
 
@@ -248,21 +249,57 @@ def chunked_attention(
     """
     dims = _common.check_qkv(query, key, value)
     padding_mask = _common.check_padding_mask(padding_mask, dims)
-    scale = _common.resolve_scale(scale, dims.head_dim)
-    bq = _block_size("block_q", block_q, dims.q_len, DEFAULT_BLOCK_Q)
-    bk = _block_size("block_k", block_k, dims.kv_len, DEFAULT_BLOCK_K)
-    nq, nk = -(-dims.q_len // bq), -(-dims.kv_len // bk)
-    blocks = _Blocks(dims.q_len, dims.kv_len, bq, bk, nq, nk, bool(is_causal))
-    if dims.q_len == 0 or dims.kv_len == 0:
-        return jnp.zeros((*query.shape[:3], dims.value_dim), value.dtype)
+    if dims.empty:
+        return _common.zeros_output(dims, value)
+    out, _ = chunked_attention_with_lse(
+        _common.group_heads(query, dims.num_kv_heads),
+        key,
+        value,
+        key_valid=padding_mask,
+        is_causal=is_causal,
+        scale=_common.resolve_scale(scale, dims.head_dim),
+        block_q=block_q,
+        block_k=block_k,
+    )
+    return _common.ungroup_heads(out).astype(value.dtype)
 
-    q = _common.group_heads(query, dims.num_kv_heads).astype(jnp.float32) * scale
-    q = _common.pad_axis(q, 1, nq * bq)
-    k = _common.pad_axis(key.astype(jnp.float32), 1, nk * bk)
-    v = _common.pad_axis(value.astype(jnp.float32), 1, nk * bk)
-    key_valid = padding_mask
-    if nk * bk != dims.kv_len:
-        key_valid = jnp.ones((dims.batch, dims.kv_len), bool) if key_valid is None else key_valid
+
+def chunked_attention_with_lse(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    key_valid: jax.Array | None,
+    is_causal: bool,
+    scale: float,
+    block_q: int | None = None,
+    block_k: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """The computation behind :func:`chunked_attention`, on grouped heads, for other paths.
+
+    Args:
+      query: ``[B, T, K, G, H]`` (query heads grouped by the key/value head they share).
+      key: ``[B, S, K, H]``; value: ``[B, S, K, Hv]``, with ``T, S > 0``.
+      key_valid: bool ``[B, S]`` or None; True = a real key.
+      is_causal, scale, block_q, block_k: as in :func:`chunked_attention`.
+
+    Returns:
+      ``out [B, T, K, G, Hv]`` and the log-sum-exp of each row's logits ``lse
+      [B, T, K, G]`` (``MASK_VALUE`` where a row sees no key), both differentiable, in
+      the inputs' dtype promoted to at least float32.
+    """
+    b, t = query.shape[:2]
+    s = key.shape[1]
+    bq = _block_size("block_q", block_q, t, DEFAULT_BLOCK_Q)
+    bk = _block_size("block_k", block_k, s, DEFAULT_BLOCK_K)
+    nq, nk = -(-t // bq), -(-s // bk)
+    blocks = _Blocks(t, s, bq, bk, nq, nk, bool(is_causal))
+    dtype = jnp.promote_types(jnp.result_type(query, key, value), jnp.float32)
+    q = _common.pad_axis(query.astype(dtype) * jnp.asarray(scale, dtype), 1, nq * bq)
+    k = _common.pad_axis(key.astype(dtype), 1, nk * bk)
+    v = _common.pad_axis(value.astype(dtype), 1, nk * bk)
+    if nk * bk != s:
+        key_valid = jnp.ones((b, s), bool) if key_valid is None else key_valid
         key_valid = _common.pad_axis(key_valid, 1, nk * bk, value=False)
-    out = _attention(blocks, q, k, v, key_valid)
-    return _common.ungroup_heads(out[:, : dims.q_len]).astype(value.dtype)
+    out, lse = _attention(blocks, q, k, v, key_valid)
+    return out[:, :t], jnp.moveaxis(lse, 3, 1)[:, :t]

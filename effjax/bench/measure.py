@@ -14,7 +14,8 @@ import jax.numpy as jnp
 
 @dataclasses.dataclass(frozen=True)
 class Measurement:
-    """One function's cost. ``status`` is "ok", "oom" (too big for this device) or "error"."""
+    """One function's cost. ``status`` is "ok", "oom" (too big for this device), "error",
+    or "compiled" (compiled for its memory figure, not run)."""
 
     status: str
     time_s: float | None = None
@@ -72,13 +73,15 @@ def measure(
     max_repeats: int = 20,
     min_time_s: float = 1.0,
     memory_limit_bytes: int | None = None,
+    run: bool = True,
 ) -> Measurement:
     """Compiles ``fn(*args)`` then times it (median and minimum, ``block_until_ready``).
 
     Memory is the compiler's figure (temporaries + arguments + outputs). On GPU and
     TPU, where the runtime reports a device peak, the growth of that peak during the
     run replaces it when larger. A program whose compiled footprint exceeds
-    ``memory_limit_bytes`` is not run and is reported as "oom" with its footprint.
+    ``memory_limit_bytes`` is not run and is reported as "oom" with its footprint; with
+    ``run=False`` a program is only compiled ("compiled", with its footprint).
     """
     try:
         compiled = jax.jit(fn).lower(*args).compile()
@@ -87,6 +90,8 @@ def measure(
     peak = compiled_bytes(compiled)
     if memory_limit_bytes is not None and peak is not None and peak > memory_limit_bytes:
         return Measurement("oom", peak_bytes=peak, error="compiled footprint over memory limit")
+    if not run:
+        return Measurement("compiled", peak_bytes=peak)
 
     device = jax.devices()[0]
     before = _device_bytes(device)

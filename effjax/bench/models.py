@@ -80,10 +80,11 @@ def layer_records(config: runner.BenchConfig, env: dict[str, Any]) -> Iterator[d
         for mode in config.modes:
             for name in variants:
                 program, args = _encoder_layer_program(name, shape, mode, jax.random.key(seq_len))
-                result = runner.measure_program(config, program, args)
+                result = runner.measure_program(config, program, args, seq_len)
                 yield runner.make_record(
                     kind="layer",
                     variant=name,
+                    implementation=suite.implementation_of(name),
                     options=suite.spec_for(name).summary(shape),
                     mode=mode,
                     shape=shape,
@@ -267,6 +268,7 @@ def peer_records(config: runner.BenchConfig, env: dict[str, Any]) -> Iterator[di
             yield runner.make_record(
                 kind="model",
                 variant=f"hf_{pair.family}_{pair.setting}",
+                implementation="torch",
                 options=options,
                 mode="fwd",
                 shape=shape,
@@ -280,10 +282,11 @@ def peer_records(config: runner.BenchConfig, env: dict[str, Any]) -> Iterator[di
                 jax.random.key(0), (config.batch, seq_len), 5, hf_config.vocab_size
             )
             program, args = _effjax_program(hf_config, attention, attention_options, ids)
-            result = runner.measure_program(config, program, args)
+            result = runner.measure_program(config, program, args, seq_len)
             yield runner.make_record(
                 kind="model",
                 variant=f"effjax_{pair.family}_{pair.setting}",
+                implementation=suite.implementation_of(attention),
                 options={**options, "attention": attention, **attention_options},
                 mode="fwd",
                 shape=shape,

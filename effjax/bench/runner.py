@@ -29,7 +29,8 @@ QUICK_SEQ_LENS = (256, 512, 1024)
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
     """One benchmark run. Lengths whose compiled footprint exceeds ``memory_limit_bytes``
-    are recorded as OOM with their footprint and not run."""
+    are recorded as OOM with their footprint and not run; lengths above
+    ``max_run_seq_len`` are only compiled, for their memory figure."""
 
     variants: tuple[str, ...]
     seq_lens: tuple[int, ...]
@@ -42,6 +43,7 @@ class BenchConfig:
     max_repeats: int = 20
     min_time_s: float = 1.0
     memory_limit_bytes: int | None = None
+    max_run_seq_len: int | None = None
     layers: bool = False
     peers: bool = False
 
@@ -114,13 +116,14 @@ def attention_records(config: BenchConfig, env: dict[str, Any]) -> Iterator[dict
                 spec = suite.spec_for(name)
                 options = spec.options(keys[3], shape)
                 program, arrays = _attention_program(name, options, mode)
-                result = measure_program(config, program, (*qkv, arrays))
+                result = measure_program(config, program, (*qkv, arrays), seq_len)
                 flops = spec.flops(shape, options)
                 if flops is not None and mode == "fwd_bwd":
                     flops *= 3.0  # backward = two matmuls per forward matmul
                 yield make_record(
                     kind="attention",
                     variant=name,
+                    implementation=suite.implementation_of(name),
                     options=spec.summary(shape),
                     mode=mode,
                     shape=shape,
@@ -131,8 +134,11 @@ def attention_records(config: BenchConfig, env: dict[str, Any]) -> Iterator[dict
                 )
 
 
-def measure_program(config: BenchConfig, program: Callable, args: tuple) -> measure_lib.Measurement:
-    """:func:`~effjax.bench.measure.measure` with the run's repetitions and memory limit."""
+def measure_program(
+    config: BenchConfig, program: Callable, args: tuple, seq_len: int
+) -> measure_lib.Measurement:
+    """:func:`~effjax.bench.measure.measure` with the run's repetitions, memory limit and
+    longest length to run."""
     return measure_lib.measure(
         program,
         args,
@@ -140,6 +146,7 @@ def measure_program(config: BenchConfig, program: Callable, args: tuple) -> meas
         max_repeats=config.max_repeats,
         min_time_s=config.min_time_s,
         memory_limit_bytes=config.memory_limit_bytes,
+        run=config.max_run_seq_len is None or seq_len <= config.max_run_seq_len,
     )
 
 
@@ -147,6 +154,7 @@ def make_record(
     *,
     kind: str,
     variant: str,
+    implementation: str,
     options: dict[str, Any],
     mode: str,
     shape: suite.Shape,
@@ -155,11 +163,12 @@ def make_record(
     flops: float | None,
     env: dict[str, Any],
 ) -> dict[str, Any]:
-    """One JSON record: variant, options, mode, sizes, dtype, times, peak_bytes, flops,
-    backend, device_kind and jax_version, plus kind/status/error."""
+    """One JSON record: variant, implementation, options, mode, sizes, dtype, times,
+    peak_bytes, flops, backend, device_kind and jax_version, plus kind/status/error."""
     return {
         "kind": kind,
         "variant": variant,
+        "implementation": implementation,
         "options": options,
         "mode": mode,
         "batch": shape.batch,

@@ -142,6 +142,7 @@ def _linformer_flops(shape: Shape, options) -> float:
 SPECS: dict[str, VariantSpec] = {
     "jax": VariantSpec(_no_options, lambda s, o: _pairs_flops(s, s.seq_len), _fixed()),
     "dense": VariantSpec(_no_options, lambda s, o: _pairs_flops(s, s.seq_len), _fixed()),
+    "chunked": VariantSpec(_no_options, lambda s, o: _pairs_flops(s, s.seq_len), _fixed()),
     "local": VariantSpec(
         lambda rng, s: {"window_size": LOCAL_WINDOW},
         lambda s, o: _pairs_flops(s, _window_pairs(s)),
@@ -174,6 +175,12 @@ SPECS: dict[str, VariantSpec] = {
     ),
     "linformer": VariantSpec(_linformer_options, _linformer_flops, _fixed(k=LINFORMER_K)),
 }
+
+
+def implementation_of(name: str) -> str:
+    """The kernel that runs when the benchmark calls ``name``: ``"chunked"`` for the
+    chunked variant, ``"xla"`` (plain XLA operations) for jax.nn and the others."""
+    return "chunked" if name == "chunked" else "xla"
 
 
 def spec_for(name: str) -> VariantSpec:

@@ -8,7 +8,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from effjax import testing
-from effjax.attention import chunked_attention, dot_product_attention
+from effjax.attention import _common, chunked_attention, dot_product_attention
+from effjax.attention.chunked import chunked_attention_with_lse
 from effjax.bench import measure
 
 jit_chunked = jax.jit(
@@ -47,6 +48,41 @@ def test_unmasked_tiles_with_a_custom_scale(rng):
     # Blocks divide the lengths and nothing is masked: the path without any tile mask.
     q, k, v = testing.random_qkv(rng, batch=1, q_len=32, kv_len=48, num_heads=2, head_dim=4)
     testing.check_against_reference(jit_chunked, q, k, v, scale=0.3, block_q=16, block_k=16)
+
+
+def test_log_sum_exp_and_its_gradient_equal_jax_logsumexp(rng):
+    # Other paths merge rows through the lse (and jax.nn returns it): it must be exact and
+    # differentiable, including the rows of a sequence with no key at all.
+    q, k, v = testing.random_qkv(rng, batch=2, q_len=9, kv_len=11, num_heads=4, num_kv_heads=2)
+    padding = jnp.array([[True] * 7 + [False] * 4, [False] * 11])
+    grouped = functools.partial(_common.group_heads, num_kv_heads=2)
+
+    def chunked_lse(q, k):
+        return chunked_attention_with_lse(
+            grouped(q), k, v, key_valid=padding, is_causal=True, scale=0.5, block_q=4, block_k=4
+        )[1][0]
+
+    def reference_lse(q, k):
+        logits = jnp.einsum("btkgh,bskh->btkgs", grouped(q), k) * 0.5
+        visible = (
+            padding[:, None, None, None, :]
+            & (jnp.arange(11)[None, :] <= jnp.arange(9)[:, None] + 2)[None, :, None, None, :]
+        )
+        return jax.nn.logsumexp(jnp.where(visible, logits, -jnp.inf), axis=-1)[0]
+
+    np.testing.assert_allclose(chunked_lse(q, k), reference_lse(q, k), rtol=1e-5)
+    assert np.all(
+        np.asarray(
+            chunked_attention_with_lse(
+                grouped(q), k, v, key_valid=padding, is_causal=True, scale=0.5
+            )[1][1]
+        )
+        == _common.MASK_VALUE
+    )
+    got = jax.grad(lambda q, k: jnp.sum(chunked_lse(q, k)), argnums=(0, 1))(q, k)
+    want = jax.grad(lambda q, k: jnp.sum(reference_lse(q, k)), argnums=(0, 1))(q, k)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, atol=1e-5)
 
 
 def test_fully_padded_rows_give_zeros_and_zero_grads(rng):

@@ -77,6 +77,17 @@ def test_memory_limit_marks_oom_without_running():
     assert result.status == "oom" and result.peak_bytes > 1024 and result.time_s is None
 
 
+def test_compile_only_records_memory_without_running():
+    result = measure.measure(lambda x: x @ x.T, (jnp.ones((256, 256)),), run=False)
+    assert result.status == "compiled" and result.time_s is None
+    assert result.peak_bytes >= 2 * 256 * 256 * 4  # the argument and the output
+
+
+def test_records_name_the_implementation_that_ran():
+    assert suite.implementation_of("chunked") == "chunked"
+    assert suite.implementation_of("jax") == "xla"
+
+
 def test_compile_failure_is_recorded_not_raised():
     def bad(x):
         raise RuntimeError("boom")
