@@ -4,6 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 BENCH_OUT ?= bench-out
+# On a GPU or TPU host jax's accelerator plugin is installed too, so that `make bench` runs
+# the accelerator sweep (to 64K tokens) there without edits.
+JAX_EXTRA ?= $(shell if command -v nvidia-smi >/dev/null 2>&1; then echo cuda12; \
+	elif ls /dev/accel0 /dev/vfio/0 >/dev/null 2>&1; then echo tpu; fi)
 
 .PHONY: install bench bench-quick test test-slow lint mutate docs
 
@@ -11,6 +15,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev,docs,peers]"
+	$(if $(JAX_EXTRA),$(PY) -m pip install --quiet -U "jax[$(JAX_EXTRA)]")
 	touch $(STAMP)
 
 install: $(STAMP)

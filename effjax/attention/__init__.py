@@ -25,6 +25,7 @@ from effjax.attention.kernel import (
 from effjax.attention.local import local_attention, local_mask
 from effjax.attention.lowrank import linformer_attention
 from effjax.attention.lsh import lsh_attention, lsh_buckets
+from effjax.attention.pallas import pallas_attention
 from effjax.attention.persistent_memory import persistent_memory_attention
 from effjax.attention.registry import AttentionFn, available, get, register, resolve
 from effjax.attention.routing import (
@@ -84,6 +85,7 @@ __all__ = [
     "lsh_buckets",
     "make_performer_features",
     "masks",
+    "pallas_attention",
     "performer_attention",
     "performer_decode_step",
     "persistent_memory_attention",

@@ -22,6 +22,21 @@ class Measurement:
     time_s_min: float | None = None
     peak_bytes: int | None = None
     error: str | None = None
+    cost: dict[str, float] | None = None
+
+
+def compiled_cost(compiled: jax.stages.Compiled) -> dict[str, float] | None:
+    """XLA's static cost analysis of a program: the FLOPs it executes, its exp/log/...
+    count and the bytes its operations read and write. None when the program loops: XLA
+    counts a loop body once, whatever its trip count."""
+    if " while(" in compiled.as_text():
+        return None
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    if not analysis:
+        return None
+    keys = {"flops": "flops", "transcendentals": "transcendentals", "bytes": "bytes accessed"}
+    return {name: float(analysis.get(key, 0.0)) for name, key in keys.items()}
 
 
 def compiled_bytes(compiled: jax.stages.Compiled) -> int | None:
@@ -88,10 +103,11 @@ def measure(
     except Exception as err:
         return Measurement("oom" if _is_oom(err) else "error", error=str(err)[:500])
     peak = compiled_bytes(compiled)
+    cost = compiled_cost(compiled)
     if memory_limit_bytes is not None and peak is not None and peak > memory_limit_bytes:
         return Measurement("oom", peak_bytes=peak, error="compiled footprint over memory limit")
     if not run:
-        return Measurement("compiled", peak_bytes=peak)
+        return Measurement("compiled", peak_bytes=peak, cost=cost)
 
     device = jax.devices()[0]
     before = _device_bytes(device)
@@ -104,7 +120,7 @@ def measure(
     after = _device_bytes(device)
     if before is not None and after is not None and after[1] > before[1]:
         peak = max(peak or 0, after[1] - before[0])
-    return Measurement("ok", statistics.median(times), min(times), peak)
+    return Measurement("ok", statistics.median(times), min(times), peak, cost=cost)
 
 
 def measure_python(

@@ -238,6 +238,56 @@ def sparsity_efficiency(index: dict, seq_len: int) -> dict[str, float]:
     return out
 
 
+def profile_lines(index: dict, peak_flops: float | None, seq_len: int = 4096) -> list[str]:
+    """Where the time of each variant goes at ``seq_len`` (fwd), from XLA's cost analysis.
+
+    A variant turns its FLOP savings into time only if it (a) executes few FLOPs beyond
+    its useful ones (block padding, masked band corners, gathered duplicates) and (b)
+    runs them as fast as jax.nn runs its own (few bytes moved per FLOP, few exps).
+    """
+    base = index.get(("attention", BASELINE, "fwd", seq_len))
+    if not base or base["status"] != "ok" or not base.get("xla_cost"):
+        return []
+    rows = []
+    for (kind, variant, mode, t), r in index.items():
+        if (kind, mode, t) != ("attention", "fwd", seq_len) or r["status"] != "ok":
+            continue
+        cost, useful = r.get("xla_cost"), r.get("flops")
+        if not useful:
+            continue
+        if not cost:
+            rows.append(f"| {variant} | - | - | - | - | (loops: XLA counts a loop body once) |")
+            continue
+        rate = f"{100 * cost['flops'] / r['time_s'] / peak_flops:.3g}%" if peak_flops else "-"
+        cells = (
+            variant,
+            f"{cost['flops'] / useful:.2f}",
+            rate,
+            f"{cost['bytes'] / cost['flops']:.3g}",
+            f"{cost['transcendentals'] / useful * 1e3:.3g}",
+            f"{r['time_s'] / base['time_s'] * base['flops'] / useful:.2f}",
+        )
+        rows.append("| " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return [
+        f"## Where the time goes (T={seq_len}, fwd; XLA's cost analysis of each program)",
+        "",
+        "executed/useful: FLOPs the compiled program executes per useful FLOP (waste from "
+        "block padding, masked entries, duplicated gathers); executed rate: those FLOPs per "
+        "second against the measured matmul peak; bytes/FLOP: bytes its operations read and "
+        "write per executed FLOP (gathers, masks and softmax passes move data without "
+        "FLOPs); exp/kFLOP: transcendentals per 1000 useful FLOPs; time/useful FLOP vs "
+        "jax.nn: 1 / sparsity efficiency.",
+        "",
+        "| variant | executed/useful | executed rate | bytes/FLOP | exp/kFLOP "
+        "| time per useful FLOP vs jax.nn |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
 def write_markdown(
     records: list[dict],
     path: Path,
@@ -262,6 +312,7 @@ def write_markdown(
         "",
     ]
     lines += claim_lines(records)
+    lines += profile_lines(_index(records), peak_flops)
     lines += options_lines(records)
     for kind in dict.fromkeys(r["kind"] for r in records):
         for mode in ("fwd", "fwd_bwd"):

@@ -180,6 +180,7 @@ def make_record(
         "time_s_min": result.time_s_min,
         "peak_bytes": result.peak_bytes,
         "flops": flops,
+        "xla_cost": result.cost,
         "status": result.status,
         "error": result.error,
         **env,
