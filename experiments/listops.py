@@ -73,7 +73,7 @@ def variant_options(name: str, max_length: int) -> dict:
         "linformer": {"proj_dim": 32, "max_len": max_length},
         "lsh": {"num_hashes": 2, "num_buckets": 8, "chunk_size": 32},
         "block_sparse": {"block_size": 8, "num_random_blocks": 2, "num_global_blocks": 1},
-        "performer": {"num_features": 64},
+        "performer": {"num_features": 64, "redraw_interval": 100},
     }.get(name, {})
 
 
@@ -109,7 +109,6 @@ def regime_config(regime: str, variant: str = "dense", seed: int = 0):
             eval_every=max(100, steps // 15),
             checkpoint_every=steps,
             progress=False,
-            feature_redraw_interval=100,
         ),
     )
 

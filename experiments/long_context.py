@@ -62,7 +62,7 @@ def variant_options(name: str, pairs: int) -> dict:
         "global_local": {"window_size": WINDOW},
         "block_sparse": {"block_size": 2, "num_random_blocks": 1, "num_global_blocks": 1},
         "lsh": {"num_hashes": 2, "num_buckets": 4, "chunk_size": 4},
-        "performer": {"num_features": 32},
+        "performer": {"num_features": 32, "redraw_interval": 100},
         "linformer": {"proj_dim": 8, "max_len": pairs + 2},
     }.get(name, {})
 
@@ -160,7 +160,6 @@ def train_model(label: str, attention: str, data: ClassificationData, args):
             eval_every=steps,
             checkpoint_every=steps,
             progress=False,
-            feature_redraw_interval=100,
         ),
         num_classes=NUM_VALUES,
     )

@@ -160,10 +160,10 @@ def embed(model, variables, ids, global_first_token=False, batch_size=8):
     @jax.jit
     def run(variables, ids):
         mask = jnp.ones_like(ids)
-        kwargs = None
+        global_mask = None
         if global_first_token:
-            kwargs = {"global_mask": jnp.zeros(ids.shape, bool).at[:, 0].set(True)}
-        hidden = model.apply(variables, ids, mask, attention_kwargs=kwargs)
+            global_mask = jnp.zeros(ids.shape, bool).at[:, 0].set(True)
+        hidden = model.apply(variables, ids, mask, global_attention_mask=global_mask)
         return sentence_embedding(hidden, mask)
 
     out = [
@@ -184,7 +184,7 @@ def resolve_variants(labels, emulate):
         if name in ea.available():
             chosen.append((label, name, options, needs_global, ""))
         elif emulate and label in EMULATIONS:
-            ea.register(f"emulated_{name}", EMULATIONS[label], overwrite=True)
+            ea.register(f"emulated_{name}", EMULATIONS[label])
             chosen.append((label, f"emulated_{name}", options, needs_global, "emulated"))
         else:
             print(f"skipping {label!r}: attention {name!r} is not registered", file=sys.stderr)

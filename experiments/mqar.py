@@ -65,7 +65,6 @@ class Setup:
     eval_every: int = 100
     eval_examples: int = 512
     target_accuracy: float = 0.99  # a run stops once held-out accuracy reaches this
-    feature_redraw_interval: int = 100
 
     def __post_init__(self):
         if self.eval_examples % self.batch_size:
@@ -94,7 +93,7 @@ def variant_options(name: str, seq_len: int, pairs: int, batch_size: int) -> dic
         "block_sparse": {"block_size": 8, "num_random_blocks": 2, "num_global_blocks": 1},
         "lsh": {"num_hashes": 2, "num_buckets": max(2, seq_len // 16), "chunk_size": 16},
         "linear": {},
-        "performer": {"num_features": 64},
+        "performer": {"num_features": 64, "redraw_interval": 100},
         "linformer": {"proj_dim": 16, "max_len": seq_len},
     }.get(name, {})
 
@@ -150,9 +149,7 @@ def train_one(setup: Setup, name: str, seq_len: int, pairs: int, seed: int) -> d
 
     state = init_state(model, tx, seed, batch_at(0))
     step_fn = jax.jit(
-        make_train_step(
-            model, tx, seed, recall_loss, feature_redraw_interval=setup.feature_redraw_interval
-        )
+        make_train_step(model, tx, seed, recall_loss, num_steps=setup.max_steps)
     )
 
     @jax.jit

@@ -1,6 +1,7 @@
 """The Reformer's duplication task (Kitaev et al. 2020, Sec. 5, Table 2), shrunk to run on CPU.
 
-Sequences ``0 w 0 w`` with ``w`` random symbols; a 1-layer Reformer LM is trained with
+Sequences ``0 w 0 w`` with ``w`` random symbols; a 1-layer Reformer LM (the
+``effjax.models.reformer_config`` preset of the decoder) is trained with
 full attention and with LSH attention (1, 2 or 4 hash rounds), and each trained model is
 evaluated with full attention and LSH-8/4/2/1 (same parameters), scoring next-token
 accuracy on the second copy (the predictable half). Writes
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 import optax
 
 from effjax import provenance
-from effjax.models import ReformerConfig, ReformerLM, next_token_loss
+from effjax.models import DecoderConfig, DecoderLM, next_token_loss, reformer_config
 
 PAPER = {  # Table 2: trained with (rows) / evaluated with (columns).
     "Full": {"Full": 100, 8: 94.8, 4: 92.5, 2: 76.9, 1: 52.5},
@@ -67,8 +68,14 @@ def second_copy_weights(setup: Setup) -> jax.Array:
     return jnp.broadcast_to(targets > setup.length // 2, (setup.batch, setup.length - 1))
 
 
-def config_for(setup: Setup, attention) -> ReformerConfig:
-    return ReformerConfig(
+def config_for(setup: Setup, attention) -> DecoderConfig:
+    """The Reformer preset of the decoder with ``attention``: "Full" or a number of hash rounds."""
+    lsh = {
+        "num_hashes": attention,
+        "num_buckets": setup.num_buckets,
+        "chunk_size": setup.chunk_size,
+    }
+    return reformer_config(
         vocab_size=setup.vocab_size,
         d_model=setup.d_model,
         num_heads=setup.num_heads,
@@ -76,9 +83,7 @@ def config_for(setup: Setup, attention) -> ReformerConfig:
         d_ff=2 * setup.d_model,
         max_len=setup.length,
         attention="dense" if attention == "Full" else "lsh",
-        num_hashes=1 if attention == "Full" else attention,
-        num_buckets=setup.num_buckets,
-        chunk_size=setup.chunk_size,
+        attention_options=None if attention == "Full" else lsh,
         ff_chunk_size=None,
         positions="sinusoidal",
     )
@@ -90,7 +95,7 @@ def _name(attention) -> str:
 
 def train(setup: Setup, attention, seed: int = 0):
     """Trains with ``attention`` ("Full" or a number of hash rounds); returns the params."""
-    model = ReformerLM(config_for(setup, attention))
+    model = DecoderLM(config_for(setup, attention))
     weights = second_copy_weights(setup)
     params = model.init(jax.random.key(seed), batch_of(jax.random.key(1), setup))["params"]
     warmup = min(50, setup.steps // 4)
@@ -122,7 +127,7 @@ def train(setup: Setup, attention, seed: int = 0):
 
 def evaluator(setup: Setup, attention):
     """``params -> accuracy (%)`` with the given attention; compiled once, reused per model."""
-    model = ReformerLM(config_for(setup, attention))
+    model = DecoderLM(config_for(setup, attention))
     weights = second_copy_weights(setup)
 
     @jax.jit

@@ -136,7 +136,7 @@ MUTATIONS = (
     ),
     Mutation(
         "keyless_rows_not_zeroed",  # a query with no key would average all values
-        f"{ATTN}/_common.py",
+        f"{ATTN}/helpers.py",
         "return jnp.where(mask, weights, 0.0)",
         "return weights",
         (f"{T_ATTN}/test_dense.py",),
@@ -150,7 +150,7 @@ MUTATIONS = (
     ),
     Mutation(
         "traced_option_message",
-        f"{ATTN}/_common.py",
+        f"{ATTN}/helpers.py",
         "if isinstance(value, jax.core.Tracer):",
         "if False:",
         (f"{T_ATTN}/test_contract.py",),

@@ -15,9 +15,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# A finite fill for masked logits: exp(MASK_VALUE - max) underflows to exactly 0 in float32,
-# while gradients through it stay finite (-inf would give NaN for rows with no key).
-MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+# Re-exported so that variants keep one import; the public home is effjax.attention.helpers.
+from effjax.attention.helpers import (  # noqa: F401
+    MASK_VALUE,
+    check_positive,
+    check_static_int,
+    masked_softmax,
+    pad_axis,
+    round_up,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,24 +109,6 @@ def zeros_output(dims: AttentionDims, value) -> jax.Array:
     return jnp.zeros((dims.batch, dims.q_len, dims.num_heads, dims.value_dim), value.dtype)
 
 
-def check_static_int(name: str, value: int, minimum: int = 0) -> int:
-    """``value`` as a Python int ``>= minimum``; a traced value (an argument of a jitted
-    function) is refused with the fix, since it sets shapes and must be known at trace time."""
-    if isinstance(value, jax.core.Tracer):
-        raise ValueError(
-            f"{name} must be a static Python int, got a traced value ({type(value).__name__}); "
-            f"under jax.jit pass it in static_argnames or close over it"
-        )
-    if not isinstance(value, (int, np.integer)) or value < minimum:
-        bound = "a positive int" if minimum == 1 else f"an int >= {minimum}"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
-    return int(value)
-
-
-def check_positive(name: str, value: int) -> int:
-    return check_static_int(name, value, 1)
-
-
 def resolve_scale(scale: float | None, head_dim: int) -> float:
     return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
 
@@ -135,26 +123,3 @@ def ungroup_heads(x: jax.Array) -> jax.Array:
     """[B, T, K, G, H] -> [B, T, N, H]."""
     b, t, k, g, h = x.shape
     return x.reshape(b, t, k * g, h)
-
-
-def round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def pad_axis(x: jax.Array, axis: int, new_len: int, value=0) -> jax.Array:
-    """Pads ``x`` with ``value`` at the end of ``axis`` up to ``new_len``."""
-    extra = new_len - x.shape[axis]
-    if extra == 0:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, extra)
-    return jnp.pad(x, widths, constant_values=value)
-
-
-def masked_softmax(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """Float32 softmax over the last axis; masked entries and rows with no key give 0."""
-    logits = logits.astype(jnp.float32)
-    if mask is None:
-        return jax.nn.softmax(logits, axis=-1)
-    weights = jax.nn.softmax(jnp.where(mask, logits, MASK_VALUE), axis=-1)
-    return jnp.where(mask, weights, 0.0)

@@ -246,7 +246,7 @@ def block_sparse_mask(
     num_heads: int | None = None,
     num_kv_heads: int | None = None,
 ) -> jax.Array:
-    """The dense bool mask :func:`block_sparse_attention` equals, from the same table (tests only).
+    """The dense bool mask :func:`block_sparse_attention` equals (its contract), same table.
 
     Returns ``[T, T]`` for the shared pattern, or ``[N, T, T]`` when ``num_heads`` is
     given: the ``per_head=True`` patterns, one per key/value head (``num_kv_heads``,

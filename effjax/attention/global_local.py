@@ -178,7 +178,7 @@ def global_local_mask(
     dilation: int = 1,
     is_causal: bool = False,
 ) -> jax.Array:
-    """The dense bool ``[B, 1, T, T]`` mask :func:`global_local_attention` equals (tests only).
+    """The dense bool ``[B, 1, T, T]`` mask :func:`global_local_attention` equals (its contract).
 
     ``window | global rows | global columns``, and with ``is_causal`` also ``s <= t``.
 

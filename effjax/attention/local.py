@@ -242,7 +242,7 @@ def local_mask(
     dilation: int = 1,
     is_causal: bool = False,
 ) -> jax.Array:
-    """The dense bool ``[T, S]`` mask :func:`local_attention` is equivalent to (tests only).
+    """The dense bool ``[T, S]`` mask :func:`local_attention` equals (its contract).
 
     Example:
       >>> local_mask(4, 4, (1, 0)).astype(int).tolist()

@@ -91,11 +91,6 @@ def window_mask(
     return jnp.asarray(seen)
 
 
-def padding_mask_to_dense(padding_mask: jax.Array) -> jax.Array:
-    """Padding mask bool [B, S] (True = real key) -> bool [B, 1, 1, S]."""
-    return jnp.asarray(padding_mask)[:, None, None, :]
-
-
 def global_tokens_mask(global_mask: jax.Array) -> jax.Array:
     """Longformer global tokens bool [B, T] -> bool [B, 1, T, T] (self-attention).
 

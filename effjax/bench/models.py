@@ -57,10 +57,12 @@ def _encoder_layer_program(
     )
     layer = EncoderLayer(config, config.attention_options)
     x = jax.random.normal(rng, (shape.batch, shape.seq_len, hidden))
-    variables = layer.init(rng, x, None, call_options, deterministic=True)
+    global_mask = call_options.get("global_mask")  # the only per-call datum of a layer
+    variables = layer.init(rng, x, None, global_mask, deterministic=True)
 
     def forward(variables, x, call_options):
-        return layer.apply(variables, x, None, call_options, deterministic=True)
+        global_mask = call_options.get("global_mask")
+        return layer.apply(variables, x, None, global_mask, deterministic=True)
 
     if mode == "fwd":
         return forward, (variables, x, call_options)

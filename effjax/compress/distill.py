@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from effjax.attention._common import masked_softmax
+from effjax.attention.helpers import masked_softmax
 
 LayerMap = Sequence[tuple[int, int]]
 _TINY = 1e-30

@@ -11,28 +11,42 @@ import jax.numpy as jnp
 from flax.core import FrozenDict
 
 from effjax.attention import registry
-from effjax.layers import variants
+from effjax.layers.cores.base import AttentionCore, build_core
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention whose core is any registered attention variant.
+    """Multi-head attention whose core is any attention variant.
 
     ``inputs_q [B, T, D] -> [B, T, out_features or D]``: project to
     ``query [B, T, N, H]``, ``key``/``value [B, S, K, H]`` (GQA when
-    ``num_kv_heads < num_heads``), apply the variant, project back.
+    ``num_kv_heads < num_heads``), apply the variant's core (submodule ``core``),
+    project back. Everything variant-specific (options and their defaults,
+    variables, randomness, decoding cache, shared-QK) belongs to the core, see
+    :mod:`effjax.layers.cores`.
+
+    Randomness: randomised variants (LSH rotations, BigBird random blocks) draw from
+    the ``"attention"`` rng stream when ``deterministic=False`` and use a fixed key per
+    layer otherwise; dropout draws from ``"dropout"``. Training therefore needs
+    ``deterministic=False`` and ``rngs={"attention": ..., "dropout": ...}``.
+    Performer's features live in the ``"random_features"`` collection: pass all of
+    ``init``'s variables to ``apply``, not only ``params``.
 
     Attributes:
       num_heads: N, query heads.
       qkv_features: N * H, default the input's feature size.
       out_features: output size, default the input's feature size.
       num_kv_heads: K, key/value heads (must divide N), default N.
-      attention: a registry name (``"dense"``, ``"local"``, ...) or an attention function.
-      attention_options: keyword options of the variant (``{"window_size": 128}``).
-        With ``shared_qk=True`` (LSH) the layer has no key projection: keys are the queries.
-      is_causal: causal self-attention (passed to the variant).
+      attention: a registry name (``"dense"``, ``"local"``, ... see
+        ``effjax.attention.available()``), a core instance (``LocalCore(window_size=64)``)
+        or an attention function. A registered function behaves exactly like its name;
+        an unregistered one is called as ``fn(q, k, v, padding_mask=, is_causal=,
+        **attention_options)``.
+      attention_options: the core's options (``{"window_size": 128}``); every option has
+        the paper's default, and an unknown one is a ValueError listing the valid ones.
+      is_causal: causal self-attention (a variant that cannot be causal says so).
       dropout_rate: dropout on the attention output before the output projection.
         Sparse and linear variants never materialise attention weights, so unlike
         flax's layer this does not drop individual weights.
@@ -40,13 +54,14 @@ class MultiHeadAttention(nn.Module):
         disables dropout and makes randomised variants use a fixed evaluation key;
         pass False when training.
       decode: autoregressive decoding with a ``"cache"`` collection. Initialise with
-        an input of the maximum length, then call with ``T`` new tokens per step.
+        an input of the maximum length, then call with ``T`` new tokens per step;
+        tokens beyond that length return NaN.
       dtype: computation dtype; param_dtype: parameter dtype.
 
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from effjax.layers import MultiHeadAttention
-      >>> layer = MultiHeadAttention(num_heads=4, attention="dense", is_causal=True)
+      >>> layer = MultiHeadAttention(num_heads=4, attention="local", is_causal=True)
       >>> x = jnp.ones((2, 16, 32))
       >>> variables = layer.init(jax.random.key(0), x)
       >>> layer.apply(variables, x).shape
@@ -57,7 +72,7 @@ class MultiHeadAttention(nn.Module):
     qkv_features: int | None = None
     out_features: int | None = None
     num_kv_heads: int | None = None
-    attention: str | Callable[..., jax.Array] = "dense"
+    attention: str | Callable[..., jax.Array] | AttentionCore = "dense"
     attention_options: Mapping[str, Any] = FrozenDict()
     is_causal: bool = False
     dropout_rate: float = 0.0
@@ -68,6 +83,11 @@ class MultiHeadAttention(nn.Module):
     use_bias: bool = True
     kernel_init: Initializer = nn.initializers.lecun_normal()
     bias_init: Initializer = nn.initializers.zeros_init()
+
+    def __post_init__(self):
+        # Options are checked when the layer is built, not deep inside a trace.
+        build_core(self.attention, self.attention_options)
+        super().__post_init__()
 
     def _head_sizes(self, in_features: int) -> tuple[int, int, int]:
         features = self.qkv_features or in_features
@@ -98,6 +118,7 @@ class MultiHeadAttention(nn.Module):
         inputs_kv: jax.Array | None = None,
         *,
         padding_mask: jax.Array | None = None,
+        global_mask: jax.Array | None = None,
         deterministic: bool | None = None,
     ) -> jax.Array:
         """Attends ``inputs_q [B, T, D]`` to ``inputs_kv [B, S, D]`` (default: itself).
@@ -106,22 +127,27 @@ class MultiHeadAttention(nn.Module):
           inputs_q: ``[B, T, D]``.
           inputs_kv: ``[B, S, D]``, default ``inputs_q`` (self-attention).
           padding_mask: bool ``[B, S]``, True = a real key.
-          deterministic: overrides the attribute of the same name.
+          global_mask: bool ``[B, T]``, True = a global token (Longformer's
+            ``"global_local"``: it attends to and is attended by every token). Variants
+            without global tokens ignore it (dense attention already sees every token).
+          deterministic: overrides the attribute of the same name (see the class doc).
 
         Returns:
           ``[B, T, out_features]``.
         """
         if inputs_q.ndim != 3:
             raise ValueError(f"inputs_q must be [B, T, D], got shape {inputs_q.shape}")
+        self_attention = inputs_kv is None or inputs_kv is inputs_q
         inputs_kv = inputs_q if inputs_kv is None else inputs_kv
         if deterministic is None:
             deterministic = True if self.deterministic is None else self.deterministic
         num_heads, num_kv_heads, head_dim = self._head_sizes(inputs_q.shape[-1])
+        core = build_core(self.attention, self.attention_options).clone(parent=self, name="core")
 
         query = self._projection(num_heads, head_dim, "query")(inputs_q)
-        if self.attention_options.get("shared_qk", False):
+        if core.shares_qk:
             # Reformer's shared-QK attention: the keys are the queries, no key projection.
-            if num_kv_heads != num_heads or inputs_kv is not inputs_q:
+            if num_kv_heads != num_heads or not self_attention:
                 raise ValueError(
                     "shared_qk needs self-attention with num_kv_heads == num_heads, got "
                     f"num_heads={num_heads}, num_kv_heads={num_kv_heads}"
@@ -131,19 +157,16 @@ class MultiHeadAttention(nn.Module):
             key = self._projection(num_kv_heads, head_dim, "key")(inputs_kv)
         value = self._projection(num_kv_heads, head_dim, "value")(inputs_kv)
 
-        hooks = variants.hooks_for(self.attention)
-        options = dict(self.attention_options)
-        if hooks.prepare is not None:
-            options.update(hooks.prepare(self, query, key, value, options, deterministic))
-
-        if self.decode:
-            out = self._decode_step(hooks, query, key, value, options, padding_mask)
-        else:
-            attention_fn = registry.resolve(self.attention)
-            out = attention_fn(
-                query, key, value, padding_mask=padding_mask, is_causal=self.is_causal, **options
-            )
-
+        out = core(
+            query,
+            key,
+            value,
+            padding_mask=padding_mask,
+            global_mask=global_mask,
+            is_causal=self.is_causal,
+            deterministic=deterministic,
+            decode=self.decode,
+        )
         if self.dropout_rate > 0.0 and not deterministic:
             out = nn.Dropout(rate=self.dropout_rate)(out, deterministic=False)
         return nn.DenseGeneral(
@@ -156,19 +179,6 @@ class MultiHeadAttention(nn.Module):
             bias_init=self.bias_init,
             name="out",
         )(out)
-
-    def _decode_step(self, hooks, query, key, value, options, padding_mask) -> jax.Array:
-        name = self.attention if isinstance(self.attention, str) else repr(self.attention)
-        if hooks.decode is None:
-            raise ValueError(
-                f"attention {name!r} has no decoding cache; decode=True needs a variant that "
-                "registers one (effjax.layers.variants.register_layer_hooks)"
-            )
-        if not self.is_causal:
-            raise ValueError("decode=True requires is_causal=True")
-        if padding_mask is not None:
-            raise ValueError("padding_mask is not supported with decode=True")
-        return hooks.decode(self, query, key, value, options)
 
 
 def as_flax_attention_fn(

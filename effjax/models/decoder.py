@@ -2,8 +2,9 @@
 
 Blocks ``x = x + Attn(LN(x)); x = x + FF(LN(x))``, a final LayerNorm, a head tied
 to the token embeddings (or not). ``generate`` decodes with the attention layers'
-``"cache"`` collection, so it works for every variant that registers a decode hook
-(effjax.layers.register_layer_hooks), dense's full KV cache included.
+``"cache"`` collection, so it works for every variant whose attention core has a
+decoding cache (dense's full KV cache, local's rolling window, the kernel variants'
+recurrent state).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from effjax.layers import ReversibleStack
 from effjax.models.config import DecoderConfig
@@ -25,6 +27,7 @@ from effjax.models.encoder import (
     padding_mask_from,
     self_attention,
 )
+from effjax.models.positions import sinusoidal_positions
 
 Dtype = Any
 
@@ -153,16 +156,7 @@ class DecoderLM(nn.Module):
             dtype=self.dtype,
             name="token_embeddings",
         )
-        positions = self._positions(input_ids.shape[1])
-        x = (
-            embed(input_ids)
-            + nn.Embed(
-                cfg.max_position_embeddings,
-                cfg.hidden_size,
-                embedding_init=_init(cfg),
-                name="position_embeddings",
-            )(positions)[None]
-        )
+        x = embed(input_ids) + self._position_embeddings(input_ids.shape[1])[None]
         x = nn.Dropout(cfg.hidden_dropout_rate)(x, deterministic=deterministic)
         if cfg.reversible:
             x = self._reversible_layers(x, deterministic)
@@ -193,6 +187,20 @@ class DecoderLM(nn.Module):
         y1, y2 = stack(*jnp.split(x, 2, axis=-1), deterministic=deterministic)
         return jnp.concatenate([y1, y2], axis=-1)
 
+    def _position_embeddings(self, length: int) -> jax.Array:
+        """``[T, D]``: the learned table's or the sinusoidal rows of the positions."""
+        cfg = self.config
+        positions = self._positions(length)
+        if cfg.positions == "sinusoidal":
+            table = sinusoidal_positions(cfg.max_position_embeddings, cfg.hidden_size)
+            return jnp.take(table, positions, axis=0)
+        return nn.Embed(
+            cfg.max_position_embeddings,
+            cfg.hidden_size,
+            embedding_init=_init(cfg),
+            name="position_embeddings",
+        )(positions)
+
     def _positions(self, length: int) -> jax.Array:
         """``int [T]``: ``0..T-1``, or continuing from the cache when decoding."""
         positions = jnp.arange(length, dtype=jnp.int32)
@@ -221,7 +229,7 @@ def _next_token(logits: jax.Array, key, temperature: float, top_k: int | None) -
 
 def generate(
     model: DecoderLM,
-    params,
+    variables: Mapping[str, Any],
     prompt_ids: jax.Array,
     *,
     max_new_tokens: int,
@@ -231,8 +239,11 @@ def generate(
 ) -> jax.Array:
     """Extends ``prompt_ids int [B, P]`` by ``max_new_tokens`` tokens: ``-> int [B, P + n]``.
 
-    The prompt is fed in one step, then one token per step through the attention
-    layers' decoding caches (jitted ``lax.scan``). Greedy when ``rng`` is None,
+    ``variables`` are the model's variables as ``init`` returns them: ``params`` and
+    every other collection the attention needs (Performer's ``random_features``); a
+    ``"cache"`` collection in them is ignored (generation builds its own). The prompt
+    is fed in one step, then one token per step through the attention layers'
+    decoding caches (jitted ``lax.scan``). Greedy when ``rng`` is None,
     otherwise sampling from ``softmax(logits / temperature)`` (top-k when given),
     with a fresh subkey per step, so the same ``rng`` gives the same tokens.
     Prompts in a batch share one length (no padding).
@@ -244,10 +255,17 @@ def generate(
       ...                     intermediate_size=64, max_position_embeddings=16)
       >>> model = DecoderLM(cfg)
       >>> prompt = jnp.ones((2, 4), jnp.int32)
-      >>> params = model.init(jax.random.key(0), prompt)["params"]
-      >>> generate(model, params, prompt, max_new_tokens=5).shape
+      >>> variables = model.init(jax.random.key(0), prompt)
+      >>> generate(model, variables, prompt, max_new_tokens=5).shape
       (2, 9)
     """
+    if not isinstance(variables, Mapping) or "params" not in variables:
+        raise ValueError(
+            "variables must be the model's variables (a mapping with 'params' and the other "
+            f"collections init returned), got {type(variables).__name__}"
+            + (f" with keys {sorted(variables)}" if isinstance(variables, Mapping) else "")
+        )
+    variables = {name: v for name, v in variables.items() if name != "cache"}
     if prompt_ids.ndim != 2 or prompt_ids.shape[1] == 0:
         raise ValueError(f"prompt_ids must be [B, P] with P >= 1, got shape {prompt_ids.shape}")
     if max_new_tokens < 1:
@@ -265,11 +283,11 @@ def generate(
         run = _generate_cached
     except TypeError:  # array-valued attention options: compile for this call only
         run = jax.jit(functools.partial(_generate, decoder), static_argnums=(3, 4, 5))
-        return run(params, prompt_ids, rng, total, temperature, top_k)
-    return run(decoder, params, prompt_ids, rng, total, temperature, top_k)
+        return run(variables, prompt_ids, rng, total, temperature, top_k)
+    return run(decoder, variables, prompt_ids, rng, total, temperature, top_k)
 
 
-def _generate(decoder, params, prompt_ids, rng, total, temperature, top_k):
+def _generate(decoder, variables, prompt_ids, rng, total, temperature, top_k):
     batch, prompt_len = prompt_ids.shape
     steps = total - prompt_len
     # The cache is sized by the init input; jit drops the unused parameter initialisation.
@@ -277,9 +295,7 @@ def _generate(decoder, params, prompt_ids, rng, total, temperature, top_k):
     keys = (None,) * steps if rng is None else tuple(jax.random.split(rng, steps))
 
     def step(cache, tokens):
-        logits, mutated = decoder.apply(
-            {"params": params, "cache": cache}, tokens, mutable=["cache"]
-        )
+        logits, mutated = decoder.apply({**variables, "cache": cache}, tokens, mutable=["cache"])
         return mutated["cache"], logits[:, -1]
 
     cache, logits = step(cache, prompt_ids)
@@ -299,3 +315,23 @@ def _generate(decoder, params, prompt_ids, rng, total, temperature, top_k):
 
 
 _generate_cached = jax.jit(_generate, static_argnums=(0, 4, 5, 6))
+
+
+def next_token_loss(
+    logits: jax.Array, tokens: jax.Array, weights: jax.Array | None = None
+) -> jax.Array:
+    """Mean cross-entropy of ``logits[:, t]`` predicting ``tokens[:, t + 1]``.
+
+    Args:
+      logits: ``[B, T, V]``; tokens: int ``[B, T]``; weights: optional ``[B, T - 1]``
+        per-target weights (e.g. only the second half of a copy task).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> round(float(next_token_loss(jnp.zeros((1, 3, 4)), jnp.zeros((1, 3), jnp.int32))), 3)
+      1.386
+    """
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:])
+    if weights is None:
+        return jnp.mean(losses)
+    return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1e-9)

@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from effjax.layers import FeedForward, MultiHeadAttention
 from effjax.models.config import EncoderConfig, activation
@@ -48,11 +49,14 @@ def padding_mask_from(
     check_input_length(input_ids.shape[1], config)
     if attention_mask is None:
         return None
-    if attention_mask.shape != input_ids.shape:
-        raise ValueError(
-            f"attention_mask shape {attention_mask.shape} != input_ids shape {input_ids.shape}"
-        )
-    return attention_mask.astype(bool)
+    return check_token_mask(attention_mask, input_ids, "attention_mask")
+
+
+def check_token_mask(mask, input_ids: jax.Array, name: str):
+    """A per-token mask ``[B, T]`` (nonzero = True) as bool; numpy stays numpy (concrete)."""
+    if mask.shape != input_ids.shape:
+        raise ValueError(f"{name} shape {mask.shape} != input_ids shape {input_ids.shape}")
+    return mask.astype(bool)
 
 
 def encoder_position_ids(input_ids: jax.Array, config: EncoderConfig) -> jax.Array:
@@ -137,11 +141,10 @@ class EncoderLayer(nn.Module):
     dtype: Dtype | None = None
 
     @nn.compact
-    def __call__(self, x, padding_mask, attention_kwargs=None, *, deterministic: bool) -> jax.Array:
+    def __call__(self, x, padding_mask, global_mask=None, *, deterministic: bool) -> jax.Array:
         cfg = self.config
-        options = {**self.attention_options, **(attention_kwargs or {})}
-        attn = self_attention(cfg, options, is_causal=False, dtype=self.dtype)
-        h = attn(x, padding_mask=padding_mask, deterministic=deterministic)
+        attn = self_attention(cfg, self.attention_options, is_causal=False, dtype=self.dtype)
+        h = attn(x, padding_mask=padding_mask, global_mask=global_mask, deterministic=deterministic)
         h = nn.Dropout(cfg.hidden_dropout_rate)(h, deterministic=deterministic)
         x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="attention_norm")(x + h)
         h = feed_forward(cfg, self.dtype)(x, deterministic=deterministic)
@@ -151,9 +154,9 @@ class EncoderLayer(nn.Module):
 class Encoder(nn.Module):
     """BERT/RoBERTa encoder: ``input_ids int [B, T] -> last hidden states [B, T, D]``.
 
-    Every layer uses ``config.attention`` with ``config.options_for_layer(i)``; per-call
-    options that depend on the batch (Longformer's ``global_mask [B, T]``) go through
-    ``attention_kwargs``. The attention mask becomes the variant's ``padding_mask``.
+    Every layer uses ``config.attention`` with ``config.options_for_layer(i)``. Per-call
+    data go through the call: the attention mask becomes the layers' ``padding_mask``,
+    ``global_attention_mask`` (Longformer's global tokens) their ``global_mask``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -188,7 +191,7 @@ class Encoder(nn.Module):
         attention_mask: jax.Array | None = None,
         token_type_ids: jax.Array | None = None,
         *,
-        attention_kwargs: Mapping[str, Any] | None = None,
+        global_attention_mask: jax.Array | None = None,
         deterministic: bool = True,
     ) -> jax.Array:
         """Last hidden states ``[B, T, D]``.
@@ -197,15 +200,20 @@ class Encoder(nn.Module):
           input_ids: int ``[B, T]``.
           attention_mask: ``[B, T]``, nonzero = a real token (Hugging Face's convention).
           token_type_ids: int ``[B, T]``, default zeros.
-          attention_kwargs: extra keyword options for every layer's attention call.
+          global_attention_mask: ``[B, T]``, nonzero = a global token (Longformer's
+            convention): it attends to and is attended by every token under
+            ``"global_local"``; variants without global tokens ignore it.
           deterministic: False enables dropout (needs a ``"dropout"`` rng).
         """
         padding_mask = padding_mask_from(input_ids, attention_mask, self.config)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids, deterministic=deterministic)
+        global_mask = global_attention_mask
+        if global_mask is not None:
+            global_mask = check_token_mask(global_mask, input_ids, "global_attention_mask")
         for layer in self.layers:
-            x = layer(x, padding_mask, attention_kwargs, deterministic=deterministic)
+            x = layer(x, padding_mask, global_mask, deterministic=deterministic)
         if self.is_initializing() and self.config.add_pooler:
             self.pooled_output(x)  # creates the pooler's parameters at init
         return x
@@ -262,26 +270,23 @@ class EncoderForMaskedLM(nn.Module):
         return MaskedLMHead(self.config, dtype=self.dtype, name="mlm_head")(hidden, encoder.attend)
 
 
-def _global_classification_token(config: EncoderConfig, input_ids, kw: dict) -> dict:
+def _first_token_global(input_ids, kw: dict) -> dict:
     """Longformer classifies with global attention on the first token (Beltagy et al.
-    2020, sec. 3.1): with ``"global_local"`` and no ``global_mask`` given, mark it global."""
-    if config.attention != "global_local" or "global_mask" in config.attention_options:
+    2020, sec. 3.1): unless a ``global_attention_mask`` is given, mark it global. A numpy
+    mask stays concrete under jit, so the variant sees a static count of global tokens;
+    variants without global tokens ignore it."""
+    if kw.get("global_attention_mask") is not None:
         return kw
-    attention_kwargs = dict(kw.get("attention_kwargs") or {})
-    if "global_mask" in attention_kwargs:
-        return kw
-    first = jnp.arange(input_ids.shape[1]) == 0
-    attention_kwargs["global_mask"] = jnp.broadcast_to(first[None, :], input_ids.shape)
-    attention_kwargs["max_global_tokens"] = 1
-    return {**kw, "attention_kwargs": attention_kwargs}
+    first = np.broadcast_to(np.arange(input_ids.shape[1]) == 0, input_ids.shape)
+    return {**kw, "global_attention_mask": first}
 
 
 class EncoderForSequenceClassification(nn.Module):
     """Encoder + classifier on the pooled first token: ``[B, T] -> logits [B, num_labels]``.
 
     ``Dense(num_labels)(Dropout(pooled_output))`` as BERT; without a pooler the first
-    token's hidden state is used. With ``"global_local"`` attention the first token is
-    global unless a ``global_mask`` is given (Longformer's recipe). Parameters:
+    token's hidden state is used. The first token is global (Longformer's recipe, for
+    variants with global tokens) unless a ``global_attention_mask`` is given. Parameters:
     ``{"encoder": ..., "classifier": ...}``, so pretrained encoder parameters slot in
     under ``"encoder"``.
 
@@ -305,7 +310,7 @@ class EncoderForSequenceClassification(nn.Module):
         self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic=True, **kw
     ) -> jax.Array:
         encoder = Encoder(self.config, dtype=self.dtype, name="encoder")
-        kw = _global_classification_token(self.config, input_ids, kw)
+        kw = _first_token_global(input_ids, kw)
         hidden = encoder(
             input_ids, attention_mask, token_type_ids, deterministic=deterministic, **kw
         )

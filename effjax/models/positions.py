@@ -79,3 +79,16 @@ def extend_position_embeddings(
         holder["position_embeddings"]["embedding"] = jnp.concatenate([table[:offset], tiled])
     new_config = config.replace(max_position_embeddings=offset + new_max_len)
     return tree, new_config
+
+
+def sinusoidal_positions(length: int, dim: int) -> jnp.ndarray:
+    """Fixed position encodings of Vaswani et al. (2017), float32 ``[length, dim]``:
+    ``sin(p / 10000^(2i/dim))`` in the first half of the features, ``cos`` in the second.
+
+    Example:
+      >>> sinusoidal_positions(16, 8).shape
+      (16, 8)
+    """
+    freqs = 1.0 / (10000.0 ** (jnp.arange(0, dim, 2) / dim))
+    angles = jnp.arange(length)[:, None] * freqs[None, :]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)[:, :dim]

@@ -109,8 +109,9 @@ class RunConfig:
       sharding: ``"data"`` (replicated parameters), ``"tensor"`` (parameters sharded
         over the model axis) or ``"sequence"`` (tensor + the batch's length axis).
       progress: show a progress bar.
-      feature_redraw_interval: redraw Performer's random features every this many steps
-        (None: never).
+
+    Per-step upkeep of attention variants (Performer's feature redraw) is configured in
+    the model's attention options (``redraw_interval``), not here.
     """
 
     seed: int = 0
@@ -125,7 +126,6 @@ class RunConfig:
     mesh_model: int = 1
     sharding: str = "data"
     progress: bool = True
-    feature_redraw_interval: int | None = 1000
 
 
 @dataclasses.dataclass(frozen=True)

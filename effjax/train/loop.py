@@ -47,7 +47,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from effjax.layers import RANDOM_FEATURES, redraw_performer_features
+from effjax.layers import cores
 from effjax.train import checkpoint, sharding
 from effjax.train.config import ExperimentConfig, OptimizerConfig, incompatibilities, to_json
 
@@ -141,14 +141,16 @@ def make_train_step(
     seed: int,
     loss_fn: LossFn = classification_loss,
     axis_name: str | None = None,
-    feature_redraw_interval: int | None = None,
+    num_steps: int | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """``step(state, batch) -> (state, metrics)``; the key is ``fold_in(key(seed), step)``.
 
     With ``axis_name`` (pmap), gradients and metrics are averaged over that axis, so
-    equal per-device batches give the full batch's mean-loss gradient. With
-    ``feature_redraw_interval``, Performer features in ``state.collections`` are
-    redrawn every that many steps (Choromanski et al. 2020: training plateaus without).
+    equal per-device batches give the full batch's mean-loss gradient. After the update,
+    every attention core's per-step upkeep (effjax.layers.cores.upkeep: Performer's
+    feature redraw) runs on ``state.collections``; ``num_steps`` is the run's length, so
+    nothing is redrawn after the last step and the model is evaluated with the
+    non-trainable state it trained with.
     """
     base_key = jax.random.key(seed)
 
@@ -167,11 +169,12 @@ def make_train_step(
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
         params = optax.apply_updates(state.params, updates)
-        collections = state.collections
-        if feature_redraw_interval and RANDOM_FEATURES in collections:
-            collections = redraw_performer_features(
-                collections, jax.random.fold_in(rng, 2), state.step + 1, feature_redraw_interval
-            )
+        collections = cores.upkeep(
+            state.collections,
+            rng=jax.random.fold_in(rng, 2),
+            step=state.step + 1,
+            num_steps=num_steps,
+        )
         new_state = TrainState(
             step=state.step + 1, params=params, opt_state=opt_state, collections=collections
         )
@@ -456,9 +459,7 @@ def train(
         _replace_file(workdir / "config.json", json.dumps(to_json(config), indent=2))
     log = _MetricsLog(workdir, start)
 
-    step_fn = make_train_step(
-        model, tx, run.seed, loss_fn, feature_redraw_interval=run.feature_redraw_interval
-    )
+    step_fn = make_train_step(model, tx, run.seed, loss_fn, num_steps=run.num_steps)
     eval_step = make_eval_step(model, loss_fn)
     compiled: dict[Any, Callable] = {}
 

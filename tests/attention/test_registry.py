@@ -22,7 +22,10 @@ def test_register_as_decorator_and_refuse_silent_overwrite(monkeypatch):
         return ea.dot_product_attention(query, key, value, **kw)
 
     assert ea.get("mine") is mine
-    with pytest.raises(ValueError, match="already registered"):
-        ea.register("mine", ea.dot_product_attention)
-    ea.register("mine", ea.dot_product_attention, overwrite=True)
-    assert ea.get("mine") is ea.dot_product_attention
+    with pytest.raises(ValueError, match="'mine' is already registered"):
+        ea.register("mine", lambda q, k, v, **kw: q)
+    # One function, one name: a registered function stands for its variant.
+    with pytest.raises(ValueError, match="already registered as 'dense'"):
+        ea.register("other", ea.dot_product_attention)
+    with pytest.raises(ValueError, match="'dense' already has a core"):
+        registry.attach("dense", core=object())

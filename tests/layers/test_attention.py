@@ -111,8 +111,9 @@ def test_decode_needs_causal_and_a_cache():
     x = jnp.ones((1, 4, 16))
     with pytest.raises(ValueError, match="requires is_causal=True"):
         MultiHeadAttention(num_heads=2, decode=True).init(jax.random.key(0), x)
+    # An unregistered function is wrapped generically: it has no cache.
     no_cache = MultiHeadAttention(
-        num_heads=2, decode=True, is_causal=True, attention=dot_product_attention
+        num_heads=2, decode=True, is_causal=True, attention=lambda q, k, v, **kw: q
     )
     with pytest.raises(ValueError, match="has no decoding cache"):
         no_cache.init(jax.random.key(0), x)

@@ -25,7 +25,7 @@ def performer_layer(**kwargs):
 def test_performer_features_are_non_trainable_and_used_deterministically(x):
     layer = performer_layer()
     variables = layer.init(jax.random.key(1), x)
-    features = variables[RANDOM_FEATURES]["features"]
+    features = variables[RANDOM_FEATURES]["core"]["features"]
     assert features.shape == (24, 4)
     assert "features" not in variables["params"]
     out = layer.apply(variables, x)
@@ -42,19 +42,20 @@ def test_performer_features_are_non_trainable_and_used_deterministically(x):
 def test_redraw_replaces_features_only_every_interval(x):
     layer = performer_layer()
     variables = layer.init(jax.random.key(1), x)
-    old = variables[RANDOM_FEATURES]["features"]
+    old = variables[RANDOM_FEATURES]["core"]["features"]
     redraw = jax.jit(redraw_performer_features, static_argnums=3)
     base = jax.random.key(2)
     for step in (0, 1, 99):
         same = redraw(variables, base, step, 100)
-        np.testing.assert_array_equal(same[RANDOM_FEATURES]["features"], old)
-    new_100 = redraw(variables, base, 100, 100)[RANDOM_FEATURES]["features"]
-    new_200 = redraw(variables, base, 200, 100)[RANDOM_FEATURES]["features"]
+        np.testing.assert_array_equal(same[RANDOM_FEATURES]["core"]["features"], old)
+    new_100 = redraw(variables, base, 100, 100)[RANDOM_FEATURES]["core"]["features"]
+    new_200 = redraw(variables, base, 200, 100)[RANDOM_FEATURES]["core"]["features"]
     assert not np.allclose(new_100, old) and not np.allclose(new_200, new_100)
     # Redrawn features are block-orthogonal like the initial ones.
     gram = new_100[:4] @ new_100[:4].T
     np.testing.assert_allclose(gram - jnp.diag(jnp.diag(gram)), 0.0, atol=1e-4)
-    redrawn = {**variables, RANDOM_FEATURES: {"features": new_100}}
+    core_features = {**variables[RANDOM_FEATURES]["core"], "features": new_100}
+    redrawn = {**variables, RANDOM_FEATURES: {"core": core_features}}
     assert not np.allclose(layer.apply(redrawn, x), layer.apply(variables, x))
     with pytest.raises(ValueError, match="redraw_interval must be a positive int"):
         redraw_performer_features(variables, base, 1, 0)
@@ -62,15 +63,17 @@ def test_redraw_replaces_features_only_every_interval(x):
 
 @pytest.mark.parametrize("attention", ["performer", "linear"])
 def test_recurrent_decoding_equals_full_causal_pass(x, attention):
-    layer = performer_layer(is_causal=True).clone(attention=attention)
+    layer = performer_layer(is_causal=True)
     if attention == "linear":
-        layer = layer.clone(attention_options={})
+        layer = layer.clone(attention=attention, attention_options={})
     variables = layer.init(jax.random.key(1), x)
     full = layer.apply(variables, x)
 
     decoder = layer.clone(decode=True)
     cache = decoder.init(jax.random.key(1), x)["cache"]
-    assert cache["kv"].shape[0] == B and cache["kv"].shape[1] == 2  # [B, K, F, Hv], no T axis
+    assert (
+        cache["core"]["kv"].shape[0] == B and cache["core"]["kv"].shape[1] == 2
+    )  # [B, K, F, Hv], no T axis
     step = jax.jit(
         lambda cache, tok: decoder.apply({**variables, "cache": cache}, tok, mutable=["cache"])
     )
@@ -101,14 +104,15 @@ def test_linformer_layer_owns_projections_and_uses_leading_columns(x, sharing, s
     layer = linformer_layer(sharing)
     variables = layer.init(jax.random.key(1), x)  # T = 10 < max_len = 16
     params = variables["params"]
-    got_shapes = {name: params[name].shape for name in shapes}
+    got_shapes = {name: params["core"][name].shape for name in shapes}
     assert got_shapes == shapes
 
     def project(p, inp):
         return jnp.einsum("btd,dnh->btnh", inp, p["kernel"]) + p["bias"][None, None]
 
-    proj_k = params.get("proj_k", params.get("proj"))[..., :T]
-    proj_v = params.get("proj_v", params.get("proj"))[..., :T]
+    core = params["core"]
+    proj_k = core.get("proj_k", core.get("proj"))[..., :T]
+    proj_v = core.get("proj_v", core.get("proj"))[..., :T]
     o = linformer_attention(
         project(params["query"], x),
         project(params["key"], x),
@@ -139,7 +143,7 @@ def test_linformer_layerwise_sharing_uses_one_projection_for_all_layers(x):
     params = model.init(jax.random.key(1), x)["params"]
     layer_params = [p for name, p in params.items() if name.startswith("MultiHeadAttention")]
     assert len(layer_params) == 2
-    assert all("proj" not in p and "proj_k" not in p for p in layer_params)
+    assert all("core" not in p for p in layer_params)
     grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x) ** 2))(params)
 
     # The shared gradient is the sum of what each layer contributes: perturb one layer's copy.
@@ -163,8 +167,10 @@ def test_linformer_layerwise_sharing_uses_one_projection_for_all_layers(x):
 def test_linformer_layer_bad_options_raise(x):
     with pytest.raises(ValueError, match="sharing must be one of"):
         linformer_layer("per_token").init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="proj_dim must be a positive int"):
+        MultiHeadAttention(num_heads=2, attention="linformer", attention_options={"proj_dim": 0})
+    # Without max_len the projections span the length seen at init.
     layer = MultiHeadAttention(num_heads=2, attention="linformer", attention_options={})
-    with pytest.raises(ValueError, match="proj_dim"):
-        layer.init(jax.random.key(0), x)
+    assert layer.init(jax.random.key(0), x)["params"]["core"]["proj_k"].shape == (256, T)
     with pytest.raises(ValueError, match="attention_options\\['projection'\\]"):
         linformer_layer("layerwise").init(jax.random.key(0), x)

@@ -7,8 +7,8 @@ import optax
 import pytest
 
 import effjax.attention as ea
-from effjax.layers import ReversibleStack, register_layer_hooks
-from effjax.layers.variants import full_cache_decode
+from effjax.attention import registry
+from effjax.layers import DenseCore, ReversibleStack
 from effjax.models import DecoderConfig, DecoderLM, generate, next_token_loss
 from effjax.models import decoder as decoder_module
 
@@ -31,21 +31,21 @@ def lm():
     return model, params, prompt
 
 
-def greedy_without_cache(model, params, prompt, steps):
+def greedy_without_cache(model, variables, prompt, steps):
     """Recomputes every position each step; one fixed-length buffer, since causal logits at
     position t ignore the (zero) tokens after t."""
     apply = jax.jit(model.apply)
     seq = jnp.zeros((prompt.shape[0], prompt.shape[1] + steps), prompt.dtype)
     seq = seq.at[:, : prompt.shape[1]].set(prompt)
     for t in range(prompt.shape[1], seq.shape[1]):
-        seq = seq.at[:, t].set(jnp.argmax(apply({"params": params}, seq)[:, t - 1], axis=-1))
+        seq = seq.at[:, t].set(jnp.argmax(apply(variables, seq)[:, t - 1], axis=-1))
     return seq
 
 
 def test_greedy_generation_equals_recomputing_the_full_sequence(lm):
     model, params, prompt = lm
-    got = generate(model, params, prompt, max_new_tokens=NEW)
-    want = greedy_without_cache(model, params, prompt, NEW)
+    got = generate(model, {"params": params}, prompt, max_new_tokens=NEW)
+    want = greedy_without_cache(model, {"params": params}, prompt, NEW)
     np.testing.assert_array_equal(got, want)
     assert len(np.unique(np.asarray(got[:, P:]))) > 2  # a non-trivial continuation
 
@@ -82,13 +82,22 @@ def test_future_tokens_do_not_change_past_logits(lm):
 def test_sampling_is_reproducible_and_top1_is_greedy(lm):
     model, params, prompt = lm
     key = jax.random.key(7)
-    a = generate(model, params, prompt, max_new_tokens=NEW, rng=key, temperature=2.0)
-    b = generate(model, params, prompt, max_new_tokens=NEW, rng=key, temperature=2.0)
+    a = generate(model, {"params": params}, prompt, max_new_tokens=NEW, rng=key, temperature=2.0)
+    b = generate(model, {"params": params}, prompt, max_new_tokens=NEW, rng=key, temperature=2.0)
     np.testing.assert_array_equal(a, b)
-    c = generate(model, params, prompt, max_new_tokens=NEW, rng=jax.random.key(8), temperature=2.0)
+    c = generate(
+        model,
+        {"params": params},
+        prompt,
+        max_new_tokens=NEW,
+        rng=jax.random.key(8),
+        temperature=2.0,
+    )
     assert not np.array_equal(a, c)
-    top1 = generate(model, params, prompt, max_new_tokens=NEW, rng=key, top_k=1)
-    np.testing.assert_array_equal(top1, generate(model, params, prompt, max_new_tokens=NEW))
+    top1 = generate(model, {"params": params}, prompt, max_new_tokens=NEW, rng=key, top_k=1)
+    np.testing.assert_array_equal(
+        top1, generate(model, {"params": params}, prompt, max_new_tokens=NEW)
+    )
 
 
 def test_untied_head_has_its_own_matrix():
@@ -102,38 +111,63 @@ def test_untied_head_has_its_own_matrix():
     np.testing.assert_array_equal(apply({"params": zeroed}, ids), 0.0)
 
 
-def test_generation_with_a_registered_variant_and_its_decode_hook(lm):
+def test_generation_with_a_registered_variant_and_its_core(lm, monkeypatch):
     model, params, prompt = lm
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
 
     def my_dense(query, key, value, **kwargs):
         return ea.dot_product_attention(query, key, value, **kwargs)
 
-    ea.register("test_decoder_dense", my_dense, overwrite=True)
+    ea.register("test_decoder_dense", my_dense)
     variant = DecoderLM(model.config.replace(attention="test_decoder_dense"))
-    with pytest.raises(ValueError, match="'test_decoder_dense' has no decoding cache"):
-        generate(variant, params, prompt, max_new_tokens=2)
-    register_layer_hooks("test_decoder_dense", decode=full_cache_decode)
+    with pytest.raises(ValueError, match="has no decoding cache"):
+        generate(variant, {"params": params}, prompt, max_new_tokens=2)
+
+    class MyDenseCore(DenseCore):  # dense's cache, the registered function
+        function = staticmethod(my_dense)
+
+    registry.attach("test_decoder_dense", core=MyDenseCore)
     # An array-valued option makes the model unhashable: generate compiles it uncached.
     default_scale = np.asarray(1 / np.sqrt(model.config.hidden_size // model.config.num_heads))
     variant = DecoderLM(variant.config.replace(attention_options={"scale": default_scale}))
     with pytest.raises(TypeError):
         hash(variant)
     np.testing.assert_array_equal(
-        generate(variant, params, prompt, max_new_tokens=NEW),
-        generate(model, params, prompt, max_new_tokens=NEW),
+        generate(variant, {"params": params}, prompt, max_new_tokens=NEW),
+        generate(model, {"params": params}, prompt, max_new_tokens=NEW),
     )
+
+
+def test_performer_generation_takes_all_collections_and_equals_greedy_reforward():
+    model = DecoderLM(cfg(attention="performer", attention_options={"num_features": 8}))
+    prompt = jax.random.randint(jax.random.key(0), (B, P), 0, 40)
+    variables = jax.jit(model.init)(jax.random.key(1), prompt)
+    assert "random_features" in variables
+    got = generate(model, variables, prompt, max_new_tokens=NEW)
+    np.testing.assert_array_equal(got, greedy_without_cache(model, variables, prompt, NEW))
+    with pytest.raises(ValueError, match="random_features"):
+        generate(model, {"params": variables["params"]}, prompt, max_new_tokens=2)
+    with pytest.raises(ValueError, match="variables must be the model's variables"):
+        generate(model, variables["params"], prompt, max_new_tokens=2)
 
 
 def test_bad_generation_arguments_raise(lm):
     model, params, prompt = lm
     with pytest.raises(ValueError, match="17 tokens but the position table covers 16"):
-        generate(model, params, prompt, max_new_tokens=13)
+        generate(model, {"params": params}, prompt, max_new_tokens=13)
     with pytest.raises(ValueError, match="max_new_tokens must be >= 1"):
-        generate(model, params, prompt, max_new_tokens=0)
+        generate(model, {"params": params}, prompt, max_new_tokens=0)
     with pytest.raises(ValueError, match="temperature must be positive"):
-        generate(model, params, prompt, max_new_tokens=2, rng=jax.random.key(0), temperature=0.0)
+        generate(
+            model,
+            {"params": params},
+            prompt,
+            max_new_tokens=2,
+            rng=jax.random.key(0),
+            temperature=0.0,
+        )
     with pytest.raises(ValueError, match=r"prompt_ids must be \[B, P\]"):
-        generate(model, params, prompt[0], max_new_tokens=2)
+        generate(model, {"params": params}, prompt[0], max_new_tokens=2)
 
 
 def test_chunked_feed_forward_gives_the_same_logits_and_generation(lm):
@@ -146,8 +180,8 @@ def test_chunked_feed_forward_gives_the_same_logits_and_generation(lm):
         atol=1e-5,
     )
     np.testing.assert_array_equal(
-        generate(chunked, params, prompt, max_new_tokens=NEW),
-        generate(model, params, prompt, max_new_tokens=NEW),
+        generate(chunked, {"params": params}, prompt, max_new_tokens=NEW),
+        generate(model, {"params": params}, prompt, max_new_tokens=NEW),
     )
 
 
@@ -209,7 +243,7 @@ def test_reversible_refuses_decoding_padding_and_bad_sizes(lm):
     model = DecoderLM(reversible_cfg())
     params = jax.eval_shape(model.init, jax.random.key(1), prompt)["params"]  # never read
     with pytest.raises(ValueError, match="decode=True"):
-        generate(model, params, prompt, max_new_tokens=2)
+        generate(model, {"params": params}, prompt, max_new_tokens=2)
     with pytest.raises(ValueError, match="attention_mask"):
         model.apply({"params": params}, prompt, jnp.ones_like(prompt))
     with pytest.raises(ValueError, match="hidden_size=16 in two halves"):

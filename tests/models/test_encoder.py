@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import effjax.attention as ea
+from effjax.attention import registry
 from effjax.models import (
     Encoder,
     EncoderForSequenceClassification,
@@ -50,12 +51,9 @@ def test_registered_variant_by_name_gets_options_and_padding(tiny):
     )
     got = narrow.apply(variables, ids, mask)
     assert not np.allclose(got, dense, atol=1e-3)
-    # The same window given per call (attention_kwargs) must give the same result.
-    per_call = wide.apply(variables, ids, mask, attention_kwargs={"window_size": 1})
-    np.testing.assert_allclose(per_call, got, atol=1e-6)
 
 
-def test_per_layer_options_reach_each_layer(tiny):
+def test_per_layer_options_reach_each_layer(tiny, monkeypatch):
     cfg, _model, variables, ids = tiny
     seen = []
 
@@ -68,7 +66,8 @@ def test_per_layer_options_reach_each_layer(tiny):
         num_layers=2,
         layer_attention_options=[{"window_size": 2}, {"window_size": 5}],
     )
-    ea.register("spy", spy, overwrite=True)
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    ea.register("spy", spy)
     two_layers = {"params": {**variables["params"], "layer_1": variables["params"]["layer_0"]}}
     Encoder(spy_cfg).apply(two_layers, ids, right_padding([T, 3], T))
     assert seen == [(2, False, (B, T)), (5, False, (B, T))]

@@ -183,6 +183,13 @@ def test_missing_mlm_head_is_named(minilm_path):
         load_hf_masked_lm(minilm_path)
 
 
+def test_unknown_attention_fails_at_load_naming_the_variants(minilm_path):
+    with pytest.raises(ValueError, match=r"unknown attention 'nosuch'; registered: .*local"):
+        load_hf_encoder(minilm_path, attention="nosuch")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['window'\]"):
+        load_hf_encoder(minilm_path, attention="local", attention_options={"window": 4})
+
+
 def test_unsupported_model_type_is_named(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ValueError, match=r"model_type='gpt2'"):

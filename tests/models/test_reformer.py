@@ -1,4 +1,4 @@
-import dataclasses
+"""The Reformer preset of the decoder: reversible blocks, LSH attention, chunked FF."""
 
 import jax
 import jax.numpy as jnp
@@ -6,24 +6,50 @@ import numpy as np
 import optax
 import pytest
 
-from effjax.models import ReformerConfig, ReformerLM, next_token_loss
+from effjax.models import DecoderLM, next_token_loss, reformer_config
 
-CONFIG = ReformerConfig(
-    vocab_size=16, d_model=32, num_heads=2, num_layers=2, d_ff=64, max_len=32,
-    num_hashes=2, num_buckets=4, chunk_size=8, ff_chunk_size=8, dropout_rate=0.1,
-)  # fmt: skip
+LSH = {"num_hashes": 2, "num_buckets": 4, "chunk_size": 8}
+
+
+def config(**changes):
+    base = dict(
+        vocab_size=16, d_model=16, num_heads=2, num_layers=2, d_ff=32, max_len=32,
+        attention_options=LSH, ff_chunk_size=8,
+    )  # fmt: skip
+    return reformer_config(**{**base, **changes})
 
 
 def copy_batch(rng, batch=4, half=16):
     """[0 w 0 w]-style sequences (the paper's duplication task, tiny)."""
-    w = jax.random.randint(rng, (batch, half - 1), 1, CONFIG.vocab_size)
+    w = jax.random.randint(rng, (batch, half - 1), 1, 16)
     zero = jnp.zeros((batch, 1), jnp.int32)
     return jnp.concatenate([zero, w, zero, w], axis=1)
 
 
+def test_the_preset_is_a_reversible_lsh_decoder_with_chunked_feed_forward():
+    cfg = config()
+    assert (cfg.reversible, cfg.attention, cfg.ff_chunk_size) == (True, "lsh", 8)
+    assert cfg.hidden_size == 32 and dict(cfg.attention_options) == LSH
+
+
+def test_sinusoidal_positions_are_used_and_unknown_positions_refused():
+    tokens = copy_batch(jax.random.key(0))
+    model = DecoderLM(config(positions="sinusoidal", attention="dense", attention_options={}))
+    variables = model.init(jax.random.key(1), tokens)
+    assert "position_embeddings" not in variables["params"]  # fixed, not learned
+    learned = DecoderLM(model.config.replace(positions="learned"))
+    assert "position_embeddings" in learned.init(jax.random.key(1), tokens)["params"]
+    # Positions reach the output: the same token at two positions gets two predictions.
+    same = jnp.zeros_like(tokens)
+    logits = model.apply(variables, same)
+    assert not np.allclose(logits[:, 1], logits[:, 2], atol=1e-4)
+    with pytest.raises(ValueError, match="positions must be one of"):
+        config(positions="rotary")
+
+
 @pytest.mark.slow  # compiles the full reversible LSH model's gradient
 def test_trains_on_a_tiny_copy_task():
-    model = ReformerLM(CONFIG)
+    model = DecoderLM(config(dropout_rate=0.1))
     tokens = copy_batch(jax.random.key(0))
     params = model.init(jax.random.key(1), tokens)["params"]
     optimizer = optax.adam(3e-3)
@@ -55,9 +81,9 @@ def test_trains_on_a_tiny_copy_task():
 def test_dense_and_one_chunk_lsh_models_agree():
     """Same parameters: LSH with one chunk covering the sequence is full attention."""
     tokens = copy_batch(jax.random.key(0), batch=1)
-    lsh_model = ReformerLM(dataclasses.replace(CONFIG, chunk_size=32))
+    lsh_model = DecoderLM(config(num_layers=1, attention_options={**LSH, "chunk_size": 32}))
     params = lsh_model.init(jax.random.key(1), tokens)
-    dense_model = ReformerLM(dataclasses.replace(CONFIG, attention="dense"))
+    dense_model = DecoderLM(config(num_layers=1, attention="dense", attention_options={}))
     np.testing.assert_allclose(
         jax.jit(lsh_model.apply)(params, tokens),
         jax.jit(dense_model.apply)(params, tokens),

@@ -1,0 +1,76 @@
+"""Attention cores: one Flax module per attention variant (see :mod:`.base`).
+
+Importing this package attaches each built-in core to its registry entry.
+:func:`upkeep` runs every registered core's per-step upkeep; the train loop calls
+it after each update without knowing which variants a model uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+
+from effjax.attention import registry
+from effjax.layers.cores.base import (
+    AttentionCore,
+    FunctionCore,
+    attention_rng,
+    build_core,
+    evaluation_key,
+)
+from effjax.layers.cores.block_sparse import BlockSparseCore
+from effjax.layers.cores.dense import DenseCore
+from effjax.layers.cores.global_local import GlobalLocalCore
+from effjax.layers.cores.kernel import (
+    RANDOM_FEATURES,
+    LinearCore,
+    PerformerCore,
+    redraw_performer_features,
+)
+from effjax.layers.cores.linformer import LinformerCore, linformer_projection_init
+from effjax.layers.cores.local import LocalCore
+from effjax.layers.cores.lsh import LSHCore
+from effjax.layers.cores.remap import remap_legacy_variables
+
+
+def upkeep(
+    collections: Mapping[str, Any], *, rng: jax.Array, step, num_steps: int | None = None
+) -> Mapping[str, Any]:
+    """Every registered core's :meth:`~AttentionCore.upkeep` on the non-trainable
+    ``collections`` after update ``step`` (1-based) of ``num_steps``; each core gets its
+    own key ``fold_in(rng, i)``. Pure and jittable.
+
+    Example:
+      >>> # in a train step, after the update:
+      >>> # collections = upkeep(collections, rng=key, step=state.step + 1, num_steps=n)
+    """
+    core_classes = dict.fromkeys(registry.variant(name).core for name in registry.available())
+    for i, cls in enumerate(c for c in core_classes if c is not None):
+        collections = cls.upkeep(
+            collections, rng=jax.random.fold_in(rng, i), step=step, num_steps=num_steps
+        )
+    return collections
+
+
+__all__ = [
+    "RANDOM_FEATURES",
+    "AttentionCore",
+    "BlockSparseCore",
+    "DenseCore",
+    "FunctionCore",
+    "GlobalLocalCore",
+    "LSHCore",
+    "LinearCore",
+    "LinformerCore",
+    "LocalCore",
+    "PerformerCore",
+    "attention_rng",
+    "build_core",
+    "evaluation_key",
+    "linformer_projection_init",
+    "redraw_performer_features",
+    "remap_legacy_variables",
+    "upkeep",
+]

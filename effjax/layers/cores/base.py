@@ -1,0 +1,298 @@
+"""The attention core: what :class:`~effjax.layers.MultiHeadAttention` delegates to a variant.
+
+A core is a Flax linen module whose dataclass fields are the variant's options
+(with the paper's defaults). :class:`~effjax.layers.MultiHeadAttention` projects
+the inputs to ``query [B, T, N, H]``, ``key``/``value [B, S, K, H]`` and calls
+
+``core(query, key, value, padding_mask=, global_mask=, is_causal=, deterministic=, decode=)``
+
+which returns ``[B, T, N, H]``. Everything variant-specific lives in the core:
+
+* options, checked when the core is built (:meth:`AttentionCore.from_options`
+  names unknown or missing options and lists the valid ones);
+* variables (Linformer projections, Performer features) created in
+  :meth:`AttentionCore.prepare`, which returns the keyword arguments of the pure
+  function;
+* randomness through one helper, :func:`attention_rng`: an ``rng`` given as an
+  option is used as it is; otherwise training (``deterministic=False``) draws from
+  the ``"attention"`` stream and evaluation uses ``fold_in(key(0), crc32(path))``,
+  fixed and different for each layer;
+* the decoding cache (:meth:`AttentionCore.decode_step`, helpers
+  :meth:`AttentionCore.advance_cache` and :meth:`AttentionCore.poison_if_full`,
+  which poison the output with NaN once the cache is full);
+* shared-QK (:attr:`AttentionCore.shares_qk`: keys are the queries);
+* per-step upkeep (:meth:`AttentionCore.upkeep`, a pure function of the
+  non-trainable collections that the train loop calls for every registered core).
+
+Adding a variant means writing its pure function, a subclass of this module, and
+one ``register`` call (see CONTRIBUTING.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import zlib
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.core import FrozenDict
+
+from effjax.attention import registry
+
+#: Fields of every flax module that are not options.
+_MODULE_FIELDS = ("parent", "name")
+
+
+def evaluation_key(module: nn.Module) -> jax.Array:
+    """``fold_in(key(0), crc32(module path))``: fixed, and different for each layer."""
+    path = "/".join(str(name) for name in module.path)
+    return jax.random.fold_in(jax.random.key(0), zlib.crc32(path.encode()))
+
+
+def attention_rng(module: nn.Module, deterministic: bool, rng: jax.Array | None = None):
+    """The PRNG key of a randomised core (LSH rotations, BigBird's random blocks).
+
+    ``rng`` (a user-given option) wins; else training draws from the ``"attention"``
+    stream (``rngs={"attention": key}``, a new pattern every step) and evaluation uses
+    :func:`evaluation_key`, so evaluation is repeatable.
+    """
+    if rng is not None:
+        return rng
+    if deterministic:
+        return evaluation_key(module)
+    return module.make_rng("attention")
+
+
+class AttentionCore(nn.Module):
+    """Base class of attention cores (see the module docstring).
+
+    Subclasses set the class attributes and declare options as fields:
+
+    Attributes:
+      function: the variant's pure attention function (set by subclasses).
+      takes_global_mask: the pure function takes ``global_mask`` (Longformer), all False
+        when the layer gets none; other cores ignore a layer's ``global_mask`` (their
+        pattern has no global tokens).
+      layer_options: option fields consumed by the core itself, not passed to ``function``.
+    """
+
+    function: ClassVar[Callable[..., jax.Array] | None] = None
+    takes_global_mask: ClassVar[bool] = False
+    layer_options: ClassVar[tuple[str, ...]] = ()
+
+    # ------------------------------------------------------------------ options
+
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name not in _MODULE_FIELDS)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | None = None) -> AttentionCore:
+        """An unbound core from a mapping of options; unknown or missing names -> ValueError."""
+        options = dict(options or {})
+        valid = cls.option_names()
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {unknown} for attention core {cls.__name__}; "
+                f"valid options: {', '.join(valid) or '(none)'}"
+            )
+        try:
+            return cls(**options, parent=None)
+        except TypeError as e:  # a required option is missing
+            raise ValueError(
+                f"{cls.__name__}: {e}; valid options: {', '.join(valid) or '(none)'}"
+            ) from None
+
+    def __post_init__(self):
+        self.check()
+        super().__post_init__()
+
+    def check(self) -> None:
+        """Validates the options at construction (ValueError naming the option)."""
+
+    def function_options(self) -> dict[str, Any]:
+        """Options passed to :attr:`function` unchanged: every field but ``layer_options``,
+        leaving out those set to None (the function's own default applies)."""
+        names = [n for n in self.option_names() if n not in self.layer_options]
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    @property
+    def shares_qk(self) -> bool:
+        """Keys are the queries (Reformer's shared-QK): the layer has no key projection."""
+        return False
+
+    # ------------------------------------------------------------------ the call
+
+    def prepare(
+        self, query: jax.Array, key: jax.Array, value: jax.Array, deterministic: bool
+    ) -> dict[str, Any]:
+        """Keyword arguments of :attr:`function`: options, variables, keys (override to add)."""
+        return self.function_options()
+
+    @nn.compact
+    def __call__(
+        self,
+        query: jax.Array,
+        key: jax.Array,
+        value: jax.Array,
+        *,
+        padding_mask: jax.Array | None = None,
+        global_mask: jax.Array | None = None,
+        is_causal: bool = False,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> jax.Array:
+        """``[B, T, N, H]`` attention of the projected inputs (see the module docstring)."""
+        kwargs = self.prepare(query, key, value, deterministic)
+        if self.takes_global_mask:
+            # No global tokens by default; a numpy mask stays concrete under jit, so its
+            # (zero) count of global tokens is static.
+            kwargs["global_mask"] = (
+                np.zeros(query.shape[:2], bool) if global_mask is None else global_mask
+            )
+        if decode:
+            if not is_causal:
+                raise ValueError("decode=True requires is_causal=True")
+            if padding_mask is not None:
+                raise ValueError("padding_mask is not supported with decode=True")
+            return self.decode_step(query, key, value, kwargs)
+        # Through the class: a plain function stored as a class attribute is not a method.
+        return type(self).function(
+            query, key, value, padding_mask=padding_mask, is_causal=is_causal, **kwargs
+        )
+
+    # ------------------------------------------------------------------ decoding
+
+    def decode_step(
+        self, query: jax.Array, key: jax.Array, value: jax.Array, kwargs: dict[str, Any]
+    ) -> jax.Array:
+        """One causal step of ``T`` new tokens against the ``"cache"`` collection.
+
+        At init (no cache yet) it receives the full-length input, allocates a cache for
+        that length and returns the full causal pass. Cores without a cache raise.
+        """
+        raise ValueError(
+            f"attention core {type(self).__name__} has no decoding cache; decode=True needs "
+            "a variant whose core implements decode_step"
+        )
+
+    def advance_cache(self, num_new: int) -> tuple[jax.Array, jax.Array] | None:
+        """Counts ``num_new`` tokens into the cache: ``(index, full)`` or None at init.
+
+        Keeps ``cache_index`` (tokens seen) and ``cache_length`` (the init input's length,
+        the most tokens the cache was built for) in the ``"cache"`` collection. Returns
+        None while initialising (the caller allocates its cache and runs the full pass);
+        otherwise the first new position and whether these tokens overflow the cache.
+        An exception cannot report a full cache under ``jit``: callers pass their output
+        through :meth:`poison_if_full`, so an overflowing step returns NaN (the
+        documented poison value), never silently wrong numbers.
+        """
+        ready = self.has_variable("cache", "cache_index")
+        index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+        length = self.variable("cache", "cache_length", lambda: jnp.array(num_new, jnp.int32))
+        if not ready:
+            return None
+        start = index.value
+        index.value = start + num_new
+        return start, start + num_new > length.value
+
+    @staticmethod
+    def poison_if_full(out: jax.Array, full: jax.Array) -> jax.Array:
+        """``out``, or NaN everywhere when ``full`` (see :meth:`advance_cache`)."""
+        return jnp.where(full, jnp.asarray(jnp.nan, out.dtype), out)
+
+    # ------------------------------------------------------------------ upkeep
+
+    @classmethod
+    def upkeep(
+        cls, collections: Mapping[str, Any], *, rng: jax.Array, step, num_steps: int | None
+    ) -> Mapping[str, Any]:
+        """Per-step upkeep of the non-trainable ``collections`` after update ``step``
+        (1-based) of ``num_steps`` (None: unknown). Pure and jittable; default: none."""
+        return collections
+
+
+class FunctionCore(AttentionCore):
+    """The generic core of a plain attention function: ``fn(q, k, v, **options)``.
+
+    Used for a function that is not registered, or registered without a core: it
+    gets the layer's ``padding_mask`` and ``is_causal``, its ``global_mask`` when given
+    and the function accepts one, and the ``options`` as they are; it has no
+    variables, no randomness and no cache.
+    """
+
+    fn: Callable[..., jax.Array] | None = None
+    options: Mapping[str, Any] = FrozenDict()
+
+    def __call__(
+        self,
+        query,
+        key,
+        value,
+        *,
+        padding_mask=None,
+        global_mask=None,
+        is_causal=False,
+        deterministic=True,
+        decode=False,
+    ):
+        if decode:
+            return self.decode_step(query, key, value, {})
+        extra = {}
+        if global_mask is not None and _accepts(self.fn, "global_mask"):
+            extra["global_mask"] = global_mask
+        return self.fn(
+            query,
+            key,
+            value,
+            padding_mask=padding_mask,
+            is_causal=is_causal,
+            **self.options,
+            **extra,
+        )
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no signature (some builtins): pass nothing extra
+        return False
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def build_core(
+    attention: str | Callable | AttentionCore, options: Mapping[str, Any] | None = None
+) -> AttentionCore:
+    """An unbound core for ``attention`` (registry name, function or core) and ``options``.
+
+    A registered function gets its registered core, exactly as its name does.
+
+    Raises:
+      ValueError: unknown name, invalid options, or options given with a core instance.
+    """
+    options = dict(options or {})
+    if isinstance(attention, AttentionCore):
+        if options:
+            raise ValueError(
+                f"attention is a core instance ({type(attention).__name__}); give its options "
+                f"to the core, not attention_options (got {sorted(options)})"
+            )
+        return attention
+    if isinstance(attention, str):
+        entry = registry.variant(attention)
+    elif callable(attention):
+        entry = registry.find(attention)
+    else:
+        raise ValueError(
+            f"attention must be a registry name, a core or a function, got {attention!r}"
+        )
+    if entry is not None and entry.core is not None:
+        return entry.core.from_options(options)
+    fn = attention if entry is None else entry.fn
+    return FunctionCore(fn=fn, options=FrozenDict(options), parent=None)

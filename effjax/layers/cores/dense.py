@@ -1,0 +1,51 @@
+"""The core of dense attention (``attention="dense"``): a full key/value decoding cache."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from effjax.attention import benchspec, dot_product_attention, registry
+from effjax.layers.cores.base import AttentionCore
+
+
+class DenseCore(AttentionCore):
+    """:func:`~effjax.attention.dot_product_attention` in a layer.
+
+    Options: ``scale`` (default ``1/sqrt(H)``).
+
+    Decoding cache (flax's names): ``cached_key``, ``cached_value`` ``[B, L, K, H]``
+    with ``L`` the init input's length; ``T`` new queries at positions
+    ``i .. i+T-1`` see cached keys ``<= i + t``. More than ``L`` tokens give NaN.
+    """
+
+    function = staticmethod(dot_product_attention)
+
+    scale: float | None = None
+
+    def decode_step(self, query, key, value, kwargs):
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        position = self.advance_cache(query.shape[1])
+        # Through type(self).function: a subclass may wrap dense attention (it must accept
+        # dot_product_attention's ``mask``).
+        attend = type(self).function
+        if position is None:
+            return attend(query, key, value, is_causal=True, **kwargs)
+        index, full = position
+        start = (0, index, 0, 0)
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
+        # Query t (at position index + t) sees cached positions <= index + t.
+        query_pos = index + jnp.arange(query.shape[1])
+        mask = jnp.arange(cached_key.value.shape[1])[None, :] <= query_pos[:, None]
+        out = attend(query, cached_key.value, cached_value.value, mask=mask[None, None], **kwargs)
+        return self.poison_if_full(out, full)
+
+
+#: Every query scores every key.
+BENCH = benchspec.BenchSpec(flops=lambda s, o: benchspec.pairs_flops(s, s.seq_len))
+
+registry.attach("dense", core=DenseCore, bench=BENCH)
+# The exact memory-efficient kernel computes the same attention: same useful FLOPs.
+registry.attach("chunked", bench=BENCH)
