@@ -148,9 +148,7 @@ def train_one(setup: Setup, name: str, seq_len: int, pairs: int, seed: int) -> d
         return make_batch(setup, seq_len, pairs, setup.batch_size, seed=seed * 10**6 + step)
 
     state = init_state(model, tx, seed, batch_at(0))
-    step_fn = jax.jit(
-        make_train_step(model, tx, seed, recall_loss, num_steps=setup.max_steps)
-    )
+    step_fn = jax.jit(make_train_step(model, tx, seed, recall_loss, num_steps=setup.max_steps))
 
     @jax.jit
     def hits_and_loss(state, batch):
