@@ -26,6 +26,14 @@ which returns ``[B, T, N, H]``. Everything variant-specific lives in the core:
 
 Adding a variant means writing its pure function, a subclass of this module, and
 one ``register`` call (see CONTRIBUTING.md).
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from effjax.layers import LocalCore, MultiHeadAttention
+  >>> layer = MultiHeadAttention(num_heads=2, attention=LocalCore(window_size=4))
+  >>> x = jnp.ones((1, 16, 8))
+  >>> layer.apply(layer.init(jax.random.key(0), x), x).shape
+  (1, 16, 8)
 """
 
 from __future__ import annotations
