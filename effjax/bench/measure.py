@@ -27,16 +27,15 @@ class Measurement:
 
 def compiled_cost(compiled: jax.stages.Compiled) -> dict[str, float] | None:
     """XLA's static cost analysis of a program: the FLOPs it executes, its exp/log/...
-    count and the bytes its operations read and write. None when the program loops: XLA
-    counts a loop body once, whatever its trip count."""
-    if " while(" in compiled.as_text():
-        return None
+    count and the bytes its operations read and write, and ``loops`` (1.0 if it has a
+    while loop: XLA counts a loop body once, so the figures are then lower bounds)."""
     analysis = compiled.cost_analysis()
     analysis = analysis[0] if isinstance(analysis, list) else analysis
     if not analysis:
         return None
     keys = {"flops": "flops", "transcendentals": "transcendentals", "bytes": "bytes accessed"}
-    return {name: float(analysis.get(key, 0.0)) for name, key in keys.items()}
+    cost = {name: float(analysis.get(key, 0.0)) for name, key in keys.items()}
+    return {**cost, "loops": float(" while(" in compiled.as_text())}
 
 
 def compiled_bytes(compiled: jax.stages.Compiled) -> int | None:

@@ -119,15 +119,16 @@ def test_profile_says_where_the_time_goes():
         {**base, "variant": "jax", "time_s": 1.0, "flops": 8.0,
          "xla_cost": {"flops": 8.0, "transcendentals": 1.0, "bytes": 16.0}},
         {**base, "variant": "local", "time_s": 0.5, "flops": 1.0,
-         "xla_cost": {"flops": 2.0, "transcendentals": 0.5, "bytes": 8.0}},
-        {**base, "variant": "lsh", "time_s": 0.5, "flops": 1.0, "xla_cost": None},
+         "xla_cost": {"flops": 2.0, "transcendentals": 0.5, "bytes": 8.0, "loops": 0.0}},
+        {**base, "variant": "lsh", "time_s": 0.5, "flops": 1.0,
+         "xla_cost": {"flops": 1.5, "transcendentals": 0.5, "bytes": 3.0, "loops": 1.0}},
     ]  # fmt: skip
     index = {(r["kind"], r["variant"], r["mode"], r["seq_len"]): r for r in records}
     text = "\n".join(report.profile_lines(index, peak_flops=4.0))
     # 2 FLOPs executed per useful one, at 2 / 0.5 s = 4 FLOP/s = the peak; 8 bytes / 2 FLOPs;
     # 0.5 exps per useful FLOP; 0.5 s for 1 useful FLOP vs 1 s for 8.
     assert "| local | 2.00 | 100% | 4 | 500 | 4.00 |" in text
-    assert "| lsh | - | - | - | - | (loops" in text
+    assert "| lsh | >=1.50 | >=75% | 2 | >=500 | 4.00 |" in text
 
 
 def test_results_md_lists_options_and_explains_an_empty_claims_table(quick_run):
