@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -45,8 +46,13 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip()
 
 
+@functools.cache
 def commit() -> str:
-    """The checkout's commit id, with ``+dirty`` when tracked files differ from it."""
+    """The checkout's commit id, with ``+dirty`` when tracked files differ from it.
+
+    Read once per process (at the first call; call it when a run starts): the code a
+    process runs is the code it imported, whatever the checkout moves to meanwhile.
+    """
     head = _git("rev-parse", "HEAD")
     if head is None:
         return "unknown (not a git checkout)"

@@ -147,6 +147,7 @@ def to_markdown(rows: list[dict], info: dict) -> str:
 
 def main() -> None:
     start = time.time()
+    provenance.commit()  # the commit of the code this run imports
     rows = measure()
     info = provenance.stamp(sys.argv, start=start)
     provenance.write_json(RESULTS.with_suffix(".json"), {"provenance": info, "rows": rows})
