@@ -29,12 +29,19 @@ from effjax.attention.pallas import pallas_attention
 from effjax.attention.persistent_memory import persistent_memory_attention
 from effjax.attention.registry import AttentionFn, available, get, register, resolve
 from effjax.attention.routing import (
+    apply_centroid_statistics,
+    centroid_statistics,
     routing_assignments,
     routing_attention,
     routing_clusters,
     update_centroids,
 )
-from effjax.attention.sinkhorn import default_sort_logits, sinkhorn_attention, sinkhorn_normalize
+from effjax.attention.sinkhorn import (
+    block_summaries,
+    default_sort_logits,
+    sinkhorn_attention,
+    sinkhorn_normalize,
+)
 from effjax.attention.synthesizer import (
     dense_synthesizer_logits,
     factorized_dense_logits,
@@ -61,9 +68,12 @@ register("gaussian", gaussian_attention)
 __all__ = [
     "AttentionFn",
     "KernelState",
+    "apply_centroid_statistics",
     "available",
     "block_sparse_attention",
     "block_sparse_mask",
+    "block_summaries",
+    "centroid_statistics",
     "chunked_attention",
     "default_sort_logits",
     "dense_synthesizer_logits",

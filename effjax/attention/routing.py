@@ -295,6 +295,47 @@ def routing_attention(
     return merged.transpose(0, 2, 1, 3).astype(value.dtype)
 
 
+def centroid_statistics(
+    centroids: jax.Array, vectors: jax.Array, valid: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Sums and counts of the unit vectors nearest to each centroid (one k-means E-step).
+
+    Args:
+      centroids: ``[C, H]`` (shared by all heads) or ``[N, C, H]``.
+      vectors: ``[B, L, N, H]``.
+      valid: optional bool ``[B, L]``; invalid vectors are not counted.
+
+    Returns:
+      float32 ``sums`` shaped like ``centroids`` and ``counts`` ``[C]`` or ``[N, C]``.
+    """
+    if jnp.ndim(vectors) != 4:
+        raise ValueError(f"vectors must have rank 4 [B, L, N, H], got shape {jnp.shape(vectors)}")
+    batch, length, num_heads, head_dim = vectors.shape
+    mu = _check_centroids(centroids, num_heads, head_dim)
+    x = _unit(jax.lax.stop_gradient(vectors))
+    nearest = jnp.argmax(jnp.einsum("blnh,nch->blnc", x, mu), axis=-1)
+    assign = jax.nn.one_hot(nearest, mu.shape[1], dtype=jnp.float32)  # [B, L, N, C]
+    if valid is not None:
+        valid = _common.check_token_mask("valid", valid, batch, length, "L")
+        assign = assign * valid[:, :, None, None].astype(jnp.float32)
+    sums = jnp.einsum("blnc,blnh->nch", assign, x)
+    counts = jnp.sum(assign, axis=(0, 1))
+    if jnp.ndim(centroids) == 2:
+        return sums.sum(0), counts.sum(0)
+    return sums, counts
+
+
+def apply_centroid_statistics(
+    centroids: jax.Array, sums: jax.Array, counts: jax.Array, *, decay: float | jax.Array
+) -> jax.Array:
+    """One online spherical k-means M-step: ``mu_c <- normalize(decay mu_c + (1 - decay) m_c)``
+    with ``m_c = sums_c / counts_c``; a centroid with no count keeps its value."""
+    mu = jnp.asarray(centroids, jnp.float32)
+    counts = counts[..., None]
+    moved = decay * mu + (1.0 - decay) * sums / jnp.maximum(counts, 1.0)
+    return jnp.where(counts > 0, _unit(moved), mu).astype(jnp.asarray(centroids).dtype)
+
+
 def update_centroids(
     centroids: jax.Array,
     vectors: jax.Array,
@@ -307,6 +348,8 @@ def update_centroids(
     ``m_c`` is the mean of the unit vectors whose nearest centroid is ``c`` (the paper's
     exponential moving average of the queries and keys routed to a centroid, Roy et al.
     2021, Sec. 4.1); a centroid that got no vector keeps its value.
+    :func:`centroid_statistics` then :func:`apply_centroid_statistics` (a layer gathers
+    the statistics in its forward pass and applies them once per training step).
 
     Args:
       centroids: ``[C, H]`` (shared by all heads) or ``[N, C, H]``.
@@ -326,21 +369,5 @@ def update_centroids(
     """
     if not 0.0 <= decay < 1.0:
         raise ValueError(f"decay must be in [0, 1), got {decay!r}")
-    if jnp.ndim(vectors) != 4:
-        raise ValueError(f"vectors must have rank 4 [B, L, N, H], got shape {jnp.shape(vectors)}")
-    batch, length, num_heads, head_dim = vectors.shape
-    mu = _check_centroids(centroids, num_heads, head_dim)
-    x = _unit(jax.lax.stop_gradient(vectors))
-    nearest = jnp.argmax(jnp.einsum("blnh,nch->blnc", x, mu), axis=-1)
-    assign = jax.nn.one_hot(nearest, mu.shape[1], dtype=jnp.float32)  # [B, L, N, C]
-    if valid is not None:
-        valid = _common.check_token_mask("valid", valid, batch, length, "L")
-        assign = assign * valid[:, :, None, None].astype(jnp.float32)
-    shared = jnp.ndim(centroids) == 2
-    sums = jnp.einsum("blnc,blnh->nch", assign, x)
-    counts = jnp.sum(assign, axis=(0, 1))[:, :, None]
-    if shared:
-        sums, counts, mu = sums.sum(0), counts.sum(0), mu[0]
-    moved = decay * mu + (1.0 - decay) * sums / jnp.maximum(counts, 1.0)
-    new = jnp.where(counts > 0, _unit(moved), mu)
-    return new.astype(jnp.asarray(centroids).dtype)
+    sums, counts = centroid_statistics(centroids, vectors, valid)
+    return apply_centroid_statistics(centroids, sums, counts, decay=decay)

@@ -74,6 +74,24 @@ def _summaries(x: jax.Array, valid: jax.Array, shift: bool) -> jax.Array:
     return sums / jnp.maximum(counts, 1.0)
 
 
+def block_summaries(
+    x: jax.Array,
+    *,
+    block_size: int,
+    padding_mask: jax.Array | None = None,
+    shift: bool = False,
+) -> jax.Array:
+    """Mean of the real tokens of each block of ``x [B, L, K, H]`` -> float32 ``[B, K, n, H]``;
+    with ``shift``, the mean over all blocks before each one (zeros for block 0), so a
+    causal sorting network never reads the block it sorts for."""
+    block_size = _common.check_positive("block_size", block_size)
+    batch, length = x.shape[:2]
+    valid = jnp.ones((batch, length), bool) if padding_mask is None else padding_mask
+    num_blocks = -(-length // block_size)
+    blocks = _blocks(x, num_blocks, block_size)
+    return _summaries(blocks, _blocks(valid, num_blocks, block_size), shift)
+
+
 def default_sort_logits(
     query: jax.Array,
     key: jax.Array,
