@@ -17,6 +17,7 @@ backward pass.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -132,6 +133,90 @@ def _sort_order(buckets: jax.Array, padded_len: int, num_buckets: int) -> jax.Ar
     return jnp.argsort(buckets * padded_len + positions, axis=-1).astype(jnp.int32)
 
 
+class _Layout(NamedTuple):
+    """Where every query and key goes: ``q_perm [B,K,G,R,Lq]`` / ``k_perm [B,K,R,Lk]`` list
+    the positions in chunk order (``q_rows - 1`` / ``k_rows - 1`` = an empty slot),
+    ``q_rank [B,K,G,R,*]`` the slot of each query position, ``q_ids`` / ``k_ids`` each
+    position's chunk id (a key is in a query's window iff ``0 <= q_id - k_id <= 1``),
+    ``look_back [B,K,R,n]`` whether chunk i's window holds chunk i - 1."""
+
+    q_perm: jax.Array
+    k_perm: jax.Array
+    q_rank: jax.Array
+    q_ids: jax.Array
+    k_ids: jax.Array
+    look_back: jax.Array
+    num_chunks: int
+    q_rows: int
+    k_rows: int
+
+
+def _sorted_layout(q_buckets, k_buckets, num_buckets, num_chunks, q_chunk, k_chunk, shared):
+    """The paper's layout: sort by (bucket, position), cut into ``num_chunks`` equal chunks."""
+    q_perm = _sort_order(q_buckets, num_chunks * q_chunk, num_buckets)
+    k_perm = (
+        q_perm[:, :, 0] if shared else _sort_order(k_buckets, num_chunks * k_chunk, num_buckets)
+    )
+    q_rank, k_rank = _inverse(q_perm), _inverse(k_perm)
+    look_back = jnp.broadcast_to(jnp.arange(num_chunks) > 0, (*k_perm.shape[:-1], num_chunks))
+    return _Layout(
+        q_perm, k_perm, q_rank, q_rank // q_chunk, k_rank // k_chunk, look_back, num_chunks,
+        q_perm.shape[-1], k_perm.shape[-1],
+    )  # fmt: skip
+
+
+def _items_below(buckets: jax.Array, num_values: int) -> jax.Array:
+    """``[..., L]`` buckets -> ``[..., num_values]``: how many items lie in lower buckets."""
+    values = jnp.arange(num_values).reshape((1,) * (buckets.ndim - 1) + (num_values, 1))
+    return jnp.sum(buckets[..., None, :] < values, axis=-1)
+
+
+def _bucket_chunks(buckets, below, starts, chunk: int, num_chunks: int):
+    """One side of the strict layout: item ``j`` (in position order) of bucket ``b`` goes to
+    slot ``starts[b] * chunk + j``. Returns (perm, slot of each position, chunk ids)."""
+    length = buckets.shape[-1]
+    positions = jax.lax.broadcasted_iota(jnp.int32, buckets.shape, buckets.ndim - 1)
+    rank = _inverse(jnp.argsort(buckets * length + positions, axis=-1).astype(jnp.int32))
+    in_bucket = rank - jnp.take_along_axis(below, buckets, axis=-1)
+    start = jnp.take_along_axis(starts, buckets, axis=-1)
+    slot = start * chunk + in_bucket
+    perm = jnp.full((*buckets.shape[:-1], num_chunks * chunk), length, jnp.int32)
+    perm = jnp.put_along_axis(perm, slot, positions, axis=-1, inplace=False)
+    # + bucket: chunks of different buckets are never adjacent ids.
+    return perm, slot, start + in_bucket // chunk + buckets
+
+
+def _strict_layout(q_buckets, k_buckets, num_buckets, num_chunks, q_chunk, k_chunk, shared):
+    """Strictly causal layout: every bucket fills whole chunks of its own, queries and keys on
+    one chunk grid (bucket b has as many chunks as its queries or its keys need), and a
+    chunk looks back only into its own bucket. A query's chunk then depends only on the
+    tokens before it. Buckets are in ``[0, num_buckets]`` (the last one: padding)."""
+    num_values = num_buckets + 1
+    q_len, k_len = q_buckets.shape[-1], k_buckets.shape[-1]
+    q_below = _items_below(q_buckets, num_values)  # [B,K,1,R,b]
+    k_below = q_below[:, :, 0] if shared else _items_below(k_buckets, num_values)
+
+    def chunks_needed(below, length, chunk):
+        upper = jnp.concatenate([below[..., 1:], jnp.full_like(below[..., :1], length)], -1)
+        return -(-(upper - below) // chunk)
+
+    per_bucket = jnp.maximum(
+        chunks_needed(q_below[:, :, 0], q_len, q_chunk), chunks_needed(k_below, k_len, k_chunk)
+    )
+    starts = jnp.cumsum(per_bucket, axis=-1) - per_bucket  # [B,K,R,b]
+    # sum_b ceil(count_b / c) <= L / c + b: a static bound on the chunk count.
+    total = (1 if shared else 2) * num_chunks + num_values
+    q_perm, q_rank, q_ids = _bucket_chunks(q_buckets, q_below, starts[:, :, None], q_chunk, total)
+    if shared:
+        k_perm, k_ids = q_perm[:, :, 0], q_ids[:, :, 0]
+    else:
+        k_perm, _, k_ids = _bucket_chunks(k_buckets, k_below, starts, k_chunk, total)
+    chunk_index = jnp.arange(total).reshape((1, 1, 1, total, 1))
+    first = jnp.any(starts[..., None, :] == chunk_index, axis=-1)
+    look_back = (jnp.arange(total) > 0).reshape((1, 1, 1, total)) & ~first
+    return _Layout(q_perm, k_perm, q_rank, q_ids, k_ids, look_back, total, q_len + 1, k_len + 1)
+
+
 def _inverse(perm: jax.Array) -> jax.Array:
     """Rank of each position under ``perm`` (along the last axis)."""
     ranks = jnp.broadcast_to(jnp.arange(perm.shape[-1], dtype=perm.dtype), perm.shape)
@@ -149,15 +234,14 @@ def _with_look_back(x: jax.Array) -> jax.Array:
     return jnp.concatenate([x, jnp.roll(x, 1, axis=0)], axis=1)
 
 
-def _attend_head_round(q, k, v, q_pos, k_pos, k_valid, q_chunks, k_chunks, **options):
+def _attend_head_round(q, k, v, q_pos, k_pos, k_valid, look_back, q_chunks, k_chunks, **options):
     """One head and round: its n query blocks ``[n, G*c, ...]`` and key chunks ``[n, c', ...]``.
 
-    Builds each chunk's window (own chunk + previous one; chunk 0 has no previous) here,
+    Builds each chunk's window (own chunk + the previous one where ``look_back [n]``) here,
     inside the mapped block, so the doubled keys exist one head-round at a time.
     """
-    num_chunks, key_chunk = k_valid.shape
-    has_previous = jnp.arange(num_chunks) > 0
-    look_back_ok = (jnp.arange(2 * key_chunk)[None, :] < key_chunk) | has_previous[:, None]
+    key_chunk = k_valid.shape[1]
+    look_back_ok = (jnp.arange(2 * key_chunk)[None, :] < key_chunk) | look_back[:, None]
     k_valid = _with_look_back(k_valid) & look_back_ok
     k, v, k_pos = _with_look_back(k), _with_look_back(v), _with_look_back(k_pos)
     if k_chunks is not None:
@@ -228,6 +312,7 @@ def lsh_attention(
     is_causal: bool = False,
     padding_mask: jax.Array | None = None,
     scale: float | None = None,
+    strict_causal: bool = True,
 ) -> jax.Array:
     r"""Reformer LSH attention (Kitaev et al. 2020, Sec. 3).
 
@@ -261,6 +346,16 @@ def lsh_attention(
       is_causal: bottom-right aligned causal mask (query t sees keys <= t + S - T).
       padding_mask: bool ``[B, S]``, True = a real key.
       scale: logit scale, default ``1 / sqrt(H)``.
+      strict_causal: with ``is_causal`` and more than one chunk, lay the chunks out so
+        that no later token can change an earlier output (default): each bucket fills
+        whole chunks of its own, in position order, queries and keys on one chunk grid,
+        and a query sees the keys of its bucket in its own and the previous chunk of that
+        bucket (so a token's chunk depends only on the tokens before it). This costs up
+        to ``(2n + b + 1) / n`` times the chunks (``n + b + 1`` with shared QK). False
+        keeps the paper's layout, where the causal mask hides later keys but later
+        tokens' hashes still move earlier queries between chunks: redrawing the last 64
+        of 128 random tokens (2 hashes, 8 buckets, chunk 32) changed outputs before them
+        by up to 0.49 (0.77 with shared QK; tests/attention/test_lsh.py measures it).
 
     Returns:
       ``[B, T, N, Hv]`` in ``value.dtype``; float32 logits and softmax. A query whose
@@ -293,7 +388,12 @@ def lsh_attention(
     if dims.empty:
         return _common.zeros_output(dims, value)
     num_chunks, q_chunk, k_chunk = chunk_layout(dims.q_len, dims.kv_len, chunk_size)
-    q_padded, k_padded = num_chunks * q_chunk, num_chunks * k_chunk
+    # One chunk holds everything: no hash can move a token out of it, so it is causal as is.
+    strict = is_causal and strict_causal and num_chunks > 1
+    if strict and dims.groups > 1:
+        # Each query head of a group has its own chunk grid: give it its own keys.
+        key, value = (jnp.repeat(x, dims.groups, axis=2) for x in (key, value))
+        dims = _common.check_qkv(query, key, value)
     hash_options = {"rng": rng, "num_hashes": num_hashes, "num_buckets": num_buckets}
 
     # [B, K, G, R, T] query buckets, [B, K, R, S] key buckets. Padded keys get a bucket of
@@ -303,19 +403,24 @@ def lsh_attention(
     q_buckets = _common.group_heads(q_buckets, dims.num_kv_heads).transpose(0, 2, 3, 4, 1)
     if shared_qk:  # K = N, G = 1 and identical buckets: one sort serves both sides.
         q_buckets = _padding_bucket(q_buckets, padding_mask, num_buckets)
-        q_perm = _sort_order(q_buckets, q_padded, num_buckets)
-        k_perm = q_perm[:, :, 0]
+        k_buckets = q_buckets[:, :, 0]
     else:
-        q_perm = _sort_order(q_buckets, q_padded, num_buckets)
         k_buckets = lsh_buckets(key, **hash_options).transpose(0, 2, 3, 1)
         k_buckets = _padding_bucket(k_buckets, padding_mask, num_buckets)
-        k_perm = _sort_order(k_buckets, k_padded, num_buckets)
+    make_layout = _strict_layout if strict else _sorted_layout
+    layout = make_layout(q_buckets, k_buckets, num_buckets, num_chunks, q_chunk, k_chunk, shared_qk)
+    num_chunks, q_perm, k_perm, q_rank = (
+        layout.num_chunks,
+        layout.q_perm,
+        layout.k_perm,
+        layout.q_rank,
+    )
 
     # Z = B*K*R*n chunks: G*c sorted queries and c' sorted keys each, mapped per head-round.
     q = _common.group_heads(query, dims.num_kv_heads).transpose(0, 2, 3, 1, 4)
-    q = _common.pad_axis(q, -2, q_padded)[:, :, :, None]
-    k = _common.pad_axis(key.transpose(0, 2, 1, 3), -2, k_padded)[:, :, None]
-    v = _common.pad_axis(value.transpose(0, 2, 1, 3), -2, k_padded)[:, :, None]
+    q = _common.pad_axis(q, -2, layout.q_rows)[:, :, :, None]
+    k = _common.pad_axis(key.transpose(0, 2, 1, 3), -2, layout.k_rows)[:, :, None]
+    v = _common.pad_axis(value.transpose(0, 2, 1, 3), -2, layout.k_rows)[:, :, None]
     num_windows = dims.batch * dims.num_kv_heads * num_hashes * num_chunks
 
     def query_blocks(x):  # [B,K,G,R,Tp,...] -> [Z, G*c, ...]
@@ -327,24 +432,25 @@ def lsh_attention(
     def key_chunks(x):  # [B,K,R,Sp,...] -> [Z, c', ...]
         return x.reshape((num_windows, k_chunk, *x.shape[4:]))
 
-    key_valid = jnp.arange(k_padded) < dims.kv_len
-    key_valid = jnp.broadcast_to(key_valid[None], (dims.batch, k_padded))
+    key_valid = jnp.arange(layout.k_rows) < dims.kv_len
+    key_valid = jnp.broadcast_to(key_valid[None], (dims.batch, layout.k_rows))
     if padding_mask is not None:
-        key_valid = key_valid & _common.pad_axis(padding_mask, 1, k_padded, value=False)
+        key_valid = key_valid & _common.pad_axis(padding_mask, 1, layout.k_rows, value=False)
     key_valid = key_chunks(jnp.take_along_axis(key_valid[:, None, None], k_perm, axis=-1))
 
-    q_rank, k_rank = _inverse(q_perm), _inverse(k_perm)
     q_chunks = k_chunks = None
     if num_hashes > 1:
         # Chunk of every item in every round, in each round's sorted order: [..., R, L, R].
+        q_ids = _common.pad_axis(layout.q_ids, -1, layout.q_rows)
+        k_ids = _common.pad_axis(layout.k_ids, -1, layout.k_rows)
         q_chunks = jnp.take_along_axis(
-            jnp.swapaxes(q_rank // q_chunk, -1, -2)[:, :, :, None], q_perm[..., None], axis=-2
+            jnp.swapaxes(q_ids, -1, -2)[:, :, :, None], q_perm[..., None], axis=-2
         )
         k_chunks = jnp.take_along_axis(
-            jnp.swapaxes(k_rank // k_chunk, -1, -2)[:, :, None], k_perm[..., None], axis=-2
+            jnp.swapaxes(k_ids, -1, -2)[:, :, None], k_perm[..., None], axis=-2
         )
         # Narrow chunk ids make the pairwise count (R compares per logit) cheaper.
-        ids = jnp.int16 if num_chunks < np.iinfo(np.int16).max else jnp.int32
+        ids = jnp.int16 if num_chunks + num_buckets < np.iinfo(np.int16).max else jnp.int32
         q_chunks, k_chunks = query_blocks(q_chunks).astype(ids), key_chunks(k_chunks).astype(ids)
 
     attend = functools.partial(
@@ -363,6 +469,7 @@ def lsh_attention(
         query_blocks(q_perm),
         key_chunks(k_perm),
         key_valid,
+        layout.look_back.reshape(num_windows),
         q_chunks,
         k_chunks,
     )

@@ -9,18 +9,38 @@ from effjax.attention import dot_product_attention, get, lsh_attention, lsh_buck
 # Compiled once per configuration: eager op-by-op dispatch of the sort/gather pipeline is slow.
 lsh = jax.jit(
     lsh_attention,
-    static_argnames=("num_hashes", "num_buckets", "chunk_size", "shared_qk", "is_causal", "scale"),
+    static_argnames=(
+        "num_hashes",
+        "num_buckets",
+        "chunk_size",
+        "shared_qk",
+        "is_causal",
+        "scale",
+        "strict_causal",
+    ),
 )
 
 
 def lsh_window_mask(
-    query, key, *, rng, num_hashes, num_buckets, chunk_size, padding_mask=None, shared_qk=False
+    query,
+    key,
+    *,
+    rng,
+    num_hashes,
+    num_buckets,
+    chunk_size,
+    padding_mask=None,
+    shared_qk=False,
+    strict=False,
 ):
     """The dense mask lsh_attention is documented to equal, built here from lsh_buckets alone.
 
     Per round: sort queries and keys by (bucket, position), padded keys (and with shared QK,
     padded queries) in an extra last bucket, cut n = ceil(max(T, S) / chunk_size) equal
-    chunks, and query chunk i sees key chunks i and i - 1. Rounds are OR-ed. [B, N, T, S].
+    chunks, and query chunk i sees key chunks i and i - 1. With ``strict`` (strict causal
+    mode): the j-th query (key) of a bucket, in position order, is in that bucket's chunk
+    j // c, and sees the keys of its bucket's chunks of the same and the previous index.
+    Rounds are OR-ed. [B, N, T, S].
     """
     b, t, n, _ = query.shape
     s, num_kv = key.shape[1], key.shape[2]
@@ -35,6 +55,9 @@ def lsh_window_mask(
         qb = np.where(padded, num_buckets, qb) if shared_qk else qb
 
     def chunk_ids(buckets, size):
+        if strict:  # (bucket, index within the bucket // size), as one number
+            within = np.array([np.sum(buckets[:i] == b) for i, b in enumerate(buckets)])
+            return buckets * 10**6 + within // size
         ranks = np.empty_like(buckets)
         ranks[np.lexsort((np.arange(len(buckets)), buckets))] = np.arange(len(buckets))
         return ranks // size
@@ -113,7 +136,7 @@ def test_equals_dense_on_its_bucket_mask(t, s, num_kv_heads, is_causal, num_hash
     )
     padding = testing.random_padding_mask(jax.random.key(3), 2, s)
     options = {**OPTIONS, "num_hashes": num_hashes, "chunk_size": 8}
-    mask = lsh_window_mask(q, k, padding_mask=padding, **options)
+    mask = lsh_window_mask(q, k, padding_mask=padding, strict=is_causal, **options)
     assert not bool(jnp.all(mask)), "the test needs a sparse pattern"
     testing.check_against_reference(
         lsh, q, k, v, mask=mask, is_causal=is_causal, padding_mask=padding, **options
@@ -134,6 +157,7 @@ def test_shared_qk_matches_dense_with_self_rule(chunk_size, is_causal):
             q,
             padding_mask=padding,
             shared_qk=True,
+            strict=is_causal,
             **{k: options[k] for k in ("rng", "num_hashes", "num_buckets", "chunk_size")},
         )
     kwargs = {"is_causal": is_causal, "padding_mask": padding}
@@ -241,6 +265,24 @@ def test_padding_content_changes_no_real_output(shared_qk, is_causal):
     b = run(jnp.where(pad, noise, q) if shared_qk else q, jnp.where(pad, noise, k))
     rows = padding if shared_qk else jnp.ones_like(padding)  # shared QK: padded rows are keys too
     np.testing.assert_allclose(a[rows], b[rows], atol=1e-6)
+
+
+@pytest.mark.parametrize("shared_qk", [False, True])
+def test_causal_outputs_do_not_depend_on_later_tokens(shared_qk):
+    # Redraw the last 64 of 128 tokens: strict causal mode leaves the first 64 outputs as
+    # they were; the paper's layout (strict_causal=False) lets the new hashes move them.
+    x, v = (jax.random.normal(jax.random.key(i), (1, 128, 2, 16)) for i in (0, 1))
+    y = x.at[:, 64:].set(jax.random.normal(jax.random.key(2), (1, 64, 2, 16)))
+    options = {"rng": jax.random.key(3), "num_hashes": 2, "num_buckets": 8, "chunk_size": 32}
+    options |= {"is_causal": True, "shared_qk": shared_qk}
+    leaks = {}
+    for strict in (True, False):
+        a, b = (
+            lsh(t, None if shared_qk else t, v, strict_causal=strict, **options) for t in (x, y)
+        )
+        leaks[strict] = float(jnp.max(jnp.abs(a[:, :64] - b[:, :64])))
+    assert leaks[True] == 0.0
+    assert leaks[False] > 0.1, leaks  # the documented leak of the paper's layout
 
 
 def test_buckets_are_the_argmax_over_rotated_and_negated_projections():
