@@ -51,6 +51,26 @@ def _gather_rows(x: jax.Array, index: jax.Array) -> jax.Array:
     return jax.vmap(lambda xb, ib: xb[ib])(x, index)
 
 
+def _check_global_qkv(global_qkv, query, key, value):
+    """``global_qkv`` as a triple shaped like ``(query, key, value)``; default: those."""
+    if global_qkv is None:
+        return query, key, value
+    if len(global_qkv) != 3:
+        raise ValueError(
+            f"global_qkv must be (query_global, key_global, value_global), got {len(global_qkv)} "
+            "arrays"
+        )
+    for name, given, like in zip(
+        ("query_global", "key_global", "value_global"), global_qkv, (query, key, value), strict=True
+    ):
+        if given.shape != like.shape:
+            raise ValueError(
+                f"global_qkv: {name} has shape {given.shape}, must be {like.shape} like "
+                f"{name.split('_')[0]}"
+            )
+    return global_qkv
+
+
 def global_local_attention(
     query: jax.Array,
     key: jax.Array,
@@ -64,6 +84,7 @@ def global_local_attention(
     scale: float | None = None,
     max_global_tokens: int | None = None,
     block_size: int | None = None,
+    global_qkv: tuple[jax.Array, jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
     r"""Longformer self-attention: sliding window :math:`\cup` global rows and columns.
 
@@ -92,6 +113,13 @@ def global_local_attention(
       scale: logit scale, default ``1 / sqrt(H)``.
       max_global_tokens: static bound ``M``; required when ``global_mask`` is traced.
       block_size: query block of the window path (see ``local_attention``).
+      global_qkv: optional ``(query_global, key_global, value_global)``, shaped like
+        ``(query, key, value)``: the global queries' rows are computed from these
+        instead (a global token's query against every token's global key and value).
+        Longformer's checkpoints carry these separate projections for the global
+        attention (Beltagy et al. 2020, §3.1, "linear projections for global
+        attention"); windowed rows, including their view of the global keys, keep
+        ``query``/``key``/``value``.
 
     Returns:
       ``[B, T, N, Hv]`` in ``value.dtype``. Cost O(T (left + right + M) H).
@@ -116,6 +144,7 @@ def global_local_attention(
     dilation = _common.check_positive("dilation", dilation)
     if block_size is not None:
         block_size = _common.check_positive("block_size", block_size)
+    global_query, global_key, global_value = _check_global_qkv(global_qkv, query, key, value)
     scale = _common.resolve_scale(scale, dims.head_dim)
     if is_causal:
         right = 0
@@ -158,13 +187,15 @@ def global_local_attention(
     out, _ = _blockwise.merge_normalised([(window_out, window_lse), (global_key_out, lse)])
 
     # 3. Global queries against every key; their rows replace the merged ones.
-    global_queries = _gather_rows(q, slot_pos).astype(jnp.float32)
-    logits = jnp.einsum("bmkgh,bskh->bkgms", global_queries, key.astype(jnp.float32)) * scale
+    global_queries = _common.group_heads(_gather_rows(global_query, slot_pos), dims.num_kv_heads)
+    global_queries = global_queries.astype(jnp.float32)
+    logits = jnp.einsum("bmkgh,bskh->bkgms", global_queries, global_key.astype(jnp.float32))
+    logits = logits * scale
     query_mask = key_valid[:, None, :]
     if is_causal:
         query_mask = query_mask & (positions[None, None, :] <= slot_pos[:, :, None])
     weights, _ = _blockwise.softmax_with_lse(logits, query_mask[:, None, None])
-    global_query_out = jnp.einsum("bkgms,bskh->bmkgh", weights, value.astype(jnp.float32))
+    global_query_out = jnp.einsum("bkgms,bskh->bmkgh", weights, global_value.astype(jnp.float32))
     # Unused slots scatter out of range and are dropped.
     target = jnp.where(slot_used, slot_pos, dims.q_len)
     out = jax.vmap(lambda o, t, g: o.at[t].set(g, mode="drop"))(out, target, global_query_out)

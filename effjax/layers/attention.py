@@ -156,6 +156,12 @@ class MultiHeadAttention(nn.Module):
         else:
             key = self._projection(num_kv_heads, head_dim, "key")(inputs_kv)
         value = self._projection(num_kv_heads, head_dim, "value")(inputs_kv)
+        projections = {
+            name: self._projection(num_heads if like == "query" else num_kv_heads, head_dim, name)(
+                inputs_q if like == "query" else inputs_kv
+            )
+            for name, like in core.extra_projections().items()
+        }
 
         out = core(
             query,
@@ -166,6 +172,7 @@ class MultiHeadAttention(nn.Module):
             is_causal=self.is_causal,
             deterministic=deterministic,
             decode=self.decode,
+            projections=projections,
         )
         if self.dropout_rate > 0.0 and not deterministic:
             out = nn.Dropout(rate=self.dropout_rate)(out, deterministic=False)

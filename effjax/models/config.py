@@ -178,7 +178,9 @@ class EncoderConfig(ModelConfig):
         and ``num_random_blocks``; Longformer -> ``"global_local"`` with
         ``window_size = attention_window // 2`` on each side (Longformer's
         ``attention_window`` is the full width; Beltagy et al. 2020, §3.1), per
-        layer when the windows differ; everything else -> ``"dense"``.
+        layer when the windows differ, and ``global_projections=True`` (the separate
+        global query/key/value projections of its checkpoints); everything else ->
+        ``"dense"``.
         ``attention``/``attention_options`` override the choice (options are
         merged over the translated ones).
 
@@ -189,7 +191,7 @@ class EncoderConfig(ModelConfig):
           ('block_sparse', {'block_size': 32, 'num_random_blocks': 3})
         """
         model_type = getattr(hf_config, "model_type", "bert")
-        name, options, per_layer = _hf_attention(hf_config, model_type)
+        name, options, per_layer = _hf_attention(hf_config, model_type, attention)
         offset = hf_config.pad_token_id + 1 if model_type in _ROBERTA_POSITIONS else 0
         return cls(
             vocab_size=hf_config.vocab_size,
@@ -215,8 +217,9 @@ class EncoderConfig(ModelConfig):
         )
 
 
-def _hf_attention(hf_config, model_type: str):
-    """(registry name, shared options, per-layer options or None) of a transformers config."""
+def _hf_attention(hf_config, model_type: str, override: str | None = None):
+    """(registry name, shared options, per-layer options or None) of a transformers config
+    (``override``: the variant the caller runs instead)."""
     if model_type == "big_bird" and hf_config.attention_type == "block_sparse":
         options = {
             "block_size": hf_config.block_size,
@@ -232,9 +235,12 @@ def _hf_attention(hf_config, model_type: str):
                 f"attention_window has {len(windows)} entries, "
                 f"num_hidden_layers={hf_config.num_hidden_layers}"
             )
+        # Longformer checkpoints carry separate query/key/value projections for global
+        # attention; other variants have no global tokens to use them.
+        shared = {"global_projections": True} if override in (None, "global_local") else {}
         if len(set(windows)) == 1:
-            return "global_local", {"window_size": windows[0] // 2}, None
-        return "global_local", {}, [{"window_size": w // 2} for w in windows]
+            return "global_local", {**shared, "window_size": windows[0] // 2}, None
+        return "global_local", shared, [{"window_size": w // 2} for w in windows]
     return "dense", {}, None
 
 

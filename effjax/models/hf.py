@@ -37,9 +37,11 @@ from effjax.models.encoder import Encoder, EncoderForMaskedLM
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "big_bird")
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "big_bird", "longformer")
 # Hugging Face class-name stem and the base model's prefix inside a ...ForMaskedLM checkpoint.
 _FAMILIES = {"bert": ("Bert", "bert."), "big_bird": ("BigBird", "bert.")}
+# RoBERTa-style models (``lm_head.*`` masked-LM head).
+_ROBERTA_FAMILIES = {"longformer": ("Longformer", "longformer.")}
 _ROBERTA_FAMILY = ("Roberta", "roberta.")
 _WEIGHTS = "model.safetensors"
 _WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -127,6 +129,11 @@ def _encoder_tensors(cfg: EncoderConfig, prefix: str) -> list[_Tensor]:
         tensors += _head_projection(f"{hf}.attention.self.query", (*attn, "query"), d, n, h)
         tensors += _head_projection(f"{hf}.attention.self.key", (*attn, "key"), d, k, h)
         tensors += _head_projection(f"{hf}.attention.self.value", (*attn, "value"), d, k, h)
+        if _has_global_projections(cfg, i):
+            for name, heads in (("query_global", n), ("key_global", k), ("value_global", k)):
+                tensors += _head_projection(
+                    f"{hf}.attention.self.{name}", (*attn, name), d, heads, h
+                )
         tensors += [
             _Tensor(
                 f"{hf}.attention.output.dense.weight",
@@ -153,6 +160,13 @@ def _encoder_tensors(cfg: EncoderConfig, prefix: str) -> list[_Tensor]:
     if cfg.add_pooler:
         tensors += _linear(_pooler_name(cfg, prefix), ("pooler",), d, d)
     return tensors
+
+
+def _has_global_projections(cfg: EncoderConfig, layer: int) -> bool:
+    """Layer ``layer`` runs Longformer attention with separate global projections."""
+    return cfg.attention == "global_local" and bool(
+        cfg.options_for_layer(layer).get("global_projections", False)
+    )
 
 
 def _pooler_name(cfg: EncoderConfig, prefix: str) -> str:
@@ -307,7 +321,7 @@ def load_hf_encoder(
     attention_options: Mapping[str, Any] | None = None,
     dtype=jnp.float32,
 ) -> tuple[Encoder, dict]:
-    """Loads a BERT/RoBERTa/BigBird encoder from a local Hugging Face model directory.
+    """Loads a BERT/RoBERTa/BigBird/Longformer encoder from a local Hugging Face model directory.
 
     Args:
       path: a directory with ``config.json`` and ``model.safetensors``.
@@ -394,6 +408,7 @@ def _hf_config_dict(config: EncoderConfig, architecture: str) -> dict[str, Any]:
         pad_token_id=config.pad_token_id,
         architectures=[architecture],
         **_bigbird_attention(config),
+        **_longformer_attention(config),
     ).to_dict()
     if config.attention != "dense" or options:
         hf["effjax_attention"], hf["effjax_attention_options"] = config.attention, options
@@ -409,6 +424,24 @@ def _bigbird_attention(config: EncoderConfig) -> dict[str, Any]:
     options = config.attention_options
     keys = ("block_size", "num_random_blocks")
     return {"attention_type": "block_sparse", **{k: options[k] for k in keys if k in options}}
+
+
+def _longformer_attention(config: EncoderConfig) -> dict[str, Any]:
+    """Longformer's ``attention_window`` (full width, per layer) from the window options."""
+    if config.model_type != "longformer":
+        return {}
+    windows = []
+    for layer in range(config.num_layers):
+        window = config.options_for_layer(layer).get("window_size")
+        left, right = (window, window) if isinstance(window, int) else tuple(window or (0, 0))
+        if config.attention != "global_local" or left != right:
+            raise ValueError(
+                "a Longformer checkpoint needs attention='global_local' with a symmetric "
+                f"window_size in every layer, got {config.attention!r} with {window!r} in "
+                f"layer {layer}"
+            )
+        windows.append(2 * left)
+    return {"attention_window": windows}
 
 
 def export_hf_encoder(
@@ -435,7 +468,9 @@ def export_hf_encoder(
 
     params = FrozenDict(variables["params"]).unfreeze()
     config = model.config
-    family, mlm_prefix = _FAMILIES.get(config.model_type, _ROBERTA_FAMILY)
+    family, mlm_prefix = _FAMILIES.get(
+        config.model_type, _ROBERTA_FAMILIES.get(config.model_type, _ROBERTA_FAMILY)
+    )
     if isinstance(model, EncoderForMaskedLM):
         specs = [(s, params["encoder"]) for s in _encoder_tensors(config, mlm_prefix)]
         specs += [(s, params["mlm_head"]) for s in _mlm_head_tensors(config)]

@@ -113,6 +113,34 @@ def test_bad_arguments_raise(rng):
     q2, k2, v2 = testing.random_qkv(rng, q_len=8, kv_len=9)
     with pytest.raises(ValueError, match="self-attention"):
         global_local_attention(q2, k2, v2, window_size=2, global_mask=g)
+    with pytest.raises(ValueError, match=r"key_global has shape \(2, 9, 4, 8\), must be"):
+        global_local_attention(q, k, v, window_size=2, global_mask=g, global_qkv=(q, k2, v))
+
+
+def test_separate_global_projections_feed_only_the_global_rows(rng):
+    # Longformer: global rows are dense attention of the global projections (padding
+    # respected); the other rows, including their view of global keys, keep q, k, v.
+    q, k, v = testing.random_qkv(rng, q_len=11, num_kv_heads=2)
+    qg, kg, vg = testing.random_qkv(jax.random.fold_in(rng, 1), q_len=11, num_kv_heads=2)
+    g = jnp.zeros((2, 11), bool).at[0, 4].set(True).at[:, 0].set(True)
+    padding = jnp.arange(11)[None] < jnp.array([[11], [8]])
+
+    def attend(global_qkv):
+        return global_local_attention(
+            q, k, v, window_size=2, global_mask=g, padding_mask=padding, global_qkv=global_qkv
+        )
+
+    _, grads = jax.value_and_grad(lambda qkv: attend(qkv).sum())((qg, kg, vg))
+    want_global = dot_product_attention(qg, kg, vg, padding_mask=padding)
+    want = jnp.where(g[:, :, None, None], want_global, attend(None))
+    np.testing.assert_allclose(attend((qg, kg, vg)), want, atol=1e-5)
+    # Gradients reach the global projections only through the global rows.
+    _, want_grads = jax.vjp(
+        lambda a, b, c: dot_product_attention(a, b, c, padding_mask=padding), qg, kg, vg
+    )
+    ones = jnp.where(g[:, :, None, None], 1.0, 0.0) * jnp.ones_like(q)
+    for got_grad, want_grad in zip(grads, want_grads(ones), strict=True):
+        np.testing.assert_allclose(got_grad, want_grad, atol=1e-5)
 
 
 def test_flags_beyond_max_global_tokens_are_ordinary_tokens_under_jit(rng):

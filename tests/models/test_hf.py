@@ -244,3 +244,54 @@ def test_bigbird_checkpoint_loads_and_matches_pytorch(tmp_path):
         "block_sparse",
         {"block_size": 8, "num_random_blocks": 1},
     )
+
+
+def test_longformer_checkpoint_matches_pytorch_with_global_tokens(tmp_path):
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    hf_config = transformers.LongformerConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=32, max_position_embeddings=40, attention_window=[4, 8],
+        pad_token_id=1, bos_token_id=0, eos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    reference = transformers.LongformerModel(hf_config).eval()
+    reference.save_pretrained(tmp_path)
+    model, variables = load_hf_encoder(tmp_path)
+    assert model.config.attention == "global_local"
+    layer = variables["params"]["layer_0"]["attention"]
+    # The separate global projections are loaded, and differ from the local ones.
+    assert not np.allclose(layer["query_global"]["kernel"], layer["query"]["kernel"])
+
+    ids = np.array(random_ids(model.config, 2, 13))  # odd length, not a window multiple
+    mask = np.asarray(right_padding([13, 9], 13))
+    ids[1, 9:] = hf_config.pad_token_id
+    global_tokens = np.zeros((2, 13), np.int64)
+    global_tokens[0, [0, 6]] = 1
+    global_tokens[1, 0] = 1
+    with torch.no_grad():
+        want = reference(
+            input_ids=torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            global_attention_mask=torch.tensor(global_tokens),
+        ).last_hidden_state.numpy()
+    got = np.asarray(
+        model.apply(
+            variables, jnp.asarray(ids), jnp.asarray(mask), global_attention_mask=global_tokens
+        )
+    )
+    real = mask.astype(bool)
+    np.testing.assert_allclose(got[real], want[real], atol=1e-4)
+
+    # Export: transformers reads it back as the same Longformer (windows and global weights).
+    out = export_hf_encoder(model, variables, tmp_path / "export")
+    assert json.loads((out / "config.json").read_text())["attention_window"] == [4, 8]
+    with torch.no_grad():
+        again = transformers.LongformerModel.from_pretrained(str(out)).eval()
+        again = again(
+            input_ids=torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            global_attention_mask=torch.tensor(global_tokens),
+        ).last_hidden_state.numpy()
+    np.testing.assert_allclose(again[real], want[real], atol=1e-6)

@@ -45,7 +45,10 @@ def test_longformer_window_is_half_the_attention_window_each_side():
     cfg = EncoderConfig.from_hf_config(
         transformers.LongformerConfig(attention_window=256, num_hidden_layers=2)
     )
-    assert (cfg.attention, dict(cfg.attention_options)) == ("global_local", {"window_size": 128})
+    assert (cfg.attention, dict(cfg.attention_options)) == (
+        "global_local",
+        {"window_size": 128, "global_projections": True},
+    )
     assert cfg.position_offset == 2  # pad_token_id=1 as RoBERTa
 
     per_layer = EncoderConfig.from_hf_config(

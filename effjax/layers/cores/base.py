@@ -130,6 +130,17 @@ class AttentionCore(nn.Module):
         names = [n for n in self.option_names() if n not in self.layer_options]
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
+    def extra_projections(self) -> Mapping[str, str]:
+        """Extra per-head projections of the layer's inputs this core needs, as
+        ``{parameter name: "query" | "key" | "value"}`` (each made like that projection:
+        its heads and its input). The layer passes them back as ``projections=``.
+        Default: none."""
+        return {}
+
+    def projection_arguments(self, projections: Mapping[str, jax.Array]) -> dict[str, Any]:
+        """Keyword arguments of :attr:`function` made from :meth:`extra_projections`."""
+        return {}
+
     @property
     def shares_qk(self) -> bool:
         """Keys are the queries (Reformer's shared-QK): the layer has no key projection."""
@@ -155,9 +166,15 @@ class AttentionCore(nn.Module):
         is_causal: bool = False,
         deterministic: bool = True,
         decode: bool = False,
+        projections: Mapping[str, jax.Array] | None = None,
     ) -> jax.Array:
-        """``[B, T, N, H]`` attention of the projected inputs (see the module docstring)."""
+        """``[B, T, N, H]`` attention of the projected inputs (see the module docstring).
+
+        ``projections`` holds the extra projections the core asked for
+        (:meth:`extra_projections`), by name.
+        """
         kwargs = self.prepare(query, key, value, deterministic)
+        kwargs.update(self.projection_arguments(projections or {}))
         if self.takes_global_mask:
             # No global tokens by default; a numpy mask stays concrete under jit, so its
             # (zero) count of global tokens is static.
@@ -249,6 +266,7 @@ class FunctionCore(AttentionCore):
         is_causal=False,
         deterministic=True,
         decode=False,
+        projections=None,
     ):
         if decode:
             return self.decode_step(query, key, value, {})

@@ -16,7 +16,10 @@ class GlobalLocalCore(AttentionCore):
     Options: ``window_size`` (default 256 each side, Longformer's 512-wide window),
     ``dilation`` (1), ``max_global_tokens`` (static bound on global tokens per row,
     needed when the global mask is traced; default: counted from a concrete mask),
-    ``scale``, ``block_size``.
+    ``scale``, ``block_size``, ``global_projections`` (False; True gives global tokens
+    their own query/key/value projections, ``query_global``/``key_global``/
+    ``value_global``, as Longformer's checkpoints have; see ``global_qkv`` of
+    :func:`~effjax.attention.global_local_attention`).
 
     The global tokens are per-call data: the layer's ``global_mask`` bool ``[B, T]``
     argument. Without one no token is global (pure sliding window), as Longformer's
@@ -31,9 +34,23 @@ class GlobalLocalCore(AttentionCore):
     max_global_tokens: int | None = None
     scale: float | None = None
     block_size: int | None = None
+    global_projections: bool = False
+
+    layer_options = ("global_projections",)
 
     def check(self):
         masks_lib.normalize_window(self.window_size)
+
+    def extra_projections(self):
+        if not self.global_projections:
+            return {}
+        return {f"{like}_global": like for like in ("query", "key", "value")}
+
+    def projection_arguments(self, projections):
+        if not self.global_projections:
+            return {}
+        names = ("query_global", "key_global", "value_global")
+        return {"global_qkv": tuple(projections[name] for name in names)}
 
 
 #: Longformer puts global attention on a few task tokens ([CLS], question): the first ones.
