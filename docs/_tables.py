@@ -20,6 +20,7 @@ SEQ_LEN = 4096
 PROPERTIES = {
     # name: (cost per query, exactness, causal, decoding cache)
     "dense": ("O(S)", "exact (the reference)", "yes", "full key/value cache"),
+    "chunked": ("O(S), memory O(T)", "exact (online softmax over key tiles)", "yes", "no"),
     "local": ("O(w)", "exact for its window mask", "yes", "rolling window cache"),
     "global_local": ("O(w + g)", "exact for window + global mask", "yes", "no"),
     "block_sparse": ("O(b (3 + g + r))", "exact for its block mask (random blocks)", "yes", "no"),
