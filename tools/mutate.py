@@ -241,8 +241,9 @@ def apply(mutation: Mutation, tree: Path) -> None:
     path.write_text(text.replace(mutation.old, mutation.new))
 
 
-def run_tests(tree: Path, tests: tuple[str, ...], timeout: float) -> tuple[bool, str]:
-    """(passed, output tail) of the not-slow ``tests`` run in ``tree``."""
+def run_tests(tree: Path, tests: tuple[str, ...], timeout: float) -> tuple[int, str]:
+    """(pytest exit code, output tail) of the not-slow ``tests`` run in ``tree``: 0 passed,
+    1 a test failed, anything else (collection error, no test) says nothing about the code."""
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
     command = [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow"]
     command += ["-p", "no:cacheprovider", *(["-n", "0"] if _has_xdist() else [])]
@@ -251,9 +252,9 @@ def run_tests(tree: Path, tests: tuple[str, ...], timeout: float) -> tuple[bool,
             [*command, *tests], cwd=tree, env=env, capture_output=True, text=True, timeout=timeout
         )
     except subprocess.TimeoutExpired:
-        return False, f"timed out after {timeout:.0f} s"
+        return 1, f"timed out after {timeout:.0f} s"  # a hang counts as caught
     lines = (done.stdout + done.stderr).strip().splitlines()
-    return done.returncode == 0, lines[-1] if lines else ""
+    return done.returncode, lines[-1] if lines else ""
 
 
 def _has_xdist() -> bool:
@@ -265,7 +266,8 @@ def _has_xdist() -> bool:
 
 
 def check(mutation: Mutation, files: list[str], timeout: float) -> tuple[str, str, float]:
-    """("killed" | "SURVIVED" | "STALE", detail, seconds) for one mutation."""
+    """("killed" | "SURVIVED" | "STALE" | "BROKEN", detail, seconds) for one mutation;
+    BROKEN = the tests did not run (import or collection error), which proves nothing."""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"mutate-{mutation.name}-") as scratch:
         tree = Path(scratch)
@@ -274,8 +276,9 @@ def check(mutation: Mutation, files: list[str], timeout: float) -> tuple[str, st
             apply(mutation, tree)
         except ValueError as error:
             return "STALE", str(error), time.perf_counter() - start
-        passed, tail = run_tests(tree, mutation.tests, timeout)
-    return ("SURVIVED" if passed else "killed"), tail, time.perf_counter() - start
+        code, tail = run_tests(tree, mutation.tests, timeout)
+    status = {0: "SURVIVED", 1: "killed"}.get(code, "BROKEN")
+    return status, tail, time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         tests = tuple(dict.fromkeys(t for m in chosen for t in m.tests))
         with tempfile.TemporaryDirectory(prefix="mutate-baseline-") as scratch:
             _copy_tree(ROOT, files, Path(scratch))
-            passed, tail = run_tests(Path(scratch), tests, args.timeout)
-        if not passed:
+            code, tail = run_tests(Path(scratch), tests, args.timeout)
+        if code != 0:
             print(f"baseline: the unmutated tests fail ({tail}); fix them first", flush=True)
             return 2
         print(f"baseline: {tail}", flush=True)
