@@ -58,19 +58,27 @@ def _megabytes(bench, variant: str) -> str:
     return f"{r['peak_bytes'] / 2**20:.0f}" if r and r.get("peak_bytes") else "-"
 
 
-def _listops_accuracy() -> dict[str, str]:
-    """Test accuracy (%) per variant; the mean, with the count, when several seeds ran."""
+def _listops_accuracy() -> dict[str, dict[str, str]]:
+    """Test accuracy (%) per regime and variant; the mean, with the count, over seeds.
+
+    listops.json is a list of runs, or a dict holding them under "runs"; a run without a
+    "regime" belongs to the unnamed one.
+    """
     data = json.loads(LISTOPS.read_text())
-    rows = data.get("rows") if isinstance(data, dict) else data
-    if not isinstance(rows, list) or not all("variant" in r for r in rows):
-        raise ValueError(f"{LISTOPS}: expected a list of rows with 'variant' (docs/_tables.py)")
-    accuracies: dict[str, list[float]] = {}
-    for r in rows:
+    runs = data.get("runs") if isinstance(data, dict) else data
+    if not isinstance(runs, list) or not all("variant" in r for r in runs):
+        raise ValueError(f"{LISTOPS}: expected a list of runs with 'variant' (docs/_tables.py)")
+    accuracies: dict[str, dict[str, list[float]]] = {}
+    for r in runs:
         if r.get("test_accuracy") is not None:
-            accuracies.setdefault(r["variant"], []).append(100 * r["test_accuracy"])
+            regime = accuracies.setdefault(r.get("regime", ""), {})
+            regime.setdefault(r["variant"], []).append(100 * r["test_accuracy"])
     return {
-        v: f"{sum(a) / len(a):.1f}" + (f" (mean of {len(a)})" if len(a) > 1 else "")
-        for v, a in accuracies.items()
+        regime: {
+            v: f"{sum(a) / len(a):.1f}" + (f" (mean of {len(a)})" if len(a) > 1 else "")
+            for v, a in by_variant.items()
+        }
+        for regime, by_variant in sorted(accuracies.items())
     }
 
 
@@ -78,11 +86,12 @@ def variants_table() -> str:
     bench = _bench()
     listops = _listops_accuracy()
     base_mb = _megabytes(bench, "jax")
+    regimes = " | ".join(f"ListOps {r} test acc. (%)".replace("  ", " ") for r in listops)
     lines = [
         f"| variant | cost per query | exactness | causal | padding | decoding "
         f"| fwd speed-up at T={SEQ_LEN} | fwd+bwd speed-up | fwd+bwd compiled MB "
-        f"(jax.nn: {base_mb}) | ListOps test acc. (%) |",
-        "|---" * 10 + "|",
+        f"(jax.nn: {base_mb}) | {regimes} |",
+        "|---" * (9 + len(listops)) + "|",
     ]
     # Every registered variant gets a row, described or not, so none is left out.
     names = [*PROPERTIES, *(n for n in registry.available() if n not in PROPERTIES)]
@@ -91,7 +100,9 @@ def variants_table() -> str:
         lines.append(
             f"| `{name}` | {cost} | {exact} | {causal} | yes | {decoding} "
             f"| {_speedup(bench, name, 'fwd')} | {_speedup(bench, name, 'fwd_bwd')} "
-            f"| {_megabytes(bench, name)} | {listops.get(name, '-')} |"
+            f"| {_megabytes(bench, name)} | "
+            + " | ".join(by_variant.get(name, "-") for by_variant in listops.values())
+            + " |"
         )
     return "\n".join(lines) + "\n"
 
