@@ -61,13 +61,14 @@ def test_per_layer_options_reach_each_layer(tiny, monkeypatch):
         seen.append((window_size, is_causal, None if padding_mask is None else padding_mask.shape))
         return windowed_dense(query, key, value, window_size=window_size, padding_mask=padding_mask)
 
+    # Registered first: a config checks its attention when it is built.
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    ea.register("spy", spy)
     spy_cfg = cfg.replace(
         attention=spy.__name__,
         num_layers=2,
         layer_attention_options=[{"window_size": 2}, {"window_size": 5}],
     )
-    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    ea.register("spy", spy)
     two_layers = {"params": {**variables["params"], "layer_1": variables["params"]["layer_0"]}}
     Encoder(spy_cfg).apply(two_layers, ids, right_padding([T, 3], T))
     assert seen == [(2, False, (B, T)), (5, False, (B, T))]
