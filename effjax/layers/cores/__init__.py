@@ -22,6 +22,7 @@ from effjax.layers.cores.base import (
 )
 from effjax.layers.cores.block_sparse import BlockSparseCore
 from effjax.layers.cores.dense import DenseCore
+from effjax.layers.cores.gaussian import GaussianCore
 from effjax.layers.cores.global_local import GlobalLocalCore
 from effjax.layers.cores.kernel import (
     RANDOM_FEATURES,
@@ -32,7 +33,11 @@ from effjax.layers.cores.kernel import (
 from effjax.layers.cores.linformer import LinformerCore, linformer_projection_init
 from effjax.layers.cores.local import LocalCore
 from effjax.layers.cores.lsh import LSHCore
+from effjax.layers.cores.persistent_memory import PersistentMemoryCore
 from effjax.layers.cores.remap import remap_legacy_variables
+from effjax.layers.cores.routing import ROUTING_CENTROIDS, RoutingCore
+from effjax.layers.cores.sinkhorn import SinkhornCore
+from effjax.layers.cores.synthesizer import SynthesizerCore
 
 
 def upkeep(
@@ -56,16 +61,22 @@ def upkeep(
 
 __all__ = [
     "RANDOM_FEATURES",
+    "ROUTING_CENTROIDS",
     "AttentionCore",
     "BlockSparseCore",
     "DenseCore",
     "FunctionCore",
+    "GaussianCore",
     "GlobalLocalCore",
     "LSHCore",
     "LinearCore",
     "LinformerCore",
     "LocalCore",
     "PerformerCore",
+    "PersistentMemoryCore",
+    "RoutingCore",
+    "SinkhornCore",
+    "SynthesizerCore",
     "attention_rng",
     "build_core",
     "evaluation_key",

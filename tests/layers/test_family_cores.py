@@ -1,0 +1,128 @@
+"""The cores of routing, sinkhorn, synthesizer, persistent_memory and gaussian attention:
+each equals its pure function on the core's own variables, and the routing centroids move
+by the k-means moving average through the generic upkeep."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from effjax import attention as ea
+from effjax import testing
+from effjax.layers import cores
+from effjax.layers.cores import (
+    ROUTING_CENTROIDS,
+    GaussianCore,
+    PersistentMemoryCore,
+    RoutingCore,
+    SinkhornCore,
+    SynthesizerCore,
+)
+
+Q, K, V = testing.random_qkv(jax.random.key(0), batch=2, q_len=8, num_heads=2, head_dim=4)
+PADDING = jnp.arange(8)[None, :] < jnp.array([[8], [6]])
+
+
+def run(core, **kwargs):
+    variables = core.init(jax.random.key(1), Q, K, V)
+    return variables, core.apply(variables, Q, K, V, padding_mask=PADDING, **kwargs)
+
+
+def test_routing_centroids_follow_the_moving_average_through_upkeep():
+    core = RoutingCore(local_heads=0, num_clusters=3, decay=0.5)
+    variables = core.init(jax.random.key(1), Q, K, V)
+    state = variables[ROUTING_CENTROIDS]
+    assert state["centroids"].shape == (2, 3, 4) and "params" not in variables
+    out, mutated = core.apply(
+        variables, Q, K, V, padding_mask=PADDING, deterministic=False, mutable=[ROUTING_CENTROIDS]
+    )
+    want_out = ea.routing_attention(Q, K, V, centroids=state["centroids"], padding_mask=PADDING)
+    np.testing.assert_allclose(out, want_out, atol=1e-6)
+    after = cores.upkeep(mutated, rng=jax.random.key(2), step=1)[ROUTING_CENTROIDS]
+    valid = jnp.concatenate([PADDING, PADDING], axis=1)
+    want = ea.update_centroids(
+        state["centroids"], jnp.concatenate([Q, K], axis=1), decay=0.5, valid=valid
+    )
+    np.testing.assert_allclose(after["centroids"], want, atol=1e-6)
+    assert not np.allclose(after["centroids"], state["centroids"])
+    np.testing.assert_array_equal(after["counts"], 0.0)
+    # Evaluation gathers nothing: the statistics stay empty.
+    _, mutated = core.apply(variables, Q, K, V, mutable=[ROUTING_CENTROIDS])
+    np.testing.assert_array_equal(mutated[ROUTING_CENTROIDS]["counts"], 0.0)
+
+
+def test_routing_mixes_local_heads():
+    core = RoutingCore(local_heads=1, num_clusters=2, local_window=2)
+    variables, out = run(core, is_causal=True)
+    mu = variables[ROUTING_CENTROIDS]["centroids"]
+    local = ea.local_attention(Q[:, :, :1], K[:, :, :1], V[:, :, :1], window_size=(2, 0),
+                               padding_mask=PADDING, is_causal=True)  # fmt: skip
+    routed = ea.routing_attention(Q[:, :, 1:], K[:, :, 1:], V[:, :, 1:], centroids=mu,
+                                  padding_mask=PADDING, is_causal=True)  # fmt: skip
+    np.testing.assert_allclose(out, jnp.concatenate([local, routed], axis=2), atol=1e-6)
+
+
+def test_sinkhorn_sorting_network_by_hand():
+    core = SinkhornCore(block_size=3, max_len=12)
+    variables, out = run(core, is_causal=True)
+    p = variables["params"]
+    assert p["sort_w2"].shape == (2, 4, 4)  # K, F = H, ceil(12 / 3) blocks
+    # Causal summaries: block i reads the mean real key of blocks < i.
+    real = np.asarray(PADDING, np.float64)
+    k = np.asarray(K, np.float64)
+    summaries = np.zeros((2, 2, 3, 4))
+    for i in range(1, 3):
+        w = real[:, : 3 * i]
+        summaries[:, :, i] = np.einsum("bl,blkh->bkh", w, k[:, : 3 * i]) / w.sum(1)[:, None, None]
+    hidden = np.maximum(np.einsum("bknh,khf->bknf", summaries, p["sort_w1"]), 0)
+    logits = jnp.asarray(np.einsum("bknf,kfm->bknm", hidden, p["sort_w2"])[..., :3], jnp.float32)
+    want = ea.sinkhorn_attention(Q, K, V, block_size=3, sort_logits=logits, padding_mask=PADDING,
+                                 is_causal=True)  # fmt: skip
+    np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("options", "shapes"),
+    [
+        ({"kind": "dense", "max_len": 10}, {"w1": (2, 4, 4), "w2": (2, 4, 10)}),
+        ({"kind": "factorized_dense", "max_len": 10}, {"wa": (2, 4, 4), "wb": (2, 4, 3)}),
+        ({"kind": "factorized_random", "rank": 2, "mixture": True}, {"r1": (2, 8, 2), "alpha": ()}),
+    ],
+)
+def test_synthesizer_parameters_per_kind(options, shapes):
+    variables, out = run(SynthesizerCore(**options), is_causal=True)
+    for name, shape in shapes.items():
+        assert variables["params"][name].shape == shape
+    assert np.isfinite(out).all()
+
+
+def test_fixed_random_synthesizer_is_a_non_trainable_table():
+    variables, out = run(SynthesizerCore(kind="random", trainable=False, max_len=10))
+    table = variables["synthesizer"]["table"]
+    assert table.shape == (2, 10, 10) and "params" not in variables
+    logits = ea.random_synthesizer_logits(table, q_len=8, kv_len=8)
+    want = ea.synthesizer_attention(Q, K, V, synthetic_logits=logits, padding_mask=PADDING)
+    np.testing.assert_allclose(out, want, atol=1e-6)
+
+
+def test_persistent_memory_and_gaussian_cores_equal_their_functions():
+    variables, out = run(PersistentMemoryCore(num_slots=3), is_causal=True)
+    p = variables["params"]
+    want = ea.persistent_memory_attention(Q, K, V, memory_key=p["memory_key"],
+        memory_value=p["memory_value"], padding_mask=PADDING, is_causal=True)  # fmt: skip
+    np.testing.assert_allclose(out, want, atol=1e-6)
+    variables, out = run(GaussianCore(widths=[1.0, 2.0]))
+    assert not variables
+    want = ea.gaussian_attention(Q, K, V, widths=(1.0, 2.0), padding_mask=PADDING)
+    np.testing.assert_allclose(out, want, atol=1e-6)
+
+
+def test_bad_options_fail_at_construction():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        SynthesizerCore.from_options({"kind": "nope"})
+    with pytest.raises(ValueError, match=r"decay must be in \[0, 1\)"):
+        RoutingCore.from_options({"decay": 1.0})
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        SinkhornCore.from_options({"temperature": 0.0})
+    with pytest.raises(ValueError, match="leaves no routing head"):
+        RoutingCore(local_heads=2).init(jax.random.key(0), Q, K, V)
