@@ -131,6 +131,7 @@ class RoutingCore(AttentionCore):
         is_causal=False,
         deterministic=True,
         decode=False,
+        projections=None,  # this core asks for no extra projections
     ):
         if decode:
             return self.decode_step(query, key, value, {})
