@@ -17,17 +17,21 @@ from effjax.attention import _common
 
 
 def softmax_with_lse(logits: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Float32 softmax over the last axis and its log-sum-exp; masked entries give 0.
+    """Softmax over the last axis, in at least float32, and its log-sum-exp.
 
-    A row with no unmasked entry gets weights 0 and lse ``MASK_VALUE`` (finite), so it
-    carries no weight when merged with another part of the same row.
+    Masked entries give 0. A row with no unmasked entry gets weights 0 and lse
+    ``MASK_VALUE`` (finite), so it carries no weight when merged with another part of
+    the same row. Complex logits get the holomorphic softmax ``exp(z) / sum exp(z)``.
     """
-    logits = jnp.where(mask, logits.astype(jnp.float32), _common.MASK_VALUE)
+    dtype = jnp.promote_types(logits.dtype, jnp.float32)
+    logits = jnp.where(mask, logits.astype(dtype), _common.MASK_VALUE)
     # The max only stabilises exp; its gradient cancels, so keep it out of the graph.
-    row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    # Any constant shift cancels, so a complex row is shifted by its largest real part.
+    row_max = jax.lax.stop_gradient(jnp.max(jnp.real(logits), axis=-1, keepdims=True))
     unnormalised = jnp.where(mask, jnp.exp(logits - row_max), 0.0)
     total = jnp.sum(unnormalised, axis=-1, keepdims=True)
-    has_key = total > 0
+    # A row with one unmasked logit has a max above the fill (a complex sum may cancel to 0).
+    has_key = row_max > _common.MASK_VALUE
     safe_total = jnp.where(has_key, total, 1.0)
     weights = unnormalised / safe_total
     lse = jnp.where(has_key, row_max + jnp.log(safe_total), _common.MASK_VALUE)
@@ -67,13 +71,13 @@ def block_attention(
       scale: logit scale.
 
     Returns:
-      ``out [B, Q, b, K, G, Hv]`` float32 and ``lse [B, Q, b, K, G]``.
+      ``out [B, Q, b, K, G, Hv]`` and ``lse [B, Q, b, K, G]``, in at least float32.
     """
+    dtype = jnp.promote_types(jnp.result_type(query_blocks, key_blocks), jnp.float32)
     logits = jnp.einsum(
-        "bqikgh,bqjkh->bqkgij",
-        query_blocks.astype(jnp.float32),
-        key_blocks.astype(jnp.float32),
+        "bqikgh,bqjkh->bqkgij", query_blocks.astype(dtype), key_blocks.astype(dtype)
     )
     weights, lse = softmax_with_lse(logits * scale, mask)
-    out = jnp.einsum("bqkgij,bqjkh->bqikgh", weights, value_blocks.astype(jnp.float32))
+    value_blocks = value_blocks.astype(jnp.promote_types(weights.dtype, value_blocks.dtype))
+    out = jnp.einsum("bqkgij,bqjkh->bqikgh", weights, value_blocks)
     return out, jnp.moveaxis(lse, -1, 2)

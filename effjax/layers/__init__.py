@@ -1,6 +1,6 @@
 """Flax linen modules built on effjax's attention functions."""
 
-from effjax.layers.attention import MultiHeadAttention, as_flax_attention_fn
+from effjax.layers.attention import MultiHeadAttention
 from effjax.layers.cores import (
     RANDOM_FEATURES,
     ROUTING_CENTROIDS,
@@ -26,6 +26,7 @@ from effjax.layers.cores import (
     upkeep,
 )
 from effjax.layers.feedforward import FeedForward
+from effjax.layers.flax_adapter import as_flax_attention_fn
 from effjax.layers.gbst import GBST
 from effjax.layers.moe import MOE_LOSSES, SwitchFeedForward, expert_capacity, moe_aux_losses
 from effjax.layers.quantized import QuantizedArray, QuantizedDense

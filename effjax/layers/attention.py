@@ -10,7 +10,6 @@ import jax
 import jax.numpy as jnp
 from flax.core import FrozenDict
 
-from effjax.attention import registry
 from effjax.layers.cores.base import AttentionCore, build_core
 
 Dtype = Any
@@ -186,46 +185,3 @@ class MultiHeadAttention(nn.Module):
             bias_init=self.bias_init,
             name="out",
         )(out)
-
-
-def as_flax_attention_fn(
-    attention: str | Callable[..., jax.Array] = "dense", **options: Any
-) -> Callable[..., jax.Array]:
-    """An ``attention_fn`` for :class:`flax.linen.MultiHeadDotProductAttention`.
-
-    Flax calls ``attention_fn(query, key, value, bias, mask, **flax_kwargs)`` with
-    ``query [B, T, N, H]``. Only the dense variant takes flax's dense ``mask``/``bias``;
-    other variants are configured by ``options`` (their compact masks) and refuse a
-    dense mask rather than silently ignore it. Flax's attention-weight dropout is
-    refused: effjax's variants never materialise the weights.
-
-    Example:
-      >>> import flax.linen as nn
-      >>> from effjax.layers import as_flax_attention_fn
-      >>> layer = nn.MultiHeadDotProductAttention(
-      ...     num_heads=4, attention_fn=as_flax_attention_fn("dense"))
-    """
-    attention_fn = registry.resolve(attention)
-
-    def flax_attention_fn(
-        query, key, value, bias=None, mask=None, *, dropout_rate=0.0, deterministic=True, **_
-    ):
-        if dropout_rate > 0.0 and not deterministic:
-            raise ValueError(
-                "attention-weight dropout is not available in effjax variants; "
-                "use effjax.layers.MultiHeadAttention(dropout_rate=...) instead"
-            )
-        extra = {}
-        if mask is not None:
-            # flax builds masks as float 0/1 (nn.make_attention_mask): take them as bool.
-            extra["mask"] = jnp.asarray(mask).astype(bool)
-        if bias is not None:
-            extra["bias"] = bias
-        if extra and attention_fn is not registry.get("dense"):
-            raise ValueError(
-                f"attention {attention!r} takes no dense mask or bias from flax; "
-                "describe the pattern through its own options"
-            )
-        return attention_fn(query, key, value, **extra, **options)
-
-    return flax_attention_fn

@@ -1,4 +1,5 @@
 import functools
+import warnings
 
 import chex
 import hypothesis
@@ -12,7 +13,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from effjax import testing
-from effjax.attention import dot_product_attention, masks
+from effjax.attention import dense, dot_product_attention, masks
 
 
 def numpy_attention(q, k, v, mask=None, scale=None):
@@ -134,7 +135,8 @@ class DenseVsNumpyTest(parameterized.TestCase):
 
 class BadInputTest(parameterized.TestCase):
     @parameterized.named_parameters(
-        ("query_rank", (2, 5, 8), (2, 5, 4, 8), (2, 5, 4, 8), "query must have rank 4"),
+        ("query_rank", (1, 2, 5, 4, 8), (2, 5, 4, 8), (2, 5, 4, 8), "query must have rank <= 4"),
+        ("unbatched", (5, 4, 8), (2, 5, 4, 8), (2, 5, 4, 8), "batch sizes differ"),
         ("batch", (2, 5, 4, 8), (3, 5, 4, 8), (3, 5, 4, 8), "batch sizes differ"),
         ("kv_len", (2, 5, 4, 8), (2, 5, 4, 8), (2, 6, 4, 8), "key and value lengths differ"),
         ("head_dim", (2, 5, 4, 8), (2, 5, 4, 6), (2, 5, 4, 6), "head dims differ"),
@@ -152,7 +154,7 @@ class BadInputTest(parameterized.TestCase):
 
     def test_mask_shape_and_dtype(self):
         q, k, v = testing.random_qkv(jax.random.key(0), q_len=5)
-        with pytest.raises(ValueError, match=r"mask must have shape .* got \(1, 1, 5, 4\)"):
+        with pytest.raises(ValueError, match=r"mask must be broadcastable .* got \(1, 1, 5, 4\)"):
             dot_product_attention(q, k, v, mask=jnp.ones((1, 1, 5, 4), bool))
         with pytest.raises(ValueError, match="mask must be bool"):
             dot_product_attention(q, k, v, mask=jnp.ones((1, 1, 5, 5)))
@@ -238,3 +240,269 @@ def test_any_shape_matches_numpy(
         mask = mask & np.asarray(masks.causal_mask(q_len, kv_len))[None, None]
     got = dot_product_attention(q, k, v, padding_mask=pad, is_causal=is_causal)
     np.testing.assert_allclose(got, numpy_attention(q, k, v, mask), atol=1e-5)
+
+
+# --- Drop-in conformance with jax.nn.dot_product_attention --------------------------------
+
+
+def _logit_array_shape(draw, full_shape, rank):
+    """A shape of the given rank (<= 4) broadcastable to ``full_shape``: each axis 1 or full."""
+    return tuple(draw(st.sampled_from([1, f])) for f in full_shape[4 - rank :])
+
+
+def _reference_mask(shape, mask, is_causal, window, kv_lengths):
+    """jax's combined mask (top-left aligned; used with T == S for causal and window)."""
+    t, s = shape[2:]
+    m = np.ones(shape, bool)
+    if mask is not None:
+        m &= np.broadcast_to(np.asarray(mask).reshape((1,) * (4 - mask.ndim) + mask.shape), shape)
+    rel = np.arange(s)[None, :] - np.arange(t)[:, None]
+    if is_causal:
+        m &= rel <= 0
+    if window is not None:
+        m &= (rel >= -window[0]) & (rel <= window[1])
+    if kv_lengths is not None:
+        m &= (np.arange(s)[None, :] < np.asarray(kv_lengths)[:, None])[:, None, None, :]
+    return m
+
+
+@hypothesis.settings(max_examples=12, deadline=None)
+@hypothesis.given(data=st.data())
+def test_conforms_to_jax_nn_for_every_argument(data):
+    draw = data.draw
+    batched = draw(st.booleans(), "batched")
+    b = draw(st.integers(1, 2)) if batched else 1
+    kv_heads, groups = draw(st.sampled_from([1, 2])), draw(st.integers(1, 2))
+    n, h = kv_heads * groups, draw(st.sampled_from([1, 3]))
+    t = draw(st.integers(1, 6))
+    is_causal = draw(st.booleans(), "is_causal")
+    window = draw(st.none() | st.tuples(st.integers(0, 3), st.integers(0, 3)), "window")
+    # jax aligns causal and window masks top-left, effjax bottom-right: they agree when T == S.
+    s = t if is_causal or window is not None else draw(st.integers(1, 6))
+    mask_rank, bias_rank = draw(st.integers(0, 4), "mask rank"), draw(st.integers(0, 4), "bias")
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    full = (b, n, t, s)
+    mask = bias = None
+    if mask_rank:
+        mask = rng.random(_logit_array_shape(draw, full, mask_rank)) < 0.7
+    if bias_rank:
+        bias = rng.normal(size=_logit_array_shape(draw, full, bias_rank)).astype(np.float32)
+    q_lengths = kv_lengths = None
+    if draw(st.booleans(), "seq lengths"):
+        q_lengths = rng.integers(0, t + 1, b).astype(np.int32)
+        kv_lengths = rng.integers(0, s + 1, b).astype(np.int32)
+    q, k, v = testing.random_qkv(
+        jax.random.key(seed),
+        batch=b,
+        q_len=t,
+        kv_len=s,
+        num_heads=n,
+        num_kv_heads=kv_heads,
+        head_dim=h,
+    )
+    if not batched:
+        q, k, v = q[0], k[0], v[0]
+    options = dict(
+        is_causal=is_causal,
+        query_seq_lengths=q_lengths,
+        key_value_seq_lengths=kv_lengths,
+        local_window_size=window,
+    )
+    # Rows that see no key differ on purpose (effjax: zeros; jax: the mean of all values):
+    # compare the others, and weight the others only in the gradient.
+    seen = _reference_mask(full, mask, is_causal, window, kv_lengths).any(-1)  # [B, N, T]
+    if q_lengths is not None:
+        seen |= np.arange(t)[None, None, :] >= q_lengths[:, None, None]
+    seen = np.moveaxis(seen, 1, 2).reshape(q.shape[:-1])[..., None]
+    cotangent = np.asarray(jax.random.normal(jax.random.key(seed + 1), q.shape)) * seen
+
+    argnums = (0, 1, 2, 3) if bias is not None else (0, 1, 2)
+
+    # One compiled program per example: the eager op-by-op version costs ~50x more.
+    @jax.jit
+    def outputs_and_grads(q, k, v, bias):
+        results = []
+        for fn in (dot_product_attention, jax.nn.dot_product_attention):
+
+            def run(q, k, v, bias, fn=fn):
+                return fn(q, k, v, bias, mask, return_residual=True, **options)
+
+            loss = lambda *args, run=run: jnp.sum(run(*args)[0] * cotangent)  # noqa: E731
+            results.append((*run(q, k, v, bias), jax.grad(loss, argnums)(q, k, v, bias)))
+        return results
+
+    (out, lse, got), (want, want_lse, expected) = outputs_and_grads(q, k, v, bias)
+    assert out.shape == want.shape and lse.shape == want_lse.shape
+    np.testing.assert_allclose(np.where(seen, out, 0), np.where(seen, want, 0), atol=2e-6)
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-6, atol=1e-5)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, atol=2e-5, rtol=1e-5)
+
+
+class DifferencesFromJaxTest(parameterized.TestCase):
+    """Each row of the README's "differences from jax.nn" table."""
+
+    def test_causal_and_window_are_bottom_right_aligned_when_t_differs_from_s(self):
+        q, k, v = testing.random_qkv(jax.random.key(20), q_len=3, kv_len=7)
+        for options, shifted in (
+            ({"is_causal": True}, masks.causal_mask(3, 7)),
+            ({"local_window_size": (2, 1)}, masks.window_mask(3, 7, (2, 1))),
+        ):
+
+            @jax.jit
+            def three(q, k, v, options=options, shifted=shifted):
+                return (
+                    dot_product_attention(q, k, v, **options),
+                    jax.nn.dot_product_attention(q, k, v, mask=shifted[None, None]),
+                    jax.nn.dot_product_attention(q, k, v, **options),
+                )
+
+            got, spelled, top_left = three(q, k, v)
+            # jax with the bottom-right mask spelled out gives the same; jax's own flag does not.
+            np.testing.assert_allclose(got, spelled, atol=1e-6)
+            assert np.abs(got - top_left).max() > 0.1
+
+    def test_row_with_no_key_is_zero_where_jax_averages(self):
+        q, k, v = testing.random_qkv(jax.random.key(21), q_len=4)
+        lengths = jnp.array([4, 0], jnp.int32)
+        got, lse = dot_product_attention(
+            q, k, v, key_value_seq_lengths=lengths, return_residual=True
+        )
+        want, want_lse = jax.nn.dot_product_attention(
+            q, k, v, key_value_seq_lengths=lengths, return_residual=True
+        )
+        np.testing.assert_allclose(got[0], want[0], atol=1e-6)
+        np.testing.assert_array_equal(got[1], 0.0)
+        np.testing.assert_allclose(
+            want[1], jnp.broadcast_to(v[1].mean(0), want[1].shape), atol=1e-6
+        )
+        np.testing.assert_array_equal(lse, want_lse)  # both the finite fill for the empty rows
+
+    def test_complex_inputs_get_the_complex_softmax_where_jax_drops_the_imaginary_part(self):
+        parts = testing.random_qkv(jax.random.key(22), batch=1, q_len=4, num_heads=2, head_dim=3)
+        q, k, v = (p + 1j * jnp.roll(p, 1, axis=-1) for p in parts)
+        mask = jnp.tril(jnp.ones((4, 4), bool))
+        got = dot_product_attention(q, k, v, mask=mask)
+        assert got.dtype == jnp.complex64
+        np.testing.assert_allclose(
+            got, numpy_attention_complex(q, k, v, np.asarray(mask)), atol=1e-5
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # jax warns that it casts complex to real
+            dropped = jax.nn.dot_product_attention(q, k, v, mask=mask[None, None])
+        assert np.abs(got - dropped).max() > 0.1
+
+    @parameterized.parameters(jnp.int32, jnp.bool_, jnp.uint8)
+    def test_integer_inputs_are_refused(self, dtype):
+        q = jnp.ones((1, 3, 2, 4), dtype)
+        with pytest.raises(ValueError, match=r"query must be floating point .* \(1, 3, 2, 4\)"):
+            dot_product_attention(q, q, q)
+        with pytest.raises(ValueError, match="value must be floating point"):
+            dot_product_attention(q.astype(jnp.float32), q.astype(jnp.float32), q)
+
+    def test_local_window_never_builds_a_t_by_s_array(self):
+        t = 256
+        q, k, v = testing.random_qkv(jax.random.key(23), batch=1, q_len=t, num_heads=1)
+        lengths = jnp.array([200], jnp.int32)
+
+        def fn(q, k, v):
+            return dot_product_attention(
+                q,
+                k,
+                v,
+                local_window_size=(3, 1),
+                key_value_seq_lengths=lengths,
+                mask=jnp.ones((t,), bool),  # per-key: folded into the padding, not dense
+            )
+
+        jaxpr = jax.make_jaxpr(jax.grad(lambda *a: fn(*a).sum(), (0, 1, 2)))(q, k, v)
+        sizes = [int(np.prod(var.aval.shape)) for eqn in jaxpr.eqns for var in eqn.outvars]
+        assert max(sizes) < t * t // 2, f"largest intermediate {max(sizes)} >= T*S/2"
+        want = jax.nn.dot_product_attention(
+            q, k, v, local_window_size=(3, 1), key_value_seq_lengths=lengths
+        )
+        np.testing.assert_allclose(fn(q, k, v)[:, :200], want[:, :200], atol=1e-5)
+
+
+def numpy_attention_complex(q, k, v, mask):
+    """softmax(z) = exp(z) / sum exp(z) on complex logits, [T, S] mask, no GQA."""
+    q, k, v = (np.asarray(x, np.complex128) for x in (q, k, v))
+    logits = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1])
+    w = np.where(mask, np.exp(logits), 0)
+    return np.einsum("bnts,bsnh->btnh", w / w.sum(-1, keepdims=True), v)
+
+
+class JaxArgumentsTest(parameterized.TestCase):
+    def setUp(self):
+        super().setUp()
+        self.q, self.k, self.v = testing.random_qkv(jax.random.key(24), q_len=5, num_heads=2)
+
+    def test_bias_and_mask_are_positional(self):
+        bias = jax.random.normal(jax.random.key(25), (5, 5))
+        mask = jnp.eye(5, dtype=bool) | (jnp.arange(5)[None] == 0)
+        np.testing.assert_allclose(
+            dot_product_attention(self.q, self.k, self.v, bias, mask),
+            jax.nn.dot_product_attention(self.q, self.k, self.v, bias, mask),
+            atol=1e-6,
+        )
+
+    def test_implementation_xla_is_the_default_and_unknown_is_refused(self):
+        np.testing.assert_array_equal(
+            dot_product_attention(self.q, self.k, self.v, implementation="xla"),
+            dot_product_attention(self.q, self.k, self.v),
+        )
+        with pytest.raises(ValueError, match="implementation must be one of"):
+            dot_product_attention(self.q, self.k, self.v, implementation="triton")
+
+    def test_cudnn_goes_to_jax_cudnn_kernel(self):
+        calls = []
+
+        def spy(*args, **kwargs):
+            calls.append(kwargs)
+            return args[0]
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(dense, "_jax_dot_product_attention", spy)
+            lengths = jnp.array([5, 3], jnp.int32)
+            dot_product_attention(
+                self.q,
+                self.k,
+                self.v,
+                is_causal=True,
+                key_value_seq_lengths=lengths,
+                implementation="cudnn",
+            )
+            with pytest.raises(ValueError, match="no padding_mask"):
+                dot_product_attention(
+                    self.q,
+                    self.k,
+                    self.v,
+                    padding_mask=jnp.ones((2, 5), bool),
+                    implementation="cudnn",
+                )
+        assert calls[0]["implementation"] == "cudnn" and calls[0]["is_causal"]
+        assert calls[0]["key_value_seq_lengths"] is lengths
+
+    @parameterized.named_parameters(
+        ("q_lengths_shape", dict(query_seq_lengths=jnp.ones((3,), jnp.int32)), "query_seq_lengths"),
+        ("kv_lengths_dtype", dict(key_value_seq_lengths=jnp.ones((2,))), "key_value_seq_lengths"),
+        (
+            "bias_shape",
+            dict(bias=jnp.ones((2, 5, 4))),
+            r"bias must be broadcastable .* \(1, 2, 5, 4\)",
+        ),
+        ("mask_rank", dict(mask=jnp.ones((1, 1, 1, 5, 5), bool)), "mask must have rank <= 4"),
+    )
+    def test_bad_arguments_name_themselves(self, kwargs, message):
+        with pytest.raises(ValueError, match=message):
+            dot_product_attention(self.q, self.k, self.v, **kwargs)
+
+    def test_unbatched_padding_mask_and_weights(self):
+        pad = jnp.array([True, True, False, True, False])
+        got = dot_product_attention(self.q[0], self.k[0], self.v[0], padding_mask=pad)
+        want = jax.nn.dot_product_attention(self.q[0], self.k[0], self.v[0], mask=pad)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+        weights = dense.dot_product_attention_weights(self.q[0], self.k[0], padding_mask=pad)
+        np.testing.assert_allclose(jnp.einsum("nts,snh->tnh", weights, self.v[0]), want, atol=1e-6)
+        np.testing.assert_array_equal(weights[..., ~pad], 0.0)

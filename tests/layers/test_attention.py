@@ -1,4 +1,3 @@
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +5,7 @@ import pytest
 from flax import nnx
 
 from effjax.attention import dot_product_attention
-from effjax.layers import MultiHeadAttention, as_flax_attention_fn
+from effjax.layers import MultiHeadAttention
 
 B, T, D = 2, 12, 32
 
@@ -56,29 +55,6 @@ def test_variant_by_name_and_function_agree(x):
     by_fn = MultiHeadAttention(num_heads=4, attention=dot_product_attention)
     variables = by_name.init(jax.random.key(1), x)
     np.testing.assert_array_equal(by_name.apply(variables, x), by_fn.apply(variables, x))
-
-
-def test_works_as_flax_attention_fn(x):
-    ours = MultiHeadAttention(num_heads=4)
-    theirs = nn.MultiHeadDotProductAttention(
-        num_heads=4, attention_fn=as_flax_attention_fn("dense"), deterministic=True
-    )
-    variables = ours.init(jax.random.key(1), x)
-    # Same parameter names and shapes: flax's module takes effjax's variables as they are.
-    assert jax.tree.structure(variables) == jax.tree.structure(theirs.init(jax.random.key(1), x))
-    mask = nn.make_causal_mask(jnp.ones((B, T)))
-    np.testing.assert_allclose(
-        theirs.apply(variables, x, mask=mask),
-        ours.clone(is_causal=True).apply(variables, x),
-        atol=1e-5,
-    )
-
-
-def test_flax_adapter_refuses_dense_mask_for_other_variants():
-    fn = as_flax_attention_fn(lambda q, k, v, **kw: dot_product_attention(q, k, v))
-    q = jnp.ones((1, 4, 2, 8))
-    with pytest.raises(ValueError, match="takes no dense mask"):
-        fn(q, q, q, mask=jnp.ones((1, 1, 4, 4), bool))
 
 
 def test_nnx_bridge_gives_identical_outputs(x):
