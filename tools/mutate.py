@@ -135,11 +135,25 @@ MUTATIONS = (
         (f"{T_ATTN}/test_dense.py",),
     ),
     Mutation(
-        "keyless_rows_not_zeroed",  # a query with no key would average all values
-        f"{ATTN}/helpers.py",
-        "return jnp.where(mask, weights, 0.0)",
-        "return weights",
-        (f"{T_ATTN}/test_dense.py",),
+        "keyless_rows_not_zeroed",  # a query with no key would divide 0 by 0
+        f"{ATTN}/_blockwise.py",
+        "safe_total = jnp.where(has_key, total, 1.0)",
+        "safe_total = total",
+        (f"{T_ATTN}/test_dense.py::DenseVsNumpyTest",),
+    ),
+    Mutation(
+        "dense_local_window_as_dense_mask",  # local_window_size would build a [T, S] mask
+        f"{ATTN}/dense.py",
+        "use_local = call.window is not None and",
+        "use_local = False and",
+        (f"{T_ATTN}/test_dense.py::DifferencesFromJaxTest",),
+    ),
+    Mutation(
+        "dense_query_seq_lengths_ignored",
+        f"{ATTN}/dense.py",
+        "query_valid = None if q_lengths is None else",
+        "query_valid = None if True else",
+        (f"{T_ATTN}/test_dense.py::JaxArgumentsTest",),
     ),
     Mutation(
         "empty_keys_not_handled",

@@ -447,6 +447,14 @@ class JaxArgumentsTest(parameterized.TestCase):
             atol=1e-6,
         )
 
+    def test_query_seq_lengths_zero_the_rows_after_them(self):
+        lengths = jnp.array([2, 5], jnp.int32)
+        got = dot_product_attention(self.q, self.k, self.v, query_seq_lengths=lengths)
+        want = jax.nn.dot_product_attention(self.q, self.k, self.v, query_seq_lengths=lengths)
+        np.testing.assert_allclose(got, want, atol=1e-6)
+        np.testing.assert_array_equal(got[0, 2:], 0.0)
+        assert np.abs(got[1]).min() > 0
+
     def test_implementation_xla_is_the_default_and_unknown_is_refused(self):
         np.testing.assert_array_equal(
             dot_product_attention(self.q, self.k, self.v, implementation="xla"),
