@@ -27,7 +27,8 @@ def softmax_with_lse(logits: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax
     logits = jnp.where(mask, logits.astype(dtype), _common.MASK_VALUE)
     # The max only stabilises exp; its gradient cancels, so keep it out of the graph.
     # Any constant shift cancels, so a complex row is shifted by its largest real part.
-    row_max = jax.lax.stop_gradient(jnp.max(jnp.real(logits), axis=-1, keepdims=True))
+    row_max = jnp.max(jnp.real(logits), axis=-1, keepdims=True, initial=_common.MASK_VALUE)
+    row_max = jax.lax.stop_gradient(row_max)
     unnormalised = jnp.where(mask, jnp.exp(logits - row_max), 0.0)
     total = jnp.sum(unnormalised, axis=-1, keepdims=True)
     # A row with one unmasked logit has a max above the fill (a complex sum may cancel to 0).

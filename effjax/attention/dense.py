@@ -205,7 +205,7 @@ def _local_path(call: _Call) -> tuple[jax.Array, jax.Array]:
         valid = call.query_valid[:, :, None, None]
         out = jnp.where(valid[..., None], out, 0.0)
         lse = jnp.where(valid, lse, _common.MASK_VALUE)
-    return _common.ungroup_heads(out), lse.reshape((*lse.shape[:2], -1))
+    return _common.ungroup_heads(out), lse.reshape((*lse.shape[:2], call.dims.num_heads))
 
 
 def _dense_path(call: _Call) -> tuple[jax.Array, jax.Array]:
@@ -213,7 +213,7 @@ def _dense_path(call: _Call) -> tuple[jax.Array, jax.Array]:
     value = call.value.astype(jnp.promote_types(weights.dtype, call.value.dtype))
     out = jnp.einsum("bkgts,bskh->btkgh", weights, value)
     lse = jnp.moveaxis(lse, -1, 1)  # [B, K, G, T] -> [B, T, K, G]
-    return _common.ungroup_heads(out), lse.reshape((*lse.shape[:2], -1))
+    return _common.ungroup_heads(out), lse.reshape((*lse.shape[:2], call.dims.num_heads))
 
 
 def _cudnn(query, key, value, bias, mask, *, padding_mask, **kwargs):
