@@ -374,8 +374,8 @@ def dot_product_attention_weights(
       >>> import jax.numpy as jnp
       >>> q = k = jnp.ones((3, 2, 4))  # unbatched [T, N, H]
       >>> w = dot_product_attention_weights(q, k, is_causal=True)  # [N, T, S]
-      >>> w[0].round(2).tolist()
-      [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.33, 0.33, 0.33]]
+      >>> (w[0] * 6).round().astype(int).tolist()  # weights 1, 1/2, 1/3 in sixths
+      [[6, 0, 0], [3, 3, 0], [2, 2, 2]]
     """
     call = _prepare(
         query,
