@@ -109,6 +109,25 @@ def stamp_lines(info: dict[str, Any]) -> list[str]:
     return [line + "  " for line in lines[:-1]] + lines[-1:]
 
 
+def merge_invocations(known: list[dict], more: list[dict]) -> list[dict]:
+    """``known`` plus the stamps of ``more``; a stamp of the same command and commit as a
+    known one (a run re-stamped as it saved its progress) replaces it when it ran longer."""
+    merged = list(known)
+    for info in more:
+        key = (info["command"], info["commit"])
+        same = [i for i, old in enumerate(merged) if (old["command"], old["commit"]) == key]
+        if not same:
+            merged.append(info)
+        elif _seconds(info) > _seconds(merged[same[0]]):
+            merged[same[0]] = info
+    return merged
+
+
+def _seconds(info: dict) -> float:
+    value = info.get("wall_time_s")
+    return value if isinstance(value, int | float) else 0.0
+
+
 def write_text(path: str | Path, text: str) -> None:
     """Writes ``text`` to ``path`` atomically (scratch file in the same directory, then
     ``os.replace``); creates the parent directory."""

@@ -297,7 +297,9 @@ def merge(results: dict, other: dict) -> None:
         r for r in other["runs"] if (r["regime"], r["variant"], r["seed"]) not in done
     ]
     results["regimes"].update(other["regimes"])
-    results["invocations"] += [i for i in other["invocations"] if i not in results["invocations"]]
+    results["invocations"] = provenance.merge_invocations(
+        results["invocations"], other["invocations"]
+    )
     if "lra_operator_baseline" in other:
         results["lra_operator_baseline"] = other["lra_operator_baseline"]
 

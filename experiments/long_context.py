@@ -227,9 +227,9 @@ def main() -> None:
         extra = json.loads(other.read_text())
         known = {row["model"] for row in results["rows"]}
         results["rows"] += [row for row in extra["rows"] if row["model"] not in known]
-        results["invocations"] += [
-            i for i in extra["invocations"] if i not in results["invocations"]
-        ]
+        results["invocations"] = provenance.merge_invocations(
+            results["invocations"], extra["invocations"]
+        )
         results.setdefault("setup", extra["setup"])
     if args.report_only:
         write_report(results, args)

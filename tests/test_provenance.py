@@ -44,3 +44,12 @@ def test_writes_replace_the_file_whole_and_leave_no_scratch(tmp_path, monkeypatc
         provenance.write_text(path, "half")
     assert json.loads(path.read_text()) == {"b": [2]}
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]
+
+
+def test_merge_invocations_keeps_one_stamp_per_run():
+    a = {"command": "python x.py", "commit": "c1", "wall_time_s": 10.0}
+    a_later = {**a, "wall_time_s": 30.0}
+    b = {"command": "python x.py --seed 1", "commit": "c1", "wall_time_s": 5.0}
+    merged = provenance.merge_invocations([a, b], [a_later, b])
+    assert merged == [a_later, b]
+    assert provenance.merge_invocations([a_later], [a]) == [a_later]
