@@ -81,7 +81,18 @@ def _add_bench_parser(subparsers) -> None:
         default="float32",
         help="dtype of query, key and value: float32, bfloat16 or float16",
     )
-    p.add_argument("--layers", action="store_true", help="also time whole encoder layers")
+    p.add_argument(
+        "--layers",
+        action="store_true",
+        help="also time whole encoder layers, and the training step of deep models under "
+        "remat / bfloat16 / Switch experts / the reversible stack (compiled memory)",
+    )
+    p.add_argument(
+        "--training-layers",
+        type=int,
+        default=12,
+        help="layers of the models in the --layers training rows (0: none)",
+    )
     p.add_argument(
         "--peers",
         action="store_true",
@@ -149,6 +160,7 @@ def _bench_config(args):
         memory_limit_bytes=limit_bytes,
         max_run_seq_len=args.max_run_seq_len,
         layers=args.layers,
+        training_layers=args.training_layers,
         peers=args.peers,
         **quick,
     )

@@ -13,6 +13,7 @@ _BASELINE_NAMES = {
     "attention": "jax.nn",
     "layer": "the layer on jax.nn",
     "model": "the Hugging Face PyTorch model faced",
+    "training": "the plain model of its family",
 }
 
 
@@ -79,6 +80,9 @@ PEER_CLAIMS = (
 def baseline_of(kind: str, variant: str) -> str | None:
     """What a record's speed-up is taken against: jax.nn for attention and layers; for peer
     models, the Hugging Face model that the effjax one faces."""
+    if kind == "training":  # "<family>_<switch>" against "<family>"
+        family = variant.split("_")[0]
+        return family if family != variant else None
     if kind != "model":
         return BASELINE if variant != BASELINE else None
     return "hf_" + variant.removeprefix("effjax_") if variant.startswith("effjax_") else None

@@ -45,6 +45,7 @@ class BenchConfig:
     memory_limit_bytes: int | None = None
     max_run_seq_len: int | None = None
     layers: bool = False
+    training_layers: int = 12
     peers: bool = False
 
     def validate(self) -> None:
@@ -60,6 +61,8 @@ class BenchConfig:
             raise ValueError(f"mode must be one of {MODES}, got {list(self.modes)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.training_layers < 0:
+            raise ValueError(f"training_layers must be >= 0, got {self.training_layers}")
         for name in ("batch", "heads", "head_dim", "min_repeats", "max_repeats"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

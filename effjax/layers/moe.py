@@ -133,6 +133,8 @@ class SwitchFeedForward(nn.Module):
       (Fedus et al. 2021, eq. 4); 1 when perfectly balanced.
     * ``router_z_loss``: ``mean (logsumexp(x W_r))^2`` (Zoph et al. 2022, eq. 5).
     * ``tokens_dropped``: the fraction of tokens no expert took.
+    * ``aux_loss``: ``load_balancing_loss_weight * load_balancing_loss +
+      router_z_loss_weight * router_z_loss``, the term to add to the training loss.
 
     Expert parallelism: with ``expert_axis`` the expert-major activations
     ``[E, B, capacity, D]`` are constrained to be split over that mesh axis (run under
@@ -152,6 +154,8 @@ class SwitchFeedForward(nn.Module):
       activation: hidden activation, a function or a Hugging Face ``hidden_act`` name.
       dropout_rate: dropout on the output.
       expert_axis: mesh axis name to split the experts over, or None.
+      load_balancing_loss_weight: ``alpha`` of the load-balancing loss (Switch: 1e-2).
+      router_z_loss_weight: weight of the router z-loss (ST-MoE: 1e-3).
       dtype: expert computation dtype (default the input's); param_dtype: expert
         parameter dtype. The router always computes in float32.
       kernel_init: initializer of the expert kernels; router_init: of the router
@@ -164,7 +168,7 @@ class SwitchFeedForward(nn.Module):
       >>> variables = moe.init(jax.random.key(0), x)
       >>> y, aux = moe.apply(variables, x, mutable=[MOE_LOSSES])
       >>> y.shape, sorted(moe_aux_losses(aux))
-      ((2, 8, 32), ['load_balancing_loss', 'router_z_loss', 'tokens_dropped'])
+      ((2, 8, 32), ['aux_loss', 'load_balancing_loss', 'router_z_loss', 'tokens_dropped'])
     """
 
     num_experts: int
@@ -174,6 +178,8 @@ class SwitchFeedForward(nn.Module):
     activation: str | Activation = nn.gelu
     dropout_rate: float = 0.0
     expert_axis: str | None = None
+    load_balancing_loss_weight: float = 1e-2
+    router_z_loss_weight: float = 1e-3
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
@@ -252,7 +258,9 @@ class SwitchFeedForward(nn.Module):
         z = jax.nn.logsumexp(logits, axis=-1)
         z_loss = mean((z * z)[..., None])[0]
         dropped = mean((~jnp.any(kept, axis=-1)).astype(jnp.float32)[..., None])[0]
+        aux = self.load_balancing_loss_weight * balance + self.router_z_loss_weight * z_loss
         for name, value in (
+            ("aux_loss", aux),
             ("load_balancing_loss", balance),
             ("router_z_loss", z_loss),
             ("tokens_dropped", dropped),
@@ -260,24 +268,29 @@ class SwitchFeedForward(nn.Module):
             self.sow(MOE_LOSSES, name, value)
 
 
+_STATISTICS = ("aux_loss", "load_balancing_loss", "router_z_loss", "tokens_dropped")
+
+
 def moe_aux_losses(collection: Any) -> dict[str, jax.Array]:
-    """Means over every :class:`SwitchFeedForward` layer of the values it sowed.
+    """What the :class:`SwitchFeedForward` layers sowed: ``aux_loss`` summed over the
+    layers (add it to the training loss, as Fedus et al. 2021 do per layer), the
+    ``load_balancing_loss``, ``router_z_loss`` and ``tokens_dropped`` averaged over them.
 
     ``collection`` is the ``"moe_losses"`` collection returned by ``apply(...,
-    mutable=["moe_losses"])`` (or the whole mutated-variables dict). Returns
-    ``{"load_balancing_loss", "router_z_loss", "tokens_dropped"}`` (zeros when no layer
-    sowed anything), ready to be weighted and added to the training loss.
+    mutable=["moe_losses"])`` (or the whole mutated-variables dict). Zeros when no layer
+    sowed anything.
 
     Example:
       >>> moe_aux_losses({})["router_z_loss"]
       Array(0., dtype=float32)
     """
     collection = collection.get(MOE_LOSSES, collection)
-    totals = {name: [] for name in ("load_balancing_loss", "router_z_loss", "tokens_dropped")}
+    values: dict[str, list] = {name: [] for name in _STATISTICS}
     for path, value in jax.tree_util.tree_flatten_with_path(collection)[0]:
         name = next(k.key for k in reversed(path) if isinstance(k, jax.tree_util.DictKey))
-        totals[name].append(value)
+        values[name].append(value)
+    reduce = {"aux_loss": jnp.sum}
     return {
-        name: jnp.mean(jnp.stack(values)) if values else jnp.zeros((), jnp.float32)
-        for name, values in totals.items()
+        name: reduce.get(name, jnp.mean)(jnp.stack(v)) if v else jnp.zeros((), jnp.float32)
+        for name, v in values.items()
     }

@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
+import jax.numpy as jnp
 from flax.core import FrozenDict
 
 from effjax.layers.cores import build_core
@@ -59,6 +60,43 @@ def _check_sizes(config) -> None:
         raise ValueError(f"ff_chunk_size must be positive or None, got {config.ff_chunk_size}")
 
 
+#: ``remat`` values: what a block keeps for the backward pass (jax.checkpoint policies).
+REMAT_POLICIES = ("none", "full", "dots")
+#: ``dtype`` values: the computation dtype (parameters and optimizer state stay float32).
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def _check_scale_options(config) -> None:
+    """Switch experts, remat and compute dtype."""
+    if config.remat not in REMAT_POLICIES:
+        raise ValueError(f"remat={config.remat!r} is not one of {REMAT_POLICIES}")
+    if config.dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"dtype={config.dtype!r} is not one of {COMPUTE_DTYPES}")
+    if config.num_experts < 0:
+        raise ValueError(f"num_experts must be >= 0, got {config.num_experts}")
+    if not config.num_experts:
+        return
+    if config.expert_top_k not in (1, 2) or config.expert_top_k > config.num_experts:
+        raise ValueError(
+            f"expert_top_k must be 1 or 2 and <= num_experts={config.num_experts}, "
+            f"got {config.expert_top_k}"
+        )
+    if config.expert_capacity_factor <= 0:
+        raise ValueError(
+            f"expert_capacity_factor must be positive, got {config.expert_capacity_factor}"
+        )
+    if min(config.load_balancing_loss, config.router_z_loss) < 0:
+        raise ValueError(
+            f"load_balancing_loss={config.load_balancing_loss} and router_z_loss="
+            f"{config.router_z_loss} must be >= 0"
+        )
+    if config.ff_chunk_size is not None:
+        raise ValueError(
+            f"num_experts={config.num_experts} routes whole sequences; ff_chunk_size="
+            f"{config.ff_chunk_size} (chunked feed-forward) cannot be combined with it"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """The fields every effjax model shares (subclassed by the encoder and decoder configs).
@@ -79,6 +117,20 @@ class ModelConfig:
       pad_token_id: the padding token.
       ff_chunk_size: run each feed-forward over chunks of this many positions
         (effjax.layers.FeedForward; same outputs, less activation memory), None = one pass.
+      num_experts: ``E > 0`` replaces every feed-forward by a Switch mixture of ``E``
+        experts of ``intermediate_size`` hidden units (effjax.layers.SwitchFeedForward;
+        Fedus et al. 2021); 0 = the dense feed-forward.
+      expert_capacity_factor: each expert takes ``ceil(k T c / E)`` tokens of a sequence;
+        the rest skip the feed-forward (residual only).
+      expert_top_k: 1 (Switch) or 2 (GShard) experts per token.
+      load_balancing_loss, router_z_loss: weights of the auxiliary losses added to the
+        training loss (Fedus et al. 2021: 1e-2; Zoph et al. 2022: 1e-3).
+      remat: rematerialisation of each block in the backward pass: ``"none"``, ``"full"``
+        (keep only the block's inputs) or ``"dots"`` (keep the outputs of matmuls without
+        batch dimensions, the projections, and recompute the rest, attention scores
+        included: ``jax.checkpoint_policies.dots_with_no_batch_dims_saveable``).
+      dtype: computation dtype, ``"float32"`` or ``"bfloat16"``; parameters (and so the
+        optimizer's master copy) stay float32, softmaxes, routers and losses float32.
     """
 
     vocab_size: int = 30522
@@ -98,10 +150,25 @@ class ModelConfig:
     layer_attention_options: Sequence[Mapping[str, Any]] | None = None
     pad_token_id: int = 0
     ff_chunk_size: int | None = None
+    num_experts: int = 0
+    expert_capacity_factor: float = 1.25
+    expert_top_k: int = 1
+    load_balancing_loss: float = 1e-2
+    router_z_loss: float = 1e-3
+    remat: str = "none"
+    dtype: str = "float32"
 
     def __post_init__(self):
         _check_sizes(self)
         _freeze_attention_options(self)
+        _check_scale_options(self)
+
+    def compute_dtype(self, override=None):
+        """The modules' ``dtype``: ``override`` when given, bfloat16 for ``dtype="bfloat16"``,
+        else None (the inputs' dtype, float32)."""
+        if override is not None:
+            return override
+        return jnp.bfloat16 if self.dtype == "bfloat16" else None
 
     @property
     def max_length(self) -> int:
@@ -130,6 +197,18 @@ class EncoderConfig(ModelConfig):
       type_vocab_size: token-type (segment) embeddings.
       model_type: Hugging Face family ("bert" or "roberta"), used for export.
       add_pooler: whether the encoder has BERT's pooler (tanh dense on the first token).
+      gbst_block_sizes: Charformer's byte-level front end (effjax.layers.GBST; Tay et al.
+        2021): the embedded bytes become soft subword blocks of these sizes, mean-pooled
+        by ``gbst_downsample_rate`` before the first layer, so the layers run on
+        ``ceil(T / gbst_downsample_rate)`` positions; None = no GBST. The encoder's
+        outputs are then per pooled position (classification, not masked-LM).
+      gbst_downsample_rate: the pooling stride ``d_s``.
+      block_sizes: Funnel-Transformer (Dai et al. 2020): layers per block, summing to
+        ``num_layers``; the first layer of every block after the first pools the sequence
+        by 2 (``pooling``) and attends from the pooled queries to the unpooled keys and
+        values, so block ``k`` runs on ``T / 2^k`` positions; the encoder's output is
+        the pooled sequence (classification). None = no pooling.
+      pooling: ``"mean"`` (the paper's) or ``"max"``.
 
     Example:
       >>> from effjax.models import EncoderConfig
@@ -144,9 +223,17 @@ class EncoderConfig(ModelConfig):
     type_vocab_size: int = 2
     model_type: str = "bert"
     add_pooler: bool = True
+    gbst_block_sizes: tuple[int, ...] | None = None
+    gbst_downsample_rate: int = 2
+    block_sizes: tuple[int, ...] | None = None
+    pooling: str = "mean"
 
     def __post_init__(self):
         super().__post_init__()
+        if self.gbst_block_sizes is not None:
+            _check_gbst(self)
+        if self.block_sizes is not None:
+            _check_funnel(self)
         if self.max_length <= 0:
             raise ValueError(
                 f"max_position_embeddings={self.max_position_embeddings} leaves no positions "
@@ -157,6 +244,17 @@ class EncoderConfig(ModelConfig):
     def max_length(self) -> int:
         """The longest input the position table covers."""
         return self.max_position_embeddings - self.position_offset
+
+    @property
+    def funnel_pooling_layers(self) -> frozenset[int]:
+        """Indices of the layers that pool the sequence first (Funnel blocks after the first)."""
+        if self.block_sizes is None:
+            return frozenset()
+        starts, total = [], 0
+        for size in self.block_sizes[:-1]:
+            total += size
+            starts.append(total)
+        return frozenset(starts)
 
     @property
     def counts_positions_from_tokens(self) -> bool:
@@ -217,6 +315,38 @@ class EncoderConfig(ModelConfig):
         )
 
 
+def _check_gbst(config: EncoderConfig) -> None:
+    sizes = tuple(config.gbst_block_sizes)
+    object.__setattr__(config, "gbst_block_sizes", sizes)
+    if not sizes or min(sizes) < 1 or config.gbst_downsample_rate < 1:
+        raise ValueError(
+            f"gbst_block_sizes={sizes} and gbst_downsample_rate={config.gbst_downsample_rate} "
+            "must be positive"
+        )
+    if config.attention == "global_local":
+        raise ValueError(
+            "gbst_block_sizes pools the sequence before the layers; per-token global_mask "
+            "of attention='global_local' would not match the pooled length"
+        )
+
+
+def _check_funnel(config: EncoderConfig) -> None:
+    sizes = tuple(config.block_sizes)
+    object.__setattr__(config, "block_sizes", sizes)
+    if not sizes or min(sizes) < 1 or sum(sizes) != config.num_layers:
+        raise ValueError(
+            f"block_sizes={sizes} must be positive layer counts summing to "
+            f"num_layers={config.num_layers}"
+        )
+    if config.pooling not in ("mean", "max"):
+        raise ValueError(f"pooling={config.pooling!r} is not one of ('mean', 'max')")
+    if config.attention == "global_local":
+        raise ValueError(
+            "block_sizes pools the sequence between blocks; the per-token global_mask of "
+            "attention='global_local' would not match the pooled length"
+        )
+
+
 def _hf_attention(hf_config, model_type: str, override: str | None = None):
     """(registry name, shared options, per-layer options or None) of a transformers config
     (``override``: the variant the caller runs instead)."""
@@ -260,6 +390,8 @@ class DecoderConfig(ModelConfig):
         of attention options for all layers; training only (no cached decoding).
       positions: ``"learned"`` (a trained table, GPT-2) or ``"sinusoidal"`` (fixed,
         Vaswani et al. 2017; lets a one-layer model attend by relative offset).
+      Switch experts, remat and dtype (:class:`ModelConfig`) do not combine with
+      ``reversible``.
 
     Example:
       >>> from effjax.models import DecoderConfig
@@ -344,4 +476,9 @@ def _check_reversible(config: DecoderConfig) -> None:
         raise ValueError(
             "reversible=True runs one attention setup in every layer; "
             "layer_attention_options is not supported"
+        )
+    if config.num_experts or config.remat != "none":
+        raise ValueError(
+            "reversible=True recomputes its blocks already and has no expert layers; "
+            f"got num_experts={config.num_experts}, remat={config.remat!r}"
         )

@@ -22,6 +22,8 @@ from effjax.layers import ReversibleStack
 from effjax.models.config import DecoderConfig
 from effjax.models.encoder import (
     _init,
+    apply_feed_forward,
+    call_block,
     check_input_length,
     feed_forward,
     padding_mask_from,
@@ -51,8 +53,9 @@ class DecoderLayer(nn.Module):
         )
         h = attn(norm("attention_norm")(x), padding_mask=padding_mask, deterministic=deterministic)
         x = x + nn.Dropout(cfg.hidden_dropout_rate)(h, deterministic=deterministic)
-        return x + feed_forward(cfg, self.dtype)(
-            norm("output_norm")(x), deterministic=deterministic
+        h = norm("output_norm")(x)
+        return x + apply_feed_forward(
+            cfg, h, padding_mask, deterministic=deterministic, dtype=self.dtype
         )
 
 
@@ -148,12 +151,12 @@ class DecoderLM(nn.Module):
         if cfg.reversible:
             _check_reversible_call(self.decode, attention_mask)
         padding_mask = padding_mask_from(input_ids, attention_mask, cfg)
-
+        dtype = cfg.compute_dtype(self.dtype)
         embed = nn.Embed(
             cfg.vocab_size,
             cfg.hidden_size,
             embedding_init=_init(cfg),
-            dtype=self.dtype,
+            dtype=dtype,
             name="token_embeddings",
         )
         x = embed(input_ids) + self._position_embeddings(input_ids.shape[1])[None]
@@ -161,12 +164,14 @@ class DecoderLM(nn.Module):
         if cfg.reversible:
             x = self._reversible_layers(x, deterministic)
         else:
+            # Rematerialisation is for training; a decoding step keeps nothing for a backward.
+            remat_cfg = cfg.replace(remat="none") if self.decode else cfg
             for i in range(cfg.num_layers):
                 layer = DecoderLayer(
-                    cfg, cfg.options_for_layer(i), self.decode, self.dtype, name=f"layer_{i}"
+                    cfg, cfg.options_for_layer(i), self.decode, dtype, name=f"layer_{i}"
                 )
-                x = layer(x, padding_mask, deterministic=deterministic)
-        x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="final_norm")(x)
+                x = call_block(remat_cfg, layer, x, padding_mask, deterministic=deterministic)
+        x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, name="final_norm")(x)
         if cfg.tie_word_embeddings:
             logits = embed.attend(x)
         else:
@@ -179,8 +184,8 @@ class DecoderLM(nn.Module):
         """All blocks as one reversible stack over the halves of ``x [B, T, D]``."""
         cfg = self.config
         stack = ReversibleStack(
-            f=lambda: _ReversibleAttention(cfg, self.dtype),
-            g=lambda: _ReversibleFeedForward(cfg, self.dtype),
+            f=lambda: _ReversibleAttention(cfg, cfg.compute_dtype(self.dtype)),
+            g=lambda: _ReversibleFeedForward(cfg, cfg.compute_dtype(self.dtype)),
             num_layers=cfg.num_layers,
             name="layers",
         )

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effjax.layers import FeedForward, MultiHeadAttention
+from effjax.layers import GBST, FeedForward, MultiHeadAttention, SwitchFeedForward
+from effjax.layers.gbst import masked_block_mean
 from effjax.models.config import EncoderConfig, activation
 
 Dtype = Any
@@ -119,9 +120,24 @@ def self_attention(
     )
 
 
-def feed_forward(config, dtype=None) -> FeedForward:
+def feed_forward(config, dtype=None) -> FeedForward | SwitchFeedForward:
     """The block's :class:`~effjax.layers.FeedForward` for ``config``: ``intermediate_size``
-    hidden units, ``hidden_act``, output dropout, chunked over ``ff_chunk_size`` positions."""
+    hidden units, ``hidden_act``, output dropout, chunked over ``ff_chunk_size`` positions;
+    with ``num_experts`` a :class:`~effjax.layers.SwitchFeedForward` of as many such experts."""
+    if config.num_experts:
+        return SwitchFeedForward(
+            num_experts=config.num_experts,
+            d_ff=config.intermediate_size,
+            capacity_factor=config.expert_capacity_factor,
+            top_k=config.expert_top_k,
+            activation=config.hidden_act,
+            dropout_rate=config.hidden_dropout_rate,
+            load_balancing_loss_weight=config.load_balancing_loss,
+            router_z_loss_weight=config.router_z_loss,
+            kernel_init=_init(config),
+            dtype=dtype,
+            name="feed_forward",
+        )
     return FeedForward(
         d_ff=config.intermediate_size,
         chunk_size=config.ff_chunk_size,
@@ -133,6 +149,50 @@ def feed_forward(config, dtype=None) -> FeedForward:
     )
 
 
+def apply_feed_forward(config, x, padding_mask, *, deterministic: bool, dtype=None) -> jax.Array:
+    """The block's feed-forward on ``x [B, T, D]``; experts route only the real tokens of
+    ``padding_mask [B, T]``, the dense feed-forward is position-wise and ignores it."""
+    ff = feed_forward(config, dtype)
+    if config.num_experts:
+        return ff(x, padding_mask, deterministic=deterministic)
+    return ff(x, deterministic=deterministic)
+
+
+#: ``config.remat`` -> the ``jax.checkpoint`` policy (None: save only the block's inputs).
+_REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+
+
+def call_block(config, block: nn.Module, x: jax.Array, padding_mask, **kwargs) -> jax.Array:
+    """``block(x, padding_mask, **kwargs)``, rematerialised in the backward pass as
+    ``config.remat`` says (``"none"``: plain call). ``kwargs`` (flags, per-call arrays)
+    are closed over, so Python values stay static; parameter paths do not change."""
+    if config.remat == "none":
+        return block(x, padding_mask, **kwargs)
+    run = lambda module, x, mask: module(x, mask, **kwargs)  # noqa: E731
+    return nn.remat(run, policy=_REMAT_POLICIES[config.remat])(block, x, padding_mask)
+
+
+def funnel_pool(
+    x: jax.Array, padding_mask: jax.Array | None, pooling: str
+) -> tuple[jax.Array, jax.Array | None]:
+    """Funnel-Transformer's pooling (Dai et al. 2020, Sec. 2.2): ``[B, T, D] ->
+    [B, ceil(T / 2), D]``, the mean (or max) of each pair of real positions; a pooled
+    position is real when its pair holds one (``padding_mask`` None stays None)."""
+    b, t, d = x.shape
+    mask = jnp.ones((b, t), bool) if padding_mask is None else padding_mask
+    pairs = -(-t // 2)
+    pad = ((0, 0), (0, 2 * pairs - t))
+    pair_mask = jnp.pad(mask, pad).reshape(b, pairs, 2)
+    if pooling == "max":
+        fill = jnp.finfo(x.dtype).min
+        padded = jnp.pad(jnp.where(mask[..., None], x, fill), (*pad, (0, 0)), constant_values=fill)
+        pooled = jnp.max(padded.reshape(b, pairs, 2, d), axis=2)
+        pooled = jnp.where(jnp.any(pair_mask, -1)[..., None], pooled, 0.0).astype(x.dtype)
+    else:
+        pooled, _ = masked_block_mean(x, mask.astype(x.dtype), 2)
+    return pooled, None if padding_mask is None else jnp.any(pair_mask, axis=-1)
+
+
 class EncoderLayer(nn.Module):
     """Post-LN block: ``x = LN(x + Dropout(Attn(x))); x = LN(x + FF(x))``, ``[B, T, D]``."""
 
@@ -141,13 +201,31 @@ class EncoderLayer(nn.Module):
     dtype: Dtype | None = None
 
     @nn.compact
-    def __call__(self, x, padding_mask, global_mask=None, *, deterministic: bool) -> jax.Array:
+    def __call__(
+        self,
+        x,
+        padding_mask,
+        global_mask=None,
+        *,
+        deterministic: bool,
+        inputs_kv=None,
+        kv_padding_mask=None,
+    ) -> jax.Array:
+        """``x [B, T, D]`` attends to itself, or to ``inputs_kv [B, S, D]`` with
+        ``kv_padding_mask [B, S]`` (Funnel's pooling layer); ``padding_mask [B, T]``."""
         cfg = self.config
         attn = self_attention(cfg, self.attention_options, is_causal=False, dtype=self.dtype)
-        h = attn(x, padding_mask=padding_mask, global_mask=global_mask, deterministic=deterministic)
+        key_mask = padding_mask if inputs_kv is None else kv_padding_mask
+        h = attn(
+            x,
+            inputs_kv,
+            padding_mask=key_mask,
+            global_mask=global_mask,
+            deterministic=deterministic,
+        )
         h = nn.Dropout(cfg.hidden_dropout_rate)(h, deterministic=deterministic)
         x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="attention_norm")(x + h)
-        h = feed_forward(cfg, self.dtype)(x, deterministic=deterministic)
+        h = apply_feed_forward(cfg, x, padding_mask, deterministic=deterministic, dtype=self.dtype)
         return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="output_norm")(x + h)
 
 
@@ -177,13 +255,16 @@ class Encoder(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.embeddings = Embeddings(cfg, dtype=self.dtype)
+        dtype = cfg.compute_dtype(self.dtype)
+        self.embeddings = Embeddings(cfg, dtype=dtype)
         self.layers = [
-            EncoderLayer(cfg, cfg.options_for_layer(i), dtype=self.dtype, name=f"layer_{i}")
+            EncoderLayer(cfg, cfg.options_for_layer(i), dtype=dtype, name=f"layer_{i}")
             for i in range(cfg.num_layers)
         ]
         if cfg.add_pooler:
-            self.pooler = nn.Dense(cfg.hidden_size, kernel_init=_init(cfg), dtype=self.dtype)
+            self.pooler = nn.Dense(cfg.hidden_size, kernel_init=_init(cfg), dtype=dtype)
+        if cfg.gbst_block_sizes is not None:
+            self.gbst = GBST(cfg.gbst_block_sizes, cfg.gbst_downsample_rate, dtype=dtype)
 
     def __call__(
         self,
@@ -194,7 +275,8 @@ class Encoder(nn.Module):
         global_attention_mask: jax.Array | None = None,
         deterministic: bool = True,
     ) -> jax.Array:
-        """Last hidden states ``[B, T, D]``.
+        """Last hidden states ``[B, T, D]`` (``[B, ceil(T / d_s), D]`` with GBST, pooled
+        further by every Funnel block).
 
         Args:
           input_ids: int ``[B, T]``.
@@ -212,8 +294,24 @@ class Encoder(nn.Module):
         global_mask = global_attention_mask
         if global_mask is not None:
             global_mask = check_token_mask(global_mask, input_ids, "global_attention_mask")
-        for layer in self.layers:
-            x = layer(x, padding_mask, global_mask, deterministic=deterministic)
+        if self.config.gbst_block_sizes is not None:
+            x, pooled_mask = self.gbst(x, padding_mask)
+            padding_mask = None if padding_mask is None else pooled_mask
+        pooling_layers = self.config.funnel_pooling_layers
+        for i, layer in enumerate(self.layers):
+            kv = {}
+            if i in pooling_layers:  # Funnel: pooled queries attend to the unpooled sequence
+                kv = {"inputs_kv": x, "kv_padding_mask": padding_mask}
+                x, padding_mask = funnel_pool(x, padding_mask, self.config.pooling)
+            x = call_block(
+                self.config,
+                layer,
+                x,
+                padding_mask,
+                global_mask=global_mask,
+                deterministic=deterministic,
+                **kv,
+            )
         if self.is_initializing() and self.config.add_pooler:
             self.pooled_output(x)  # creates the pooler's parameters at init
         return x
@@ -263,11 +361,18 @@ class EncoderForMaskedLM(nn.Module):
     def __call__(
         self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic=True, **kw
     ) -> jax.Array:
+        cfg = self.config
+        if cfg.gbst_block_sizes is not None or cfg.block_sizes is not None:
+            raise ValueError(
+                "a masked-LM head needs one output per input token; gbst_block_sizes and "
+                "block_sizes pool the sequence (use EncoderForSequenceClassification)"
+            )
         encoder = Encoder(self.config, dtype=self.dtype, name="encoder")
         hidden = encoder(
             input_ids, attention_mask, token_type_ids, deterministic=deterministic, **kw
         )
-        return MaskedLMHead(self.config, dtype=self.dtype, name="mlm_head")(hidden, encoder.attend)
+        dtype = self.config.compute_dtype(self.dtype)
+        return MaskedLMHead(self.config, dtype=dtype, name="mlm_head")(hidden, encoder.attend)
 
 
 def _first_token_global(input_ids, kw: dict) -> dict:
@@ -316,6 +421,7 @@ class EncoderForSequenceClassification(nn.Module):
         )
         pooled = encoder.pooled_output(hidden) if self.config.add_pooler else hidden[:, 0]
         pooled = nn.Dropout(self.config.hidden_dropout_rate)(pooled, deterministic=deterministic)
+        dtype = self.config.compute_dtype(self.dtype)
         return nn.Dense(
-            self.num_labels, kernel_init=_init(self.config), dtype=self.dtype, name="classifier"
+            self.num_labels, kernel_init=_init(self.config), dtype=dtype, name="classifier"
         )(pooled)

@@ -47,7 +47,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from effjax.layers import cores
+from effjax.layers import MOE_LOSSES, cores, moe_aux_losses
 from effjax.train import checkpoint, sharding
 from effjax.train.config import ExperimentConfig, OptimizerConfig, incompatibilities, to_json
 
@@ -115,13 +115,15 @@ def forward(
     train: bool,
     rng: jax.Array | None,
     collections: Any = None,
-) -> jax.Array:
+    mutable: Any = False,
+) -> Any:
     """``model(inputs, padding_mask, deterministic=not train)`` with per-step keys.
 
     The mask is passed positionally, as effjax.models' encoders take it
     (``attention_mask``, True/1 = a real token). ``collections`` are the model's
     non-trainable variables; in evaluation (``rng=None``) randomised variants use
-    their fixed evaluation key.
+    their fixed evaluation key. With ``mutable`` (collection names) the result is
+    ``(outputs, mutated collections)``, as ``Module.apply``'s.
     """
     return model.apply(
         {"params": params, **(collections or {})},
@@ -129,7 +131,18 @@ def forward(
         batch["padding_mask"],
         deterministic=not train,
         rngs=None if rng is None else _step_rngs(rng),
+        mutable=mutable,
     )
+
+
+def _with_expert_losses(loss: jax.Array, metrics: dict, sown: Any) -> tuple[jax.Array, dict]:
+    """Adds the Switch layers' weighted auxiliary losses to ``loss`` and their statistics
+    (``moe/aux_loss``, ``moe/load_balancing_loss``, ``moe/router_z_loss``,
+    ``moe/tokens_dropped``) to ``metrics``; unchanged for a model without experts."""
+    if not sown:
+        return loss, metrics
+    aux = moe_aux_losses(sown)
+    return loss + aux["aux_loss"], {**metrics, **{f"moe/{k}": v for k, v in aux.items()}}
 
 
 LossFn = Callable[[jax.Array, dict], tuple[jax.Array, dict]]
@@ -151,6 +164,10 @@ def make_train_step(
     feature redraw) runs on ``state.collections``; ``num_steps`` is the run's length, so
     nothing is redrawn after the last step and the model is evaluated with the
     non-trainable state it trained with.
+    A model with Switch feed-forward layers (effjax.layers.SwitchFeedForward) adds their
+    weighted auxiliary losses to ``loss_fn``'s loss and reports ``moe/aux_loss``,
+    ``moe/load_balancing_loss``, ``moe/router_z_loss`` and ``moe/tokens_dropped`` (the
+    fraction of tokens no expert took this step) among the metrics.
     """
     base_key = jax.random.key(seed)
 
@@ -158,10 +175,16 @@ def make_train_step(
         rng = jax.random.fold_in(base_key, state.step)
 
         def loss(params):
-            logits = forward(
-                model, params, batch, train=True, rng=rng, collections=state.collections
+            logits, sown = forward(
+                model,
+                params,
+                batch,
+                train=True,
+                rng=rng,
+                collections=state.collections,
+                mutable=[MOE_LOSSES],
             )
-            return loss_fn(logits, batch)
+            return _with_expert_losses(*loss_fn(logits, batch), sown)
 
         (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
         if axis_name is not None:
@@ -197,6 +220,7 @@ def init_state(
         )
     )
     params = variables.pop("params")
+    variables.pop(MOE_LOSSES, None)  # per-step statistics, not state
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,

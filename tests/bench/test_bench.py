@@ -198,7 +198,7 @@ def _one_shot_config(seq_len: int, **kinds) -> BenchConfig:
 
 
 def test_layer_records_time_whole_encoder_layers(tmp_path):
-    config = _one_shot_config(seq_len=32, layers=True)
+    config = _one_shot_config(seq_len=32, layers=True, training_layers=0)
     records = run_benchmark(config, tmp_path, progress=False)
     layers = {r["variant"]: r for r in records if r["kind"] == "layer"}
     assert set(layers) == {"jax", "dense"}
@@ -206,6 +206,21 @@ def test_layer_records_time_whole_encoder_layers(tmp_path):
     # compiled footprints of the two layers match to within the attention's temporaries.
     jax_bytes, dense_bytes = layers["jax"]["peak_bytes"], layers["dense"]["peak_bytes"]
     assert abs(jax_bytes - dense_bytes) < 0.5 * jax_bytes
+
+
+def test_training_rows_run_memory_switches_beside_their_plain_model():
+    from effjax.bench import report, training
+
+    config = _one_shot_config(seq_len=8, layers=True, training_layers=1)
+    variants = ("encoder", "encoder_bf16", "decoder", "decoder_reversible")
+    records = list(training.training_records(config, {}, variants))
+    assert [r["variant"] for r in records] == list(variants)
+    assert all(r["status"] == "ok" and r["peak_bytes"] > 0 for r in records), records
+    index = report._index(records)
+    for variant in variants:
+        ratio = report.speedup(index, variant, "fwd_bwd", 8, kind="training")
+        assert (ratio is None) == (variant in ("encoder", "decoder"))
+    assert index[("training", "encoder_bf16", "fwd_bwd", 8)]["dtype"] == "bfloat16"
 
 
 @pytest.mark.slow

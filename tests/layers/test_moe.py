@@ -128,6 +128,7 @@ def test_hand_values_of_a_uniform_router():
     np.testing.assert_allclose(aux["load_balancing_loss"], 1.0, rtol=1e-6)
     np.testing.assert_allclose(aux["router_z_loss"], math.log(E) ** 2, rtol=1e-6)
     np.testing.assert_allclose(aux["tokens_dropped"], 1 - capacity / T, rtol=1e-6)
+    np.testing.assert_allclose(aux["aux_loss"], 1e-2 + 1e-3 * math.log(E) ** 2, rtol=1e-6)
     assert not np.any(out[:, capacity:])  # dropped tokens: zero, so x + MoE(x) = x
 
 
