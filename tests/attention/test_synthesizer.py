@@ -100,5 +100,5 @@ def test_registered_and_rejects_bad_input():
         synthesizer_attention(
             q, k, v, synthetic_logits=jnp.zeros((1, N, T, T)), dot_product_weight=-1
         )
-    with pytest.raises(ValueError, match=r"bias must have shape .* got \(1, 2, 7, 6\)"):
+    with pytest.raises(ValueError, match=r"bias must be broadcastable to .* got \(1, 2, 7, 6\)"):
         synthesizer_attention(q, k, v, synthetic_logits=jnp.zeros((1, N, T, 6)))
