@@ -13,14 +13,22 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from effjax.attention import _blockwise, _common, local
+from effjax.attention import _blockwise, _common, chunked, local
 from effjax.attention import masks as masks_lib
 
 # jax's own function, kept so that implementation="cudnn" reaches jax's cuDNN kernel even
 # where jax.nn.dot_product_attention has been replaced by this module's function.
 _jax_dot_product_attention = jax.nn.dot_product_attention
 
-IMPLEMENTATIONS = (None, "xla", "cudnn")
+IMPLEMENTATIONS = (None, "xla", "chunked", "pallas", "cudnn")
+
+
+def default_implementation(backend: str, *, dense_mask: bool, window: bool, real: bool) -> str:
+    """What ``implementation=None`` runs: ``"chunked"`` (exact, O(T + S) memory, faster
+    than XLA's dense attention on CPU) on CPU when no dense ``[T, S]`` mask or bias is
+    given, no local window (which has its own O(T w) path) and the inputs are real;
+    otherwise ``"xla"``."""
+    return "chunked" if backend == "cpu" and real and not (dense_mask or window) else "xla"
 
 
 def _as_rank4(name: str, x, letters: str) -> jax.Array:
@@ -201,11 +209,72 @@ def _local_path(call: _Call) -> tuple[jax.Array, jax.Array]:
         block_size=None,
         scale=call.scale,
     )
+    return _finish_grouped(call, out, lse)
+
+
+def _finish_grouped(call: _Call, out: jax.Array, lse: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Zeros the queries past ``query_seq_lengths``; ``[B, T, K, G, .]`` -> ``[B, T, N, .]``."""
     if call.query_valid is not None:
         valid = call.query_valid[:, :, None, None]
         out = jnp.where(valid[..., None], out, 0.0)
         lse = jnp.where(valid, lse, _common.MASK_VALUE)
     return _common.ungroup_heads(out), lse.reshape((*lse.shape[:2], call.dims.num_heads))
+
+
+def _chunked_path(call: _Call) -> tuple[jax.Array, jax.Array]:
+    """No dense mask, bias or window: exact FlashAttention in O(T + S) memory (chunked.py)."""
+    out, lse = chunked.chunked_attention_with_lse(
+        _common.group_heads(call.query, call.dims.num_kv_heads),
+        call.key,
+        call.value,
+        key_valid=call.key_valid,
+        is_causal=call.is_causal,
+        scale=call.scale,
+    )
+    return _finish_grouped(call, out, lse)
+
+
+def _pallas_path(call: _Call) -> tuple[jax.Array, None]:
+    """No dense mask or bias: JAX's splash-attention kernels (pallas.py)."""
+    from effjax.attention.pallas import pallas_attention
+
+    out = pallas_attention(
+        call.query,
+        call.key,
+        call.value,
+        padding_mask=call.key_valid,
+        is_causal=call.is_causal,
+        scale=call.scale,
+        window_size=call.window,
+    )
+    if call.query_valid is not None:
+        out = jnp.where(call.query_valid[:, :, None, None], out, 0.0)
+    return out, None
+
+
+def _run_path(call: _Call, implementation: str | None, return_residual: bool):
+    """``(out [B, T, N, Hv], lse [B, T, N] or None)`` from the implementation asked for."""
+    dense_mask = call.mask is not None or call.bias is not None
+    dtype = jnp.result_type(call.query, call.key, call.value)
+    real = not jnp.issubdtype(dtype, jnp.complexfloating)
+    if implementation is None:
+        implementation = default_implementation(
+            jax.default_backend(), dense_mask=dense_mask, window=call.window is not None, real=real
+        )
+    if implementation == "xla":
+        use_local = call.window is not None and not dense_mask
+        return _local_path(call) if use_local else _dense_path(call)
+    limits = {"chunked": dense_mask or call.window is not None or not real, "pallas": dense_mask}
+    if limits[implementation] or (implementation == "pallas" and return_residual):
+        raise ValueError(
+            f"implementation={implementation!r} takes no dense mask or bias"
+            + (", no local_window_size and real inputs" if implementation == "chunked" else "")
+            + (" and no return_residual" if implementation == "pallas" else "")
+            + f" (got mask {None if call.mask is None else call.mask.shape}, bias "
+            f"{None if call.bias is None else call.bias.shape}, local_window_size "
+            f"{call.window}, dtype {call.query.dtype})"
+        )
+    return _chunked_path(call) if implementation == "chunked" else _pallas_path(call)
 
 
 def _dense_path(call: _Call) -> tuple[jax.Array, jax.Array]:
@@ -284,8 +353,13 @@ def dot_product_attention(
       key_value_seq_lengths: int ``[B]``: keys ``s >= len[b]`` are masked.
       local_window_size: ``w`` (= ``(w, w)``) or ``(left, right)``: query ``t`` sees keys
         within ``left`` before and ``right`` after its position.
-      implementation: ``None`` or ``"xla"`` (effjax's computation), or ``"cudnn"``
-        (jax's cuDNN kernel on a GPU, with jax's conventions; no ``padding_mask``).
+      implementation: ``"xla"`` (effjax's computation in XLA operations),
+        ``"chunked"`` (exact FlashAttention in pure JAX, O(T + S) memory; no dense
+        ``mask``/``bias`` or window), ``"pallas"`` (JAX's splash-attention kernels, in
+        interpret mode off TPU; no dense ``mask``/``bias``), ``"cudnn"`` (jax's cuDNN
+        kernel on a GPU, with jax's conventions; no ``padding_mask``), or ``None``:
+        :func:`default_implementation` (``"chunked"`` on CPU without a dense mask,
+        bias or window, else ``"xla"``).
       return_residual: also return the log-sum-exp of each row's logits, ``[B, T, N]``
         in ``key.dtype`` with no gradient (FlashAttention-2, sec. 3.1.1), as jax does.
       padding_mask: bool ``[B, S]`` (``[S]`` unbatched); True = a real key.
@@ -338,8 +412,7 @@ def dot_product_attention(
         local_window_size=local_window_size,
         padding_mask=padding_mask,
     )
-    use_local = call.window is not None and call.mask is None and call.bias is None
-    out, lse = _local_path(call) if use_local else _dense_path(call)
+    out, lse = _run_path(call, implementation, return_residual)
     out_shape = (*jnp.shape(query)[:-1], call.dims.value_dim)
     out = out.reshape(out_shape).astype(call.value.dtype)
     if not return_residual:

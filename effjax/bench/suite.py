@@ -8,6 +8,8 @@ here is the baseline's, ``jax.nn.dot_product_attention``.
 
 from __future__ import annotations
 
+import jax
+
 import effjax.layers  # noqa: F401  (attaches each built-in variant's core and bench spec)
 from effjax.attention import benchspec, registry
 from effjax.attention.benchspec import BenchSpec, Shape
@@ -25,7 +27,13 @@ def spec_for(name: str) -> BenchSpec:
 
 def implementation_of(name: str) -> str:
     """The kernel that runs when the benchmark calls ``name``: ``"chunked"`` for the
-    chunked variant, ``"xla"`` (plain XLA operations) for jax.nn and the others."""
+    chunked variant, dense's default for this backend (no mask in the benchmark), and
+    ``"xla"`` (plain XLA operations) for jax.nn and the others."""
+    if name == "dense":
+        from effjax.attention.dense import default_implementation
+
+        backend = jax.default_backend()
+        return default_implementation(backend, dense_mask=False, window=False, real=True)
     return "chunked" if name == "chunked" else "xla"
 
 

@@ -154,3 +154,28 @@ def test_bad_arguments_raise(rng, kwargs, name):
     q, k, v = testing.random_qkv(rng, q_len=8)
     with pytest.raises(ValueError, match=name):
         chunked_attention(q, k, v, **kwargs)
+
+
+# dot_product_attention(implementation=...): "chunked" is the CPU default without a dense mask.
+def test_dense_implementations_agree_and_chunked_is_the_cpu_default(rng):
+    q, k, v = testing.random_qkv(rng, batch=2, q_len=9, kv_len=12, num_heads=4, num_kv_heads=2)
+    padding = testing.random_padding_mask(jax.random.key(3), 2, 12)
+    lengths = jnp.array([9, 4])
+    call = functools.partial(
+        dot_product_attention, padding_mask=padding, is_causal=True, query_seq_lengths=lengths,
+        return_residual=True,
+    )  # fmt: skip
+    out, lse = jax.jit(functools.partial(call, implementation="chunked"))(q, k, v)
+    want_out, want_lse = jax.jit(functools.partial(call, implementation="xla"))(q, k, v)
+    np.testing.assert_allclose(out, want_out, atol=1e-5)
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-5)
+
+    def hlo(implementation):
+        return jax.jit(functools.partial(dot_product_attention, implementation=implementation))
+
+    assert "while" in hlo(None).lower(q, k, v).as_text()  # the chunked tile loop
+    assert "while" not in hlo("xla").lower(q, k, v).as_text()
+    mask = jnp.ones((1, 1, 9, 12), bool).at[0, 0, 0, 1:].set(False)  # not per key: dense
+    assert "while" not in hlo(None).lower(q, k, v, mask=mask).as_text()  # a dense mask: xla
+    with pytest.raises(ValueError, match=r"implementation='chunked'.*mask"):
+        dot_product_attention(q, k, v, mask=mask, implementation="chunked")
