@@ -23,12 +23,23 @@ _jax_dot_product_attention = jax.nn.dot_product_attention
 IMPLEMENTATIONS = (None, "xla", "chunked", "pallas", "cudnn")
 
 
-def default_implementation(backend: str, *, dense_mask: bool, window: bool, real: bool) -> str:
+def default_implementation(
+    backend: str, *, dense_mask: bool, window: bool, real: bool, kv_len: int
+) -> str:
     """What ``implementation=None`` runs: ``"chunked"`` (exact, O(T + S) memory, faster
     than XLA's dense attention on CPU) on CPU when no dense ``[T, S]`` mask or bias is
-    given, no local window (which has its own O(T w) path) and the inputs are real;
-    otherwise ``"xla"``."""
-    return "chunked" if backend == "cpu" and real and not (dense_mask or window) else "xla"
+    given, no local window (which has its own O(T w) path), the inputs are real and the
+    keys span more than one key block (``S > chunked.DEFAULT_BLOCK_K``: with a single
+    block the chunked pass is the dense one plus loop overhead); otherwise ``"xla"``.
+
+    Example:
+      >>> default_implementation("cpu", dense_mask=False, window=False, real=True, kv_len=4096)
+      'chunked'
+      >>> default_implementation("cpu", dense_mask=True, window=False, real=True, kv_len=4096)
+      'xla'
+    """
+    chunked_fits = real and not (dense_mask or window) and kv_len > chunked.DEFAULT_BLOCK_K
+    return "chunked" if backend == "cpu" and chunked_fits else "xla"
 
 
 def _as_rank4(name: str, x, letters: str) -> jax.Array:
@@ -259,7 +270,11 @@ def _run_path(call: _Call, implementation: str | None, return_residual: bool):
     real = not jnp.issubdtype(dtype, jnp.complexfloating)
     if implementation is None:
         implementation = default_implementation(
-            jax.default_backend(), dense_mask=dense_mask, window=call.window is not None, real=real
+            jax.default_backend(),
+            dense_mask=dense_mask,
+            window=call.window is not None,
+            real=real,
+            kv_len=call.key.shape[1],
         )
     if implementation == "xla":
         use_local = call.window is not None and not dense_mask
@@ -358,8 +373,8 @@ def dot_product_attention(
         ``mask``/``bias`` or window), ``"pallas"`` (JAX's splash-attention kernels, in
         interpret mode off TPU; no dense ``mask``/``bias``), ``"cudnn"`` (jax's cuDNN
         kernel on a GPU, with jax's conventions; no ``padding_mask``), or ``None``:
-        :func:`default_implementation` (``"chunked"`` on CPU without a dense mask,
-        bias or window, else ``"xla"``).
+        :func:`default_implementation` (``"chunked"`` on CPU for more than 512 keys
+        without a dense mask, bias or window, else ``"xla"``).
       return_residual: also return the log-sum-exp of each row's logits, ``[B, T, N]``
         in ``key.dtype`` with no gradient (FlashAttention-2, sec. 3.1.1), as jax does.
       padding_mask: bool ``[B, S]`` (``[S]`` unbatched); True = a real key.

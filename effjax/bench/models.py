@@ -86,7 +86,7 @@ def layer_records(config: runner.BenchConfig, env: dict[str, Any]) -> Iterator[d
                 yield runner.make_record(
                     kind="layer",
                     variant=name,
-                    implementation=suite.implementation_of(name),
+                    implementation=suite.implementation_of(name, seq_len),
                     options=suite.spec_for(name).summary(shape),
                     mode=mode,
                     shape=shape,
@@ -288,7 +288,7 @@ def peer_records(config: runner.BenchConfig, env: dict[str, Any]) -> Iterator[di
             yield runner.make_record(
                 kind="model",
                 variant=f"effjax_{pair.family}_{pair.setting}",
-                implementation=suite.implementation_of(attention),
+                implementation=suite.implementation_of(attention, seq_len),
                 options={**options, "attention": attention, **attention_options},
                 mode="fwd",
                 shape=shape,

@@ -25,15 +25,18 @@ def spec_for(name: str) -> BenchSpec:
     return registry.variant(name).bench or BenchSpec()
 
 
-def implementation_of(name: str) -> str:
-    """The kernel that runs when the benchmark calls ``name``: ``"chunked"`` for the
-    chunked variant, dense's default for this backend (no mask in the benchmark), and
-    ``"xla"`` (plain XLA operations) for jax.nn and the others."""
+def implementation_of(name: str, seq_len: int) -> str:
+    """The kernel that runs when the benchmark calls ``name`` at ``seq_len`` tokens:
+    ``"chunked"`` for the chunked variant, dense's default for this backend and length
+    (the benchmark gives no mask), and ``"xla"`` (plain XLA operations) for jax.nn and
+    the others."""
     if name == "dense":
         from effjax.attention.dense import default_implementation
 
         backend = jax.default_backend()
-        return default_implementation(backend, dense_mask=False, window=False, real=True)
+        return default_implementation(
+            backend, dense_mask=False, window=False, real=True, kv_len=seq_len
+        )
     return "chunked" if name == "chunked" else "xla"
 
 

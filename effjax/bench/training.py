@@ -85,7 +85,7 @@ def training_records(
             yield runner.make_record(
                 kind="training",
                 variant=variant,
-                implementation=suite.implementation_of("dense"),
+                implementation=suite.implementation_of("dense", seq_len),
                 options={"num_layers": config.training_layers, **changes},
                 mode="fwd_bwd",
                 shape=shape,

@@ -173,9 +173,11 @@ def test_dense_implementations_agree_and_chunked_is_the_cpu_default(rng):
     def hlo(implementation):
         return jax.jit(functools.partial(dot_product_attention, implementation=implementation))
 
-    assert "while" in hlo(None).lower(q, k, v).as_text()  # the chunked tile loop
-    assert "while" not in hlo("xla").lower(q, k, v).as_text()
-    mask = jnp.ones((1, 1, 9, 12), bool).at[0, 0, 0, 1:].set(False)  # not per key: dense
-    assert "while" not in hlo(None).lower(q, k, v, mask=mask).as_text()  # a dense mask: xla
+    long_k = jnp.zeros((2, 513, 2, 8))  # more than one 512-key block
+    assert "while" in hlo(None).lower(q, long_k, long_k).as_text()  # the chunked tile loop
+    assert "while" not in hlo("xla").lower(q, long_k, long_k).as_text()
+    assert "while" not in hlo(None).lower(q, k, v).as_text()  # one key block: xla
+    mask = jnp.ones((1, 1, 9, 513), bool).at[0, 0, 0, 1:].set(False)  # not per key: dense
+    assert "while" not in hlo(None).lower(q, long_k, long_k, mask=mask).as_text()
     with pytest.raises(ValueError, match=r"implementation='chunked'.*mask"):
-        dot_product_attention(q, k, v, mask=mask, implementation="chunked")
+        dot_product_attention(q, long_k, long_k, mask=mask, implementation="chunked")

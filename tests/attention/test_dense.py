@@ -455,7 +455,7 @@ class JaxArgumentsTest(parameterized.TestCase):
         np.testing.assert_array_equal(got[0, 2:], 0.0)
         assert np.abs(got[1]).min() > 0
 
-    def test_implementation_xla_is_the_default_and_unknown_is_refused(self):
+    def test_implementation_xla_is_the_default_for_one_key_block_and_unknown_is_refused(self):
         np.testing.assert_array_equal(
             dot_product_attention(self.q, self.k, self.v, implementation="xla"),
             dot_product_attention(self.q, self.k, self.v),
