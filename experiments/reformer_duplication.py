@@ -174,7 +174,8 @@ def markdown(setup: Setup, results: dict, info: dict) -> str:
         f"d_model {setup.d_model} (paper 256), {setup.num_heads} heads, chunk "
         f"{setup.chunk_size}, {setup.num_buckets} buckets, batch {setup.batch}, "
         f"{setup.steps} Adam steps (learning rate {setup.learning_rate:g}), loss on the "
-        f"second copy only, {setup.eval_batches * setup.batch} evaluation sequences "
+        "second copy only, fixed sinusoidal positions, separate query and key projections "
+        f"(the paper shares them), {setup.eval_batches * setup.batch} evaluation sequences "
         "(fresh hash rotations per batch).",
         "",
         header(),
@@ -200,6 +201,7 @@ def main():
     args = parser.parse_args()
     setup = Setup(steps=args.steps, length=args.length)
     start = time.time()
+    provenance.commit()  # the commit of the code this run imported, before the checkout moves
     results = {}
     evaluators = {e: evaluator(setup, e) for e in EVAL_WITH}
     for attention in TRAIN_WITH:
