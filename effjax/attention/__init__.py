@@ -28,6 +28,12 @@ from effjax.attention.lsh import lsh_attention, lsh_buckets
 from effjax.attention.pallas import pallas_attention
 from effjax.attention.persistent_memory import persistent_memory_attention
 from effjax.attention.registry import AttentionFn, available, get, register, resolve
+from effjax.attention.relative import (
+    relative_distances,
+    relative_position_attention,
+    relative_shift,
+    sinusoids,
+)
 from effjax.attention.routing import (
     apply_centroid_statistics,
     centroid_statistics,
@@ -101,12 +107,16 @@ __all__ = [
     "persistent_memory_attention",
     "random_synthesizer_logits",
     "register",
+    "relative_distances",
+    "relative_position_attention",
+    "relative_shift",
     "resolve",
     "routing_assignments",
     "routing_attention",
     "routing_clusters",
     "sinkhorn_attention",
     "sinkhorn_normalize",
+    "sinusoids",
     "synthesizer_attention",
     "update_centroids",
 ]

@@ -38,9 +38,11 @@ from effjax.models.hf import (
     load_hf_tokenizer,
     sentence_embedding,
 )
+from effjax.models.memory import MEMORY, SegmentMemory
 from effjax.models.positions import extend_position_embeddings
 
 __all__ = [
+    "MEMORY",
     "DecoderConfig",
     "DecoderLM",
     "DecoderLayer",
@@ -52,6 +54,7 @@ __all__ = [
     "EncoderLayer",
     "MaskedLMHead",
     "ModelConfig",
+    "SegmentMemory",
     "export_hf_encoder",
     "extend_position_embeddings",
     "generate",

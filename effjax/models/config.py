@@ -374,7 +374,7 @@ def _hf_attention(hf_config, model_type: str, override: str | None = None):
     return "dense", {}, None
 
 
-POSITIONS = ("learned", "sinusoidal")
+POSITIONS = ("learned", "sinusoidal", "relative")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,8 +388,22 @@ class DecoderConfig(ModelConfig):
       reversible: the blocks form a reversible stack on the two halves of the hidden state
         (see DecoderLM); needs ``hidden_size / 2`` divisible by ``num_heads`` and one set
         of attention options for all layers; training only (no cached decoding).
-      positions: ``"learned"`` (a trained table, GPT-2) or ``"sinusoidal"`` (fixed,
-        Vaswani et al. 2017; lets a one-layer model attend by relative offset).
+      positions: ``"learned"`` (a trained table, GPT-2), ``"sinusoidal"`` (fixed,
+        Vaswani et al. 2017; lets a one-layer model attend by relative offset) or
+        ``"relative"`` (no position embeddings; every layer scores the distance between
+        query and key with Transformer-XL's ``r``, ``u``, ``v`` terms,
+        effjax.layers.RelativePositionCore; dense attention only, no cached decoding).
+        Default (None): ``"relative"`` when ``mem_len > 0``, else ``"learned"``.
+      mem_len: Transformer-XL's segment recurrence (Dai et al. 2019): ``M > 0`` keeps,
+        per layer, the inputs of the last ``M`` positions of earlier segments in the
+        ``"memory"`` collection (effjax.models.SegmentMemory, no gradient through it),
+        and each segment's queries attend over ``[memory; segment]`` (query ``i`` sees
+        all ``M`` slots and the segment's tokens ``<= i``). Needs relative positions.
+        Call the model with ``mutable=["memory"]`` and pass the returned memory to the
+        next segment's call; ``effjax train`` does this across steps.
+      eval_mem_len: the memory length evaluation runs with (``evaluation_config``),
+        default ``mem_len``; the parameters do not depend on it (the paper evaluates
+        with a longer memory than it trains with).
       Switch experts, remat and dtype (:class:`ModelConfig`) do not combine with
       ``reversible``.
 
@@ -407,14 +421,50 @@ class DecoderConfig(ModelConfig):
     attention_dropout_rate: float = 0.0
     tie_word_embeddings: bool = True
     reversible: bool = False
-    positions: str = "learned"
+    positions: str | None = None
+    mem_len: int = 0
+    eval_mem_len: int | None = None
 
     def __post_init__(self):
         super().__post_init__()
+        if self.positions is None:
+            object.__setattr__(self, "positions", "relative" if self.mem_len else "learned")
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        _check_memory(self)
         if self.reversible:
             _check_reversible(self)
+
+    def evaluation_config(self) -> DecoderConfig:
+        """This config with ``mem_len = eval_mem_len`` (when given): the model to evaluate
+        a trained one with, on the same parameters."""
+        if self.eval_mem_len is None:
+            return self
+        return self.replace(mem_len=self.eval_mem_len)
+
+
+def _check_memory(config: DecoderConfig) -> None:
+    """Segment memory needs relative positions, which need the dense core."""
+    lengths = {"mem_len": config.mem_len, "eval_mem_len": config.eval_mem_len or 0}
+    for name, value in lengths.items():
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    if max(lengths.values()) and config.positions != "relative":
+        raise ValueError(
+            f"mem_len={config.mem_len} / eval_mem_len={config.eval_mem_len} needs "
+            f"positions='relative' (absolute positions restart in every segment), got "
+            f"positions={config.positions!r}"
+        )
+    if config.positions != "relative":
+        return
+    if config.attention != "dense":
+        raise ValueError(
+            f"positions='relative' (Transformer-XL, mem_len={config.mem_len}) runs dense "
+            f"attention with relative position terms; attention={config.attention!r} has no "
+            "such form (use attention='dense')"
+        )
+    if config.reversible:
+        raise ValueError("positions='relative' (Transformer-XL) does not combine with reversible")
 
 
 def reformer_config(

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from effjax.layers import ReversibleStack
+from effjax.layers import RelativePositionCore, ReversibleStack
 from effjax.models.config import DecoderConfig
 from effjax.models.encoder import (
     _init,
@@ -29,6 +29,7 @@ from effjax.models.encoder import (
     padding_mask_from,
     self_attention,
 )
+from effjax.models.memory import SegmentMemory
 from effjax.models.positions import sinusoidal_positions
 
 Dtype = Any
@@ -48,10 +49,29 @@ class DecoderLayer(nn.Module):
         norm = lambda name: nn.LayerNorm(  # noqa: E731
             epsilon=cfg.layer_norm_eps, dtype=self.dtype, name=name
         )
+        core = None
+        if cfg.positions == "relative":
+            core = RelativePositionCore.from_options(self.attention_options)
         attn = self_attention(
-            cfg, self.attention_options, is_causal=True, decode=self.decode, dtype=self.dtype
+            cfg,
+            self.attention_options,
+            is_causal=True,
+            decode=self.decode,
+            dtype=self.dtype,
+            core=core,
         )
-        h = attn(norm("attention_norm")(x), padding_mask=padding_mask, deterministic=deterministic)
+        attention_norm = norm("attention_norm")
+        if cfg.mem_len:
+            # Transformer-XL: keys and values over [memory; segment], queries the segment.
+            context, key_mask = SegmentMemory(cfg.mem_len, name="memory")(x, padding_mask)
+            h = attn(
+                attention_norm(x),
+                attention_norm(context),
+                padding_mask=key_mask,
+                deterministic=deterministic,
+            )
+        else:
+            h = attn(attention_norm(x), padding_mask=padding_mask, deterministic=deterministic)
         x = x + nn.Dropout(cfg.hidden_dropout_rate)(h, deterministic=deterministic)
         h = norm("output_norm")(x)
         return x + apply_feed_forward(
@@ -116,6 +136,15 @@ class DecoderLM(nn.Module):
     memory does not grow with ``num_layers``. Its parameters sit in ``layers/layers``
     (stacked over layers); it supports neither ``decode`` nor ``attention_mask``.
 
+    With ``config.mem_len = M > 0`` it is Transformer-XL (Dai et al. 2019): every layer
+    attends from the segment to ``[memory; segment]`` with relative positions
+    (effjax.layers.RelativePositionCore) and keeps its inputs of the last ``M`` positions
+    in the ``"memory"`` collection (effjax.models.SegmentMemory). Feed consecutive
+    segments and carry the memory::
+
+      logits, state = model.apply({"params": params}, segment_1, mutable=["memory"])
+      logits, state = model.apply({"params": params, **state}, segment_2, mutable=["memory"])
+
     Example:
       >>> import jax, jax.numpy as jnp
       >>> from effjax.models import DecoderConfig, DecoderLM
@@ -150,6 +179,11 @@ class DecoderLM(nn.Module):
         cfg = self.config
         if cfg.reversible:
             _check_reversible_call(self.decode, attention_mask)
+        if self.decode and cfg.positions == "relative":
+            raise ValueError(
+                "DecoderConfig(positions='relative') (Transformer-XL) has no cached decoding; "
+                "decode=True and generate need learned or sinusoidal positions"
+            )
         padding_mask = padding_mask_from(input_ids, attention_mask, cfg)
         dtype = cfg.compute_dtype(self.dtype)
         embed = nn.Embed(
@@ -159,7 +193,9 @@ class DecoderLM(nn.Module):
             dtype=dtype,
             name="token_embeddings",
         )
-        x = embed(input_ids) + self._position_embeddings(input_ids.shape[1])[None]
+        x = embed(input_ids)
+        if cfg.positions != "relative":  # relative positions enter every attention layer
+            x = x + self._position_embeddings(input_ids.shape[1])[None]
         x = nn.Dropout(cfg.hidden_dropout_rate)(x, deterministic=deterministic)
         if cfg.reversible:
             x = self._reversible_layers(x, deterministic)

@@ -103,14 +103,15 @@ class Embeddings(nn.Module):
 
 
 def self_attention(
-    config, options: Mapping[str, Any], *, is_causal: bool, decode=False, dtype=None
+    config, options: Mapping[str, Any], *, is_causal: bool, decode=False, dtype=None, core=None
 ):
-    """The block's :class:`MultiHeadAttention` for ``config`` with attention ``options``."""
+    """The block's :class:`MultiHeadAttention` for ``config`` with attention ``options``
+    (or, when given, the attention ``core`` instance in place of ``config.attention``)."""
     return MultiHeadAttention(
         num_heads=config.num_heads,
         num_kv_heads=config.num_kv_heads,
-        attention=config.attention,
-        attention_options=options,
+        attention=config.attention if core is None else core,
+        attention_options=options if core is None else {},
         is_causal=is_causal,
         decode=decode,
         dropout_rate=config.attention_dropout_rate,

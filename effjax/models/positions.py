@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 import jax.numpy as jnp
 from flax.core import FrozenDict
 
+from effjax.attention.relative import sinusoids
+
 ConfigT = TypeVar("ConfigT")
 
 
@@ -89,6 +91,4 @@ def sinusoidal_positions(length: int, dim: int) -> jnp.ndarray:
       >>> sinusoidal_positions(16, 8).shape
       (16, 8)
     """
-    freqs = 1.0 / (10000.0 ** (jnp.arange(0, dim, 2) / dim))
-    angles = jnp.arange(length)[:, None] * freqs[None, :]
-    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)[:, :dim]
+    return sinusoids(jnp.arange(length), dim)

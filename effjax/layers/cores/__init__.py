@@ -34,6 +34,7 @@ from effjax.layers.cores.linformer import LinformerCore, linformer_projection_in
 from effjax.layers.cores.local import LocalCore
 from effjax.layers.cores.lsh import LSHCore
 from effjax.layers.cores.persistent_memory import PersistentMemoryCore
+from effjax.layers.cores.relative import RelativePositionCore
 from effjax.layers.cores.remap import remap_legacy_variables
 from effjax.layers.cores.routing import ROUTING_CENTROIDS, RoutingCore
 from effjax.layers.cores.sinkhorn import SinkhornCore
@@ -74,6 +75,7 @@ __all__ = [
     "LocalCore",
     "PerformerCore",
     "PersistentMemoryCore",
+    "RelativePositionCore",
     "RoutingCore",
     "SinkhornCore",
     "SynthesizerCore",
