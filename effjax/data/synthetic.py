@@ -12,6 +12,8 @@ and return fixed-length int32 arrays.
 * Copy: ``x SEP x`` as language modelling, loss on the second ``x``.
 * Duplication (Kitaev et al. 2020, Reformer §5): ``0 w 0 w`` with ``w`` drawn from
   symbols ``1..V-1``; loss on the second ``w``.
+* Repeated blocks: one long stream of random blocks, each written several times, for
+  segment-recurrent language models (the answer sits one block length back).
 
 Example:
   >>> from effjax.data.synthetic import associative_recall
@@ -169,3 +171,33 @@ def duplication_task(
     half = rng.integers(1, vocab_size, size=(num_examples, length + 1))
     half[:, 0] = 0
     return _repeat_task(half)
+
+
+def repeated_blocks(
+    num_tokens: int, *, period: int, repeats: int, vocab_size: int, seed: int
+) -> np.ndarray:
+    """One token stream of random blocks, each repeated: ``p_1 p_1 ... p_1 p_2 ...``.
+
+    Each block ``p`` is ``period`` tokens over ``1..vocab_size-1``, written ``repeats``
+    times in a row. Every token after a block's first copy equals the token ``period``
+    positions back, so a language model predicts it only if it sees that far: a
+    segment-recurrent model (Transformer-XL) with segment length ``T < period`` needs
+    its memory (``T + M >= period + 1``); without, it stays at chance.
+
+    Returns:
+      ``int32 [num_tokens]``.
+
+    Example:
+      >>> repeated_blocks(8, period=2, repeats=2, vocab_size=9, seed=0).tolist()
+      [7, 6, 7, 6, 5, 3, 5, 3]
+    """
+    if min(period, repeats, num_tokens) < 1 or vocab_size < 2:
+        raise ValueError(
+            f"period={period}, repeats={repeats}, num_tokens={num_tokens} must be positive "
+            f"and vocab_size={vocab_size} >= 2"
+        )
+    block = period * repeats
+    count = -(-num_tokens // block)
+    patterns = np.random.default_rng(seed).integers(1, vocab_size, size=(count, 1, period))
+    stream = np.broadcast_to(patterns, (count, repeats, period)).reshape(-1)
+    return stream[:num_tokens].astype(np.int32)

@@ -103,7 +103,14 @@ def run_train(args: argparse.Namespace) -> int:
         if args.no_progress:
             config = config.replace(run=dataclasses.replace(config.run, progress=False))
         data = tasks.build_data(config)
-        result = loop.train(config, args.workdir, model=tasks.build_model(config), data=data)
+        result = loop.train(
+            config,
+            args.workdir,
+            model=tasks.build_model(config),
+            data=data,
+            loss_fn=tasks.loss_for(config),
+            eval_model=tasks.build_eval_model(config),
+        )
     except ValueError as error:
         print(f"effjax train: error: {error}", file=sys.stderr)
         return 2

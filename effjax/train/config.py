@@ -26,7 +26,9 @@ from typing import Any
 
 from effjax.data.listops import ListOpsSpec
 
-DATA_KINDS = ("listops", "associative_recall", "text")
+DATA_KINDS = ("listops", "associative_recall", "text", "repeated_blocks", "text_lm")
+#: Kinds trained as language models (a DecoderConfig model, consecutive segments).
+LM_DATA_KINDS = ("repeated_blocks", "text_lm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +38,11 @@ class DataConfig:
     Attributes:
       kind: ``"listops"`` (generated, ``listops`` spec), ``"associative_recall"``
         (generated, ``recall_*``), or ``"text"`` (byte or tokenizer classification of
-        local files under ``path``).
+        local files under ``path``); language modelling over consecutive segments
+        (effjax.data.LanguageModelData; the model is a ``DecoderConfig``):
+        ``"repeated_blocks"`` (generated, ``repeat_*``: random blocks each written
+        several times, effjax.data.repeated_blocks) or ``"text_lm"`` (the bytes of
+        ``path/<split>.txt`` for the splits train, validation and test).
       listops: the ListOps generator's spec (kind "listops").
       cache_dir: where generated datasets are cached (``datasets.save_to_disk``).
       path: root of a text dataset: one sub-directory per split holding one
@@ -44,9 +50,12 @@ class DataConfig:
       tokenizer: a local directory with a transformers tokenizer (kind "text");
         None reads bytes.
       max_length: padded length of every batch when ``boundaries`` is None; longer
-        text is truncated.
+        text is truncated. Language modelling: the segment length.
       boundaries: length buckets (batches pad to their bucket's boundary).
       recall_pairs, recall_vocab, recall_examples: associative recall's size.
+      repeat_period, repeat_count, repeat_vocab, repeat_tokens: the repeated blocks'
+        length, copies, vocabulary (ids ``1..repeat_vocab-1``) and tokens per split
+        (train, validation, test).
     """
 
     kind: str = "listops"
@@ -59,6 +68,10 @@ class DataConfig:
     recall_pairs: int = 16
     recall_vocab: int = 16
     recall_examples: tuple[int, int, int] = (4096, 512, 512)
+    repeat_period: int = 32
+    repeat_count: int = 4
+    repeat_vocab: int = 16
+    repeat_tokens: tuple[int, int, int] = (65536, 8192, 8192)
 
     def __post_init__(self):
         if self.kind not in DATA_KINDS:

@@ -48,6 +48,7 @@ import optax
 from flax import struct
 
 from effjax.layers import MOE_LOSSES, cores, moe_aux_losses
+from effjax.models.memory import MEMORY
 from effjax.train import checkpoint, sharding
 from effjax.train.config import ExperimentConfig, OptimizerConfig, incompatibilities, to_json
 
@@ -101,6 +102,21 @@ def classification_loss(logits: jax.Array, batch: dict[str, jax.Array]) -> tuple
     return loss.mean(), {"loss": loss.mean(), "accuracy": accuracy.mean()}
 
 
+def language_model_loss(logits: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, dict]:
+    """Mean cross-entropy of ``logits [B, T, V]`` against ``batch["targets"] [B, T]`` over
+    the real tokens of ``batch["padding_mask"]``, with next-token accuracy and
+    ``bits_per_token`` (the loss in bits; bits per character for byte-level text)."""
+    weights = batch["padding_mask"].astype(jnp.float32)
+    total = jnp.maximum(weights.sum(), 1.0)
+    losses = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), batch["targets"]
+    )
+    loss = jnp.sum(losses * weights) / total
+    hits = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)
+    accuracy = jnp.sum(hits * weights) / total
+    return loss, {"loss": loss, "accuracy": accuracy, "bits_per_token": loss / jnp.log(2.0)}
+
+
 def _step_rngs(rng: jax.Array) -> dict[str, jax.Array]:
     """Dropout, and the attention key that randomised variants (LSH rotations, BigBird's
     random blocks) draw afresh at every training step."""
@@ -139,6 +155,7 @@ def _with_expert_losses(loss: jax.Array, metrics: dict, sown: Any) -> tuple[jax.
     """Adds the Switch layers' weighted auxiliary losses to ``loss`` and their statistics
     (``moe/aux_loss``, ``moe/load_balancing_loss``, ``moe/router_z_loss``,
     ``moe/tokens_dropped``) to ``metrics``; unchanged for a model without experts."""
+    sown = sown.get(MOE_LOSSES)
     if not sown:
         return loss, metrics
     aux = moe_aux_losses(sown)
@@ -168,6 +185,9 @@ def make_train_step(
     weighted auxiliary losses to ``loss_fn``'s loss and reports ``moe/aux_loss``,
     ``moe/load_balancing_loss``, ``moe/router_z_loss`` and ``moe/tokens_dropped`` (the
     fraction of tokens no expert took this step) among the metrics.
+    A model that writes the ``"memory"`` collection (effjax.models.MEMORY: Transformer-XL's
+    segment memory) gets it back at the next step: the data's consecutive batches are
+    consecutive segments.
     """
     base_key = jax.random.key(seed)
 
@@ -175,25 +195,26 @@ def make_train_step(
         rng = jax.random.fold_in(base_key, state.step)
 
         def loss(params):
-            logits, sown = forward(
+            logits, mutated = forward(
                 model,
                 params,
                 batch,
                 train=True,
                 rng=rng,
                 collections=state.collections,
-                mutable=[MOE_LOSSES],
+                mutable=[MOE_LOSSES, MEMORY],
             )
-            return _with_expert_losses(*loss_fn(logits, batch), sown)
+            loss, metrics = _with_expert_losses(*loss_fn(logits, batch), mutated)
+            return loss, (metrics, _carried(mutated))
 
-        (_, metrics), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+        (_, (metrics, carried)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
         if axis_name is not None:
             grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
         params = optax.apply_updates(state.params, updates)
         collections = cores.upkeep(
-            state.collections,
+            {**state.collections, **carried},
             rng=jax.random.fold_in(rng, 2),
             step=state.step + 1,
             num_steps=num_steps,
@@ -204,6 +225,11 @@ def make_train_step(
         return new_state, metrics
 
     return step
+
+
+def _carried(mutated: Any) -> dict:
+    """The collections a call hands to the next one (the segment memory)."""
+    return {name: mutated[name] for name in (MEMORY,) if name in mutated}
 
 
 def init_state(
@@ -378,13 +404,25 @@ def _progress(enabled: bool, total: int, start: int):
 
 
 def make_eval_step(model: nn.Module, loss_fn: LossFn = classification_loss) -> Callable:
-    """``eval_step(state, batch) -> metrics`` (jitted, deterministic)."""
+    """``eval_step(state, batch, carried) -> (metrics, carried)`` (jitted, deterministic).
 
-    def eval_step(state: TrainState, batch: dict) -> dict:
-        logits = forward(
-            model, state.params, batch, train=False, rng=None, collections=state.collections
+    ``carried`` is the ``"memory"`` collection from the previous batch of the same pass
+    (``{}`` at the first: the model starts an empty one); the training memory in
+    ``state.collections`` is left out, so evaluation starts fresh.
+    """
+
+    def eval_step(state: TrainState, batch: dict, carried: dict) -> tuple[dict, dict]:
+        collections = {k: v for k, v in state.collections.items() if k != MEMORY}
+        logits, mutated = forward(
+            model,
+            state.params,
+            batch,
+            train=False,
+            rng=None,
+            collections={**collections, **carried},
+            mutable=[MEMORY],
         )
-        return loss_fn(logits, batch)[1]
+        return loss_fn(logits, batch)[1], _carried(mutated)
 
     return jax.jit(eval_step)
 
@@ -400,12 +438,15 @@ def recorded_metrics(workdir: Path) -> dict[str, float]:
 
 
 def evaluate(eval_step: Callable, state: TrainState, batches) -> dict[str, float]:
-    """Example-weighted mean of ``eval_step``'s metrics over ``batches``."""
+    """Example-weighted mean of ``eval_step``'s metrics over ``batches``, in order (the
+    memory of a segment-recurrent model is carried from one batch to the next)."""
     totals: dict[str, float] = {}
     count = 0
+    carried: dict = {}
     for batch in batches:
-        size = len(batch["labels"])
-        for name, value in eval_step(state, batch).items():
+        size = len(batch["inputs"])
+        metrics, carried = eval_step(state, batch, carried)
+        for name, value in metrics.items():
             totals[name] = totals.get(name, 0.0) + float(value) * size
         count += size
     return {name: total / count for name, total in totals.items()}
@@ -421,6 +462,7 @@ def train(
     model: nn.Module,
     data,
     loss_fn: LossFn = classification_loss,
+    eval_model: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Trains ``model`` on ``data`` per ``config``, resuming from ``workdir``'s checkpoint.
 
@@ -432,6 +474,8 @@ def train(
       data: ``train_batch(step) -> batch`` and ``eval_batches(split, limit)``
         (effjax.data.batching.ClassificationData).
       loss_fn: ``(logits, batch) -> (loss, metrics)``.
+      eval_model: the module evaluation applies to the same parameters (a Transformer-XL
+        decoder with a longer memory, ``DecoderConfig.eval_mem_len``); default ``model``.
 
     Returns:
       ``{"step", "stopped" (the signal that stopped the run, else 0), "state",
@@ -484,7 +528,7 @@ def train(
     log = _MetricsLog(workdir, start)
 
     step_fn = make_train_step(model, tx, run.seed, loss_fn, num_steps=run.num_steps)
-    eval_step = make_eval_step(model, loss_fn)
+    eval_step = make_eval_step(model if eval_model is None else eval_model, loss_fn)
     compiled: dict[Any, Callable] = {}
 
     def train_step(state, batch):
