@@ -5,20 +5,21 @@ import pytest
 
 from effjax import testing
 from effjax.attention import relative_position_attention, relative_shift, sinusoids
+from effjax.layers import RelativePositionCore
 
 relative = jax.jit(relative_position_attention, static_argnames=("is_causal",))
 
 
-def direct_scores(q, k, r, u, v, scale):
+def direct_scores(q, k, r_of, u, v, scale):
     """Transformer-XL's four terms, O(T S) Python loops: A[b, n, i, j] with query i at
-    key position i + S - T and r indexed by distance d through row S - 1 - d."""
+    key position i + S - T and ``r_of(d) [N, H]`` the embedding of distance d."""
     b, t, n, _ = q.shape
     s, group = k.shape[1], q.shape[2] // k.shape[2]
     scores = np.zeros((b, n, t, s))
     for i in range(t):
         for j in range(s):
             d = i + s - t - j
-            r_d = r[s - 1 - d]  # [N, H]
+            r_d = r_of(d)
             for h in range(n):
                 k_j = k[:, j, h // group]
                 a = q[:, i, h] @ k_j.T  # content
@@ -29,10 +30,10 @@ def direct_scores(q, k, r, u, v, scale):
     return scores
 
 
-def direct_attention(q, k, value, r, u, v, padding, is_causal):
-    q, k, value, r, u, v = (np.asarray(x, np.float64) for x in (q, k, value, r, u, v))
+def direct_attention(q, k, value, r_of, u, v, padding, is_causal):
+    q, k, value, u, v = (np.asarray(x, np.float64) for x in (q, k, value, u, v))
     t, s = q.shape[1], k.shape[1]
-    scores = direct_scores(q, k, r, u, v, q.shape[-1] ** -0.5)
+    scores = direct_scores(q, k, r_of, u, v, q.shape[-1] ** -0.5)
     allowed = np.ones((t, s), bool)
     if is_causal:
         allowed = np.arange(s)[None] <= np.arange(t)[:, None] + (s - t)
@@ -56,7 +57,26 @@ def test_equals_direct_formula(t, s, is_causal):
         q, k, v, position_key=r, content_bias=u, position_bias=pb,
         padding_mask=jnp.asarray(padding), is_causal=is_causal,
     )  # fmt: skip
-    want = direct_attention(q, k, v, r, u, pb, padding, is_causal)
+    rows = np.asarray(r, np.float64)
+    want = direct_attention(q, k, v, lambda d: rows[s - 1 - d], u, pb, padding, is_causal)
+    np.testing.assert_allclose(out, want, atol=2e-5)
+
+
+def test_core_embeds_each_distance_by_its_sinusoid():
+    t, s, dim = 3, 5, 16
+    q, k, v = testing.random_qkv(jax.random.key(6), batch=1, q_len=t, kv_len=s, num_heads=2)
+    core = RelativePositionCore()
+    variables = core.init(jax.random.key(7), q, k, v, is_causal=True)
+    out = core.apply(variables, q, k, v, is_causal=True)
+    params = jax.tree.map(lambda x: np.asarray(x, np.float64), variables["params"])
+
+    def r_of(d):  # W_R R_d with R_d = [sin(d f_i), cos(d f_i)], f_i = 10000^(-2i/dim)
+        freqs = 10000.0 ** (-np.arange(0, dim, 2) / dim)
+        embedding = np.concatenate([np.sin(d * freqs), np.cos(d * freqs)])
+        return np.einsum("d,dnh->nh", embedding, params["position_kernel"])
+
+    u, pb = params["content_bias"], params["position_bias"]
+    want = direct_attention(q, k, v, r_of, u, pb, np.ones((1, s), bool), True)
     np.testing.assert_allclose(out, want, atol=2e-5)
 
 

@@ -11,6 +11,8 @@ import pytest
 from effjax.cli import main
 from effjax.data import LanguageModelData, repeated_blocks
 from effjax.models import MEMORY, DecoderConfig, DecoderLM
+from effjax.train import tasks
+from effjax.train.config import DataConfig, RunConfig, load_config
 from effjax.train.loop import (
     evaluate,
     init_state,
@@ -93,3 +95,23 @@ def test_effjax_train_runs_the_memory_smoke_config(tmp_path):
     final = records[-1]
     assert {"test/loss", "test/bits_per_token", "test/accuracy"} <= set(final)
     assert np.isfinite(final["test/loss"]) and final["test/loss"] < 4.0  # ln 16 = 2.77 at init
+
+
+def test_text_lm_reads_the_bytes_of_each_split(tmp_path):
+    smoke = load_config(ROOT / "configs/smoke_memory.py")
+    config = smoke.replace(
+        data=DataConfig(kind="text_lm", path=str(tmp_path), max_length=4),
+        model=smoke.model.replace(vocab_size=257),
+        run=RunConfig(batch_size=2),
+    )
+    (tmp_path / "train.txt").write_text("abcdefghijklmnopqrstuvwxyz")
+    with pytest.raises(ValueError, match=r"no validation.txt \(text_lm reads <split>.txt\)"):
+        tasks.build_data(config)
+    (tmp_path / "validation.txt").write_text("0123456789é")
+    data = tasks.build_data(config)
+    assert sorted(data.splits) == ["train", "validation"]
+    batch = data.train_batch(0)
+    assert batch["inputs"][0].tolist() == [ord(c) + 1 for c in "abcd"]  # bytes + 1
+    assert batch["inputs"][1].tolist() == [ord(c) + 1 for c in "nopq"]  # second row
+    with pytest.raises(ValueError, match=r"trains an effjax.models.DecoderConfig"):
+        tasks.check_inputs(config.replace(model=load_config("smoke").model))
