@@ -138,11 +138,11 @@ def performer_errors(seeds, num_features, shrink, orthogonal):
 def test_performer_softmax_error_shrinks_with_more_features():
     seeds = jnp.arange(3)
     # [3 feature counts, 2 modes]: mean over seeds
-    errors = np.stack([performer_errors(seeds, f, 0.5, True).mean(0) for f in (16, 256, 2048)])
+    errors = np.stack([performer_errors(seeds, f, 0.5, True).mean(0) for f in (16, 128, 1024)])
     for mode in range(2):  # bidirectional, causal
         e = errors[:, mode]
         assert e[0] > e[1] > e[2], errors
-        # Monte Carlo error ~ 1/sqrt(F): 128x the features should cut it by several times.
+        # Monte Carlo error ~ 1/sqrt(F): 64x the features should cut it by several times.
         assert e[2] < e[0] / 3, errors
 
 
