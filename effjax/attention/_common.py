@@ -20,6 +20,7 @@ from effjax.attention.helpers import (  # noqa: F401
     MASK_VALUE,
     check_positive,
     check_static_int,
+    gather_rows,
     masked_softmax,
     pad_axis,
     round_up,

@@ -46,11 +46,6 @@ def _resolve_max_global(global_mask: jax.Array, max_global_tokens: int | None) -
     return max_global_tokens
 
 
-def _gather_rows(x: jax.Array, index: jax.Array) -> jax.Array:
-    """``x [B, T, ...]``, ``index [B, M]`` -> ``[B, M, ...]``."""
-    return jax.vmap(lambda xb, ib: xb[ib])(x, index)
-
-
 def _check_global_qkv(global_qkv, query, key, value):
     """``global_qkv`` as a triple shaped like ``(query, key, value)``; default: those."""
     if global_qkv is None:
@@ -172,13 +167,13 @@ def global_local_attention(
 
     # Slots: the positions of the first M global tokens of each row (stable sort keeps order).
     slot_pos = jnp.argsort(~global_mask, axis=1, stable=True)[:, :num_slots]
-    slot_used = _gather_rows(global_mask, slot_pos)
+    slot_used = _common.gather_rows(global_mask, slot_pos)
     positions = jnp.arange(dims.q_len)
 
     # 2. Every query against the global keys.
-    global_keys = _gather_rows(key, slot_pos).astype(jnp.float32)
-    global_values = _gather_rows(value, slot_pos).astype(jnp.float32)
-    key_mask = (slot_used & _gather_rows(key_valid, slot_pos))[:, None, :]
+    global_keys = _common.gather_rows(key, slot_pos).astype(jnp.float32)
+    global_values = _common.gather_rows(value, slot_pos).astype(jnp.float32)
+    key_mask = (slot_used & _common.gather_rows(key_valid, slot_pos))[:, None, :]
     if is_causal:
         key_mask = key_mask & (slot_pos[:, None, :] <= positions[None, :, None])
     logits = jnp.einsum("btkgh,bmkh->btkgm", q.astype(jnp.float32), global_keys) * scale
@@ -187,7 +182,9 @@ def global_local_attention(
     out, _ = _blockwise.merge_normalised([(window_out, window_lse), (global_key_out, lse)])
 
     # 3. Global queries against every key; their rows replace the merged ones.
-    global_queries = _common.group_heads(_gather_rows(global_query, slot_pos), dims.num_kv_heads)
+    global_queries = _common.group_heads(
+        _common.gather_rows(global_query, slot_pos), dims.num_kv_heads
+    )
     global_queries = global_queries.astype(jnp.float32)
     logits = jnp.einsum("bmkgh,bskh->bkgms", global_queries, global_key.astype(jnp.float32))
     logits = logits * scale

@@ -7,6 +7,8 @@ Everything here is pure numpy/JAX (no Flax) and safe to use from any package:
 * :func:`round_up`, :func:`pad_axis`: pad a length to a block or chunk size.
 * :func:`masked_softmax` and :data:`MASK_VALUE`: float32 softmax with a finite
   fill, so fully-masked rows give zeros (never NaN), forward and backward.
+* :func:`gather_rows`: per batch element, the rows at given positions (global
+  tokens, expert slots).
 
 Example:
   >>> import jax.numpy as jnp
@@ -81,3 +83,21 @@ def masked_softmax(logits: jax.Array, mask: jax.Array | None) -> jax.Array:
         return jax.nn.softmax(logits, axis=-1)
     weights = jax.nn.softmax(jnp.where(mask, logits, MASK_VALUE), axis=-1)
     return jnp.where(mask, weights, 0.0)
+
+
+def gather_rows(x: jax.Array, index: jax.Array) -> jax.Array:
+    """Row ``index[b, m]`` of batch element ``b``: ``x [B, T, ...]``, ``index`` int ``[B, M]``
+    in ``[0, T)`` -> ``[B, M, ...]``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> x = jnp.arange(6).reshape(2, 3)
+      >>> gather_rows(x, jnp.array([[2, 0], [1, 1]])).tolist()
+      [[2, 0], [4, 4]]
+    """
+    if index.ndim != 2 or x.ndim < 2 or index.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"gather_rows needs x [B, T, ...] and index [B, M], got x of shape {x.shape} and "
+            f"index of shape {index.shape}"
+        )
+    return jax.vmap(lambda rows, picks: rows[picks])(x, index)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effjax.attention import _common
+from effjax.attention import _blockwise, _common
 
 # The self-logit in shared-QK mode (the paper's "a token attends to itself only when it has
 # nothing else"): far below any real logit, so it gets zero weight beside another key, yet
@@ -223,8 +223,9 @@ def _inverse(perm: jax.Array) -> jax.Array:
     return jnp.put_along_axis(jnp.zeros_like(perm), perm, ranks, axis=-1, inplace=False)
 
 
-def _gather_rows(x: jax.Array, perm: jax.Array) -> jax.Array:
-    """``x [..., 1, L, F]`` rows in the order ``perm [..., R, L]`` -> ``[..., R, L, F]``."""
+def _permute_rows(x: jax.Array, perm: jax.Array) -> jax.Array:
+    """``x [..., 1, L, F]`` -> ``[..., R, L, F]``: the rows in each round's order ``perm
+    [..., R, L]`` (one set of rows, R sort orders)."""
     return jnp.take_along_axis(x, perm[..., None], axis=-2)
 
 
@@ -263,7 +264,7 @@ def _chunk_attention(
     logits = jnp.einsum("zmh,zdh->zmd", q.astype(jnp.float32), k.astype(jnp.float32))
     logits = logits * jnp.float32(scale)
     key_pos, query_pos = k_pos[:, None, :], q_pos[:, :, None]
-    mask = jnp.broadcast_to(k_valid[:, None, :], logits.shape)
+    mask = k_valid[:, None, :]
     if is_causal:
         mask = mask & (key_pos <= query_pos + offset)
     if shared_qk:
@@ -276,15 +277,8 @@ def _chunk_attention(
         unsigned = jnp.uint16 if gap.dtype == jnp.int16 else jnp.uint32
         count = jnp.sum((gap.astype(unsigned) <= 1).astype(jnp.int32), axis=-1)
         logits = logits - jnp.log(jnp.maximum(count, 1).astype(jnp.float32))
-    logits = jnp.where(mask, logits, _common.MASK_VALUE)
-    row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-    weights = jnp.where(mask, jnp.exp(logits - row_max), 0.0)
-    total = jnp.sum(weights, axis=-1)
-    seen = total > 0
-    safe_total = jnp.where(seen, total, 1.0)
-    out = jnp.einsum("zmd,zdh->zmh", weights, v.astype(jnp.float32)) / safe_total[..., None]
-    lse = jnp.where(seen, row_max[..., 0] + jnp.log(safe_total), _common.MASK_VALUE)
-    return out, lse
+    weights, lse = _blockwise.softmax_with_lse(logits, mask)
+    return jnp.einsum("zmd,zdh->zmh", weights, v.astype(jnp.float32)), lse
 
 
 def _map_over_blocks(fn, num_blocks: int, *args):
@@ -378,12 +372,7 @@ def lsh_attention(
     num_hashes = _common.check_positive("num_hashes", num_hashes)
     chunk_size = _common.check_positive("chunk_size", chunk_size)
     num_buckets = _check_num_buckets(num_buckets)
-    if shared_qk:
-        key, value = _shared_qk_inputs(query, key, value)
-    elif key is None:
-        raise ValueError("key is None: pass key [B, S, K, H], or shared_qk=True to use the query")
-    dims = _common.check_qkv(query, key, value)
-    padding_mask = _common.check_padding_mask(padding_mask, dims)
+    key, value, dims, padding_mask = _checked_inputs(query, key, value, padding_mask, shared_qk)
     scale = _common.resolve_scale(scale, dims.head_dim)
     if dims.empty:
         return _common.zeros_output(dims, value)
@@ -394,65 +383,16 @@ def lsh_attention(
         # Each query head of a group has its own chunk grid: give it its own keys.
         key, value = (jnp.repeat(x, dims.groups, axis=2) for x in (key, value))
         dims = _common.check_qkv(query, key, value)
-    hash_options = {"rng": rng, "num_hashes": num_hashes, "num_buckets": num_buckets}
-
-    # [B, K, G, R, T] query buckets, [B, K, R, S] key buckets. Padded keys get a bucket of
-    # their own, sorted after the real ones (as in trax and transformers): their content
-    # must not move real keys between chunks.
-    q_buckets = lsh_buckets(query, **hash_options)
-    q_buckets = _common.group_heads(q_buckets, dims.num_kv_heads).transpose(0, 2, 3, 4, 1)
-    if shared_qk:  # K = N, G = 1 and identical buckets: one sort serves both sides.
-        q_buckets = _padding_bucket(q_buckets, padding_mask, num_buckets)
-        k_buckets = q_buckets[:, :, 0]
-    else:
-        k_buckets = lsh_buckets(key, **hash_options).transpose(0, 2, 3, 1)
-        k_buckets = _padding_bucket(k_buckets, padding_mask, num_buckets)
+    q_buckets, k_buckets = _hash_buckets(
+        query, key, dims, padding_mask, shared_qk,
+        rng=rng, num_hashes=num_hashes, num_buckets=num_buckets,
+    )  # fmt: skip
     make_layout = _strict_layout if strict else _sorted_layout
     layout = make_layout(q_buckets, k_buckets, num_buckets, num_chunks, q_chunk, k_chunk, shared_qk)
-    num_chunks, q_perm, k_perm, q_rank = (
-        layout.num_chunks,
-        layout.q_perm,
-        layout.k_perm,
-        layout.q_rank,
-    )
-
-    # Z = B*K*R*n chunks: G*c sorted queries and c' sorted keys each, mapped per head-round.
-    q = _common.group_heads(query, dims.num_kv_heads).transpose(0, 2, 3, 1, 4)
-    q = _common.pad_axis(q, -2, layout.q_rows)[:, :, :, None]
-    k = _common.pad_axis(key.transpose(0, 2, 1, 3), -2, layout.k_rows)[:, :, None]
-    v = _common.pad_axis(value.transpose(0, 2, 1, 3), -2, layout.k_rows)[:, :, None]
-    num_windows = dims.batch * dims.num_kv_heads * num_hashes * num_chunks
-
-    def query_blocks(x):  # [B,K,G,R,Tp,...] -> [Z, G*c, ...]
-        b, kh, g, r = x.shape[:4]
-        x = x.reshape((b, kh, g, r, num_chunks, q_chunk, *x.shape[5:]))
-        x = jnp.moveaxis(x, 2, 4)  # [B,K,R,n,G,c,...]
-        return x.reshape((num_windows, g * q_chunk, *x.shape[6:]))
-
-    def key_chunks(x):  # [B,K,R,Sp,...] -> [Z, c', ...]
-        return x.reshape((num_windows, k_chunk, *x.shape[4:]))
-
-    key_valid = jnp.arange(layout.k_rows) < dims.kv_len
-    key_valid = jnp.broadcast_to(key_valid[None], (dims.batch, layout.k_rows))
-    if padding_mask is not None:
-        key_valid = key_valid & _common.pad_axis(padding_mask, 1, layout.k_rows, value=False)
-    key_valid = key_chunks(jnp.take_along_axis(key_valid[:, None, None], k_perm, axis=-1))
-
-    q_chunks = k_chunks = None
-    if num_hashes > 1:
-        # Chunk of every item in every round, in each round's sorted order: [..., R, L, R].
-        q_ids = _common.pad_axis(layout.q_ids, -1, layout.q_rows)
-        k_ids = _common.pad_axis(layout.k_ids, -1, layout.k_rows)
-        q_chunks = jnp.take_along_axis(
-            jnp.swapaxes(q_ids, -1, -2)[:, :, :, None], q_perm[..., None], axis=-2
-        )
-        k_chunks = jnp.take_along_axis(
-            jnp.swapaxes(k_ids, -1, -2)[:, :, None], k_perm[..., None], axis=-2
-        )
-        # Narrow chunk ids make the pairwise count (R compares per logit) cheaper.
-        ids = jnp.int16 if num_chunks + num_buckets < np.iinfo(np.int16).max else jnp.int32
-        q_chunks, k_chunks = query_blocks(q_chunks).astype(ids), key_chunks(k_chunks).astype(ids)
-
+    windows = _Windows(
+        dims.batch * dims.num_kv_heads * num_hashes * layout.num_chunks,
+        layout.num_chunks, q_chunk, k_chunk,
+    )  # fmt: skip
     attend = functools.partial(
         _attend_head_round,
         scale=scale,
@@ -462,25 +402,121 @@ def lsh_attention(
     )
     out, lse = _map_over_blocks(
         attend,
-        num_windows // num_chunks,
-        query_blocks(_gather_rows(q, q_perm)),
-        key_chunks(_gather_rows(k, k_perm)),
-        key_chunks(_gather_rows(v, k_perm)),
-        query_blocks(q_perm),
-        key_chunks(k_perm),
-        key_valid,
-        layout.look_back.reshape(num_windows),
-        q_chunks,
-        k_chunks,
+        windows.count // windows.num_chunks,
+        *_sorted_qkv(query, key, value, dims, layout, windows),
+        windows.queries(layout.q_perm),
+        windows.keys(layout.k_perm),
+        _sorted_key_validity(dims, padding_mask, layout, windows),
+        layout.look_back.reshape(windows.count),
+        *_sorted_chunk_ids(layout, windows, num_hashes, num_buckets),
     )
-    # Back to [B,K,G,R,Tp,...] in sorted order, then to positions, then the rounds' weighted sum.
-    groups = dims.groups
-    out = out.reshape((*q_perm.shape[:2], num_hashes, num_chunks, groups, q_chunk, -1))
-    out = jnp.moveaxis(out, 4, 2).reshape((*q_perm.shape, -1))
-    lse = lse.reshape((*q_perm.shape[:2], num_hashes, num_chunks, groups, q_chunk))
-    lse = jnp.moveaxis(lse, 4, 2).reshape(q_perm.shape)
-    out = jnp.take_along_axis(out, q_rank[..., None], -2)
-    lse = jnp.take_along_axis(lse, q_rank, -1)
-    weights = jax.nn.softmax(lse, axis=3)
+    return _combine_rounds(out, lse, layout, windows, dims).astype(value.dtype)
+
+
+def _checked_inputs(query, key, value, padding_mask, shared_qk: bool):
+    """``(key, value, dims, padding_mask)`` validated; with ``shared_qk``, the keys made
+    from the queries."""
+    if shared_qk:
+        key, value = _shared_qk_inputs(query, key, value)
+    elif key is None:
+        raise ValueError("key is None: pass key [B, S, K, H], or shared_qk=True to use the query")
+    dims = _common.check_qkv(query, key, value)
+    return key, value, dims, _common.check_padding_mask(padding_mask, dims)
+
+
+def _hash_buckets(query, key, dims, padding_mask, shared_qk: bool, **hash_options):
+    """Query buckets ``[B, K, G, R, T]`` and key buckets ``[B, K, R, S]``.
+
+    Padded keys get a bucket of their own, sorted after the real ones (as in trax and
+    transformers): their content must not move real keys between chunks.
+    """
+    q_buckets = lsh_buckets(query, **hash_options)
+    q_buckets = _common.group_heads(q_buckets, dims.num_kv_heads).transpose(0, 2, 3, 4, 1)
+    num_buckets = hash_options["num_buckets"]
+    if shared_qk:  # K = N, G = 1 and identical buckets: one sort serves both sides.
+        q_buckets = _padding_bucket(q_buckets, padding_mask, num_buckets)
+        return q_buckets, q_buckets[:, :, 0]
+    k_buckets = lsh_buckets(key, **hash_options).transpose(0, 2, 3, 1)
+    return q_buckets, _padding_bucket(k_buckets, padding_mask, num_buckets)
+
+
+class _Windows(NamedTuple):
+    """The Z = B*K*R*n attention windows: window z holds the G*c sorted queries of chunk
+    n (all G query heads of a key head) and the c' sorted keys of that chunk."""
+
+    count: int
+    num_chunks: int
+    q_chunk: int
+    k_chunk: int
+
+    def queries(self, x: jax.Array) -> jax.Array:
+        """``[B, K, G, R, n*c, ...]`` -> ``[Z, G*c, ...]``."""
+        b, kh, g, r = x.shape[:4]
+        x = x.reshape((b, kh, g, r, self.num_chunks, self.q_chunk, *x.shape[5:]))
+        x = jnp.moveaxis(x, 2, 4)  # [B,K,R,n,G,c,...]
+        return x.reshape((self.count, g * self.q_chunk, *x.shape[6:]))
+
+    def keys(self, x: jax.Array) -> jax.Array:
+        """``[B, K, R, n*c', ...]`` -> ``[Z, c', ...]``."""
+        return x.reshape((self.count, self.k_chunk, *x.shape[4:]))
+
+    def unsorted_queries(self, x: jax.Array, layout: _Layout) -> jax.Array:
+        """Inverse of :meth:`queries`, then each round's sort undone: ``[Z, G*c, ...]`` ->
+        ``[B, K, G, R, n*c, ...]`` in position order."""
+        batch, kv_heads, groups, num_hashes = layout.q_perm.shape[:4]
+        rest = x.shape[2:]
+        x = x.reshape((batch, kv_heads, num_hashes, self.num_chunks, groups, self.q_chunk, *rest))
+        x = jnp.moveaxis(x, 4, 2).reshape((*layout.q_perm.shape, *rest))
+        rank = layout.q_rank.reshape(layout.q_rank.shape + (1,) * len(rest))
+        return jnp.take_along_axis(x, rank, axis=4)
+
+
+def _sorted_qkv(query, key, value, dims, layout: _Layout, windows: _Windows):
+    """Queries ``[Z, G*c, H]``, keys ``[Z, c', H]`` and values ``[Z, c', Hv]`` of every
+    window, in each round's sorted order."""
+    q = _common.group_heads(query, dims.num_kv_heads).transpose(0, 2, 3, 1, 4)
+    q = _common.pad_axis(q, -2, layout.q_rows)[:, :, :, None]
+    k, v = (
+        _common.pad_axis(x.transpose(0, 2, 1, 3), -2, layout.k_rows)[:, :, None]
+        for x in (key, value)
+    )
+    return (
+        windows.queries(_permute_rows(q, layout.q_perm)),
+        windows.keys(_permute_rows(k, layout.k_perm)),
+        windows.keys(_permute_rows(v, layout.k_perm)),
+    )
+
+
+def _sorted_key_validity(dims, padding_mask, layout: _Layout, windows: _Windows) -> jax.Array:
+    """bool ``[Z, c']``: the slot holds a real key (not an empty slot, not padding)."""
+    key_valid = jnp.arange(layout.k_rows) < dims.kv_len
+    key_valid = jnp.broadcast_to(key_valid[None], (dims.batch, layout.k_rows))
+    if padding_mask is not None:
+        key_valid = key_valid & _common.pad_axis(padding_mask, 1, layout.k_rows, value=False)
+    return windows.keys(jnp.take_along_axis(key_valid[:, None, None], layout.k_perm, axis=-1))
+
+
+def _sorted_chunk_ids(layout: _Layout, windows: _Windows, num_hashes: int, num_buckets: int):
+    """The chunk of every window item in every round, ``q_chunks [Z, G*c, R]`` and
+    ``k_chunks [Z, c', R]``, for the count of rounds sharing a key; ``(None, None)`` with
+    one round."""
+    if num_hashes == 1:
+        return None, None
+    q_ids = _common.pad_axis(layout.q_ids, -1, layout.q_rows)
+    k_ids = _common.pad_axis(layout.k_ids, -1, layout.k_rows)
+    # [..., R, L, R]: row l of round r lists item perm_r[l]'s chunk in every round.
+    q_chunks = _permute_rows(jnp.swapaxes(q_ids, -1, -2)[:, :, :, None], layout.q_perm)
+    k_chunks = _permute_rows(jnp.swapaxes(k_ids, -1, -2)[:, :, None], layout.k_perm)
+    # Narrow chunk ids make the pairwise count (R compares per logit) cheaper.
+    small = layout.num_chunks + num_buckets < np.iinfo(np.int16).max
+    ids = jnp.int16 if small else jnp.int32
+    return windows.queries(q_chunks).astype(ids), windows.keys(k_chunks).astype(ids)
+
+
+def _combine_rounds(out, lse, layout: _Layout, windows: _Windows, dims) -> jax.Array:
+    """Window outputs ``[Z, G*c, Hv]`` and log-sum-exps ``[Z, G*c]`` -> ``[B, T, N, Hv]``:
+    back to positions, then the rounds weighted by the softmax of their log-sum-exps."""
+    out = windows.unsorted_queries(out, layout)
+    weights = jax.nn.softmax(windows.unsorted_queries(lse, layout), axis=3)
     out = jnp.sum(out * weights[..., None], axis=3)[:, :, :, : dims.q_len]
-    return _common.ungroup_heads(out.transpose(0, 3, 1, 2, 4)).astype(value.dtype)
+    return _common.ungroup_heads(out.transpose(0, 3, 1, 2, 4))

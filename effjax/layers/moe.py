@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
+from effjax.attention.helpers import gather_rows
 from effjax.layers.feedforward import Activation, activation
 
 Dtype = Any
@@ -64,11 +65,6 @@ def route(
     position = position.reshape(g, top_k, s).transpose(0, 2, 1)
     kept = valid[..., None] & (position < capacity)
     return expert, expert * capacity + position, gate, kept
-
-
-def _gather_rows(x: jax.Array, index: jax.Array) -> jax.Array:
-    """``x [G, S, D]``, ``index int [G, R] -> [G, R, D]``."""
-    return jnp.take_along_axis(x, index[..., None], axis=1)
 
 
 class _ExpertAffine(nn.Module):
@@ -229,13 +225,13 @@ class SwitchFeedForward(nn.Module):
         slot_token = jnp.full((b, e * capacity + 1), t).at[jnp.arange(b)[:, None], flat_slot]
         slot_token = slot_token.set(token)[:, :-1]
         padded = jnp.concatenate([x, jnp.zeros((b, 1, d), dtype)], axis=1)
-        expert_in = _gather_rows(padded, slot_token).reshape(b, e, capacity, d)
+        expert_in = gather_rows(padded, slot_token).reshape(b, e, capacity, d)
         experts = _Experts(
             self.d_ff, self.activation, self.param_dtype, self.kernel_init, name="experts"
         )
         expert_out = experts(self._expert_major(expert_in.swapaxes(0, 1)))
         expert_out = self._expert_major(expert_out).swapaxes(0, 1).reshape(b, e * capacity, d)
-        picked = _gather_rows(expert_out, jnp.where(kept, slot, 0).reshape(b, -1))
+        picked = gather_rows(expert_out, jnp.where(kept, slot, 0).reshape(b, -1))
         weight = jnp.where(kept, gate, 0.0).astype(dtype).reshape(b, -1)
         out = jnp.sum((picked * weight[..., None]).reshape(b, t, self.top_k, d), axis=2)
         if self.dropout_rate > 0.0:
