@@ -387,14 +387,15 @@ def kernel_state_init(
 
 
 def _decode_step(
-    fmap: _FeatureMap, state: KernelState, query, key, value, dims, chunk_size
+    fmap: _FeatureMap, state: KernelState, query, key, value, dims, padding_mask, chunk_size
 ) -> tuple[jax.Array, KernelState]:
     expected = (dims.batch, dims.num_kv_heads, dims.value_dim)
     got = (state.kv.shape[0], state.kv.shape[1], state.kv.shape[3])
     if got != expected:
         raise ValueError(f"state has [B, K, Hv] = {got}, but query/key/value give {expected}")
     phi_q = fmap.query(_common.group_heads(query, dims.num_kv_heads).astype(jnp.float32))
-    phi_k, offset = fmap.key(key.astype(jnp.float32), None)
+    # Padded keys get zero features and do not set the offset: they add nothing to the state.
+    phi_k, offset = fmap.key(key.astype(jnp.float32), padding_mask)
     # Bring the old sums and the new keys to a common offset (as online softmax does).
     log_scale = jnp.maximum(state.log_scale, offset)
     rescale_old = jnp.exp(state.log_scale - log_scale)[:, :, None, None]
@@ -415,6 +416,7 @@ def performer_decode_step(
     *,
     features: jax.Array,
     kernel: str = "softmax",
+    padding_mask: jax.Array | None = None,
     scale: float | None = None,
     chunk_size: int = prefix.DEFAULT_CHUNK_SIZE,
 ) -> tuple[jax.Array, KernelState]:
@@ -429,6 +431,8 @@ def performer_decode_step(
         previous step.
       query: ``[B, T, N, H]``; key: ``[B, T, K, H]``; value: ``[B, T, K, Hv]``.
       features, kernel, scale: as in :func:`performer_attention`.
+      padding_mask: bool ``[B, T]``, True = a real new token; padded ones contribute
+        nothing to the outputs or the state (left-padded prompts).
 
     Returns:
       ``(out [B, T, N, Hv], new_state)``.
@@ -444,8 +448,9 @@ def performer_decode_step(
     """
     dims = _common.check_qkv(query, key, value)
     scale = _common.resolve_scale(scale, dims.head_dim)
+    padding_mask = _common.check_padding_mask(padding_mask, dims)
     fmap = _performer_feature_map(features, kernel, scale, dims.head_dim)
-    return _decode_step(fmap, state, query, key, value, dims, chunk_size)
+    return _decode_step(fmap, state, query, key, value, dims, padding_mask, chunk_size)
 
 
 def linear_decode_step(
@@ -455,13 +460,15 @@ def linear_decode_step(
     value: jax.Array,
     *,
     feature_map: str | FeatureMapFn = "elu",
+    padding_mask: jax.Array | None = None,
     scale: float | None = None,
     chunk_size: int = prefix.DEFAULT_CHUNK_SIZE,
 ) -> tuple[jax.Array, KernelState]:
     """Appends ``T`` new tokens to a causal linear transformer (its RNN form).
 
     Equal (up to rounding) to the last ``T`` rows of :func:`linear_attention`
-    with ``is_causal=True`` over every token so far; see :func:`performer_decode_step`.
+    with ``is_causal=True`` over every token so far; see :func:`performer_decode_step`
+    (also for ``padding_mask``).
 
     Example:
       >>> import jax.numpy as jnp
@@ -472,8 +479,9 @@ def linear_decode_step(
       (1, 1, 2, 8)
     """
     dims = _common.check_qkv(query, key, value)
+    padding_mask = _common.check_padding_mask(padding_mask, dims)
     fmap = _linear_feature_map(feature_map, scale)
-    return _decode_step(fmap, state, query, key, value, dims, chunk_size)
+    return _decode_step(fmap, state, query, key, value, dims, padding_mask, chunk_size)
 
 
 def linear_num_features(feature_map: str | FeatureMapFn, head_dim: int) -> int:

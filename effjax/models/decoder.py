@@ -16,6 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from effjax.layers import RelativePositionCore, ReversibleStack
@@ -126,7 +127,10 @@ class DecoderLM(nn.Module):
 
     With ``decode=True`` each call appends ``T`` tokens to the ``"cache"`` collection
     (initialise with an input of the full length, as for flax's decoders); positions
-    continue from the cache. Use :func:`generate` rather than driving this by hand.
+    continue from the cache, per row. :func:`generate` drives this; by hand, prompts of
+    different lengths are left-padded and their ``attention_mask`` given to the first
+    call: padded tokens are never attended to (now or in later steps) and do not count
+    as positions, so each row decodes exactly as it would alone (see the example).
 
     With ``config.reversible`` the blocks form a :class:`~effjax.layers.ReversibleStack`
     on the two halves ``x1, x2`` of the hidden state (``D / 2`` features each):
@@ -155,6 +159,23 @@ class DecoderLM(nn.Module):
       >>> variables = model.init(jax.random.key(0), ids)
       >>> model.apply(variables, ids).shape
       (2, 8, 64)
+
+      Decoding by hand, prompts ``[5, 6, 7]`` and ``[9]`` (left-padded), then one token:
+
+      >>> decoder = model.clone(decode=True)
+      >>> cache = decoder.init(jax.random.key(0), jnp.zeros((2, 8), jnp.int32))["cache"]
+      >>> prompt = jnp.array([[5, 6, 7], [0, 0, 9]])
+      >>> mask = jnp.array([[1, 1, 1], [0, 0, 1]])
+      >>> params = {"params": variables["params"]}
+      >>> logits, state = decoder.apply({**params, "cache": cache}, prompt, mask,
+      ...                               mutable=["cache"])
+      >>> alone = model.apply(variables, jnp.array([[9]]))
+      >>> bool(jnp.allclose(logits[1, -1], alone[0, -1], atol=1e-5))
+      True
+      >>> logits, state = decoder.apply({**params, **state}, jnp.array([[1], [2]]),
+      ...                               mutable=["cache"])
+      >>> logits.shape
+      (2, 1, 64)
     """
 
     config: DecoderConfig
@@ -173,7 +194,10 @@ class DecoderLM(nn.Module):
 
         Args:
           input_ids: int ``[B, T]``.
-          attention_mask: ``[B, T]``, nonzero = a real token (right padding); not with decode.
+          attention_mask: ``[B, T]``, nonzero = a real token. Without ``decode``: right
+            padding (positions ``0..T-1``). With ``decode``: the new tokens' padding, left
+            padding of a prompt (real tokens count positions from 0 in each row; padded
+            ones are never attended to); None = all real.
           deterministic: False enables dropout (needs a ``"dropout"`` rng).
         """
         cfg = self.config
@@ -195,7 +219,7 @@ class DecoderLM(nn.Module):
         )
         x = embed(input_ids)
         if cfg.positions != "relative":  # relative positions enter every attention layer
-            x = x + self._position_embeddings(input_ids.shape[1])[None]
+            x = x + self._position_embeddings(input_ids, padding_mask)
         x = nn.Dropout(cfg.hidden_dropout_rate)(x, deterministic=deterministic)
         if cfg.reversible:
             x = self._reversible_layers(x, deterministic)
@@ -228,10 +252,10 @@ class DecoderLM(nn.Module):
         y1, y2 = stack(*jnp.split(x, 2, axis=-1), deterministic=deterministic)
         return jnp.concatenate([y1, y2], axis=-1)
 
-    def _position_embeddings(self, length: int) -> jax.Array:
-        """``[T, D]``: the learned table's or the sinusoidal rows of the positions."""
+    def _position_embeddings(self, input_ids, padding_mask) -> jax.Array:
+        """``[B or 1, T, D]``: the learned table's or the sinusoidal rows of the positions."""
         cfg = self.config
-        positions = self._positions(length)
+        positions = self._positions(input_ids, padding_mask)
         if cfg.positions == "sinusoidal":
             table = sinusoidal_positions(cfg.max_position_embeddings, cfg.hidden_size)
             return jnp.take(table, positions, axis=0)
@@ -242,18 +266,24 @@ class DecoderLM(nn.Module):
             name="position_embeddings",
         )(positions)
 
-    def _positions(self, length: int) -> jax.Array:
-        """``int [T]``: ``0..T-1``, or continuing from the cache when decoding."""
-        positions = jnp.arange(length, dtype=jnp.int32)
+    def _positions(self, input_ids, padding_mask) -> jax.Array:
+        """``int [B or 1, T]``: ``0..T-1``; when decoding, each row's count of real tokens
+        before each one, continuing from that row's count in the cache (``position``,
+        int ``[B]``), so a left-padded row's first real token is at position 0."""
+        batch, length = input_ids.shape
+        positions = jnp.arange(length, dtype=jnp.int32)[None]
         if not self.decode:
             return positions
+        real = None if padding_mask is None else padding_mask.astype(jnp.int32)
+        if real is not None:
+            positions = jnp.cumsum(real, axis=1) - real
         is_initialized = self.has_variable("cache", "position")
-        start = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+        count = self.variable("cache", "position", jnp.zeros, (batch,), jnp.int32)
         if not is_initialized:
             return positions
-        offset = start.value
-        start.value = offset + length
-        return offset + positions
+        offset = count.value
+        count.value = offset + (length if real is None else jnp.sum(real, axis=1))
+        return offset[:, None] + positions
 
 
 def _next_token(logits: jax.Array, key, temperature: float, top_k: int | None) -> jax.Array:
@@ -274,6 +304,7 @@ def generate(
     prompt_ids: jax.Array,
     *,
     max_new_tokens: int,
+    prompt_mask: jax.Array | None = None,
     rng: jax.Array | None = None,
     temperature: float = 1.0,
     top_k: int | None = None,
@@ -287,7 +318,30 @@ def generate(
     decoding caches (jitted ``lax.scan``). Greedy when ``rng`` is None,
     otherwise sampling from ``softmax(logits / temperature)`` (top-k when given),
     with a fresh subkey per step, so the same ``rng`` gives the same tokens.
-    Prompts in a batch share one length (no padding).
+
+    Prompts of different lengths are **left-padded** to ``P`` and marked by
+    ``prompt_mask`` (bool ``[B, P]``, True = a real token; None = all real): each row's
+    real tokens take positions ``0, 1, ...`` and the padded ones are never attended to,
+    so every row gets the tokens it would get alone (greedy: exactly the same, up to
+    float rounding of near-ties). The pad ids are irrelevant; they stay in the output,
+    whose row ``b`` is its padded prompt followed by its ``max_new_tokens`` new tokens.
+    This works with every attention core that has a decoding cache (dense's full KV
+    cache, local's rolling window, Performer/linear's recurrent state).
+
+    Args:
+      model: a :class:`DecoderLM` (not reversible).
+      variables: its variables (all collections).
+      prompt_ids: int ``[B, P]``, ``P >= 1``; ``P + max_new_tokens`` must fit the
+        position table.
+      max_new_tokens: n >= 1.
+      prompt_mask: bool ``[B, P]`` or None; each row is left-padded (no pad after a
+        real token) and has at least one real token.
+      rng: PRNG key to sample with; None = greedy.
+      temperature, top_k: sampling temperature (> 0) and top-k cut (None = all).
+
+    Raises:
+      ValueError: bad shapes, a ``prompt_mask`` that is not left padding or has an
+        empty row, or a prompt plus new tokens longer than the position table.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -299,6 +353,15 @@ def generate(
       >>> variables = model.init(jax.random.key(0), prompt)
       >>> generate(model, variables, prompt, max_new_tokens=5).shape
       (2, 9)
+
+      Ragged prompts ``[3, 4, 5, 6]`` and ``[7, 8]``, left-padded with 0:
+
+      >>> ragged = jnp.array([[3, 4, 5, 6], [0, 0, 7, 8]])
+      >>> mask = jnp.array([[True, True, True, True], [False, False, True, True]])
+      >>> out = generate(model, variables, ragged, prompt_mask=mask, max_new_tokens=3)
+      >>> alone = generate(model, variables, jnp.array([[7, 8]]), max_new_tokens=3)
+      >>> bool((out[1, 4:] == alone[0, 2:]).all())
+      True
     """
     if not isinstance(variables, Mapping) or "params" not in variables:
         raise ValueError(
@@ -309,6 +372,7 @@ def generate(
     variables = {name: v for name, v in variables.items() if name != "cache"}
     if prompt_ids.ndim != 2 or prompt_ids.shape[1] == 0:
         raise ValueError(f"prompt_ids must be [B, P] with P >= 1, got shape {prompt_ids.shape}")
+    prompt_mask = _check_prompt_mask(prompt_mask, prompt_ids)
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if rng is not None and temperature <= 0:
@@ -323,23 +387,56 @@ def generate(
         hash(decoder)
         run = _generate_cached
     except TypeError:  # array-valued attention options: compile for this call only
-        run = jax.jit(functools.partial(_generate, decoder), static_argnums=(3, 4, 5))
-        return run(variables, prompt_ids, rng, total, temperature, top_k)
-    return run(decoder, variables, prompt_ids, rng, total, temperature, top_k)
+        run = jax.jit(functools.partial(_generate, decoder), static_argnums=(4, 5, 6))
+        return run(variables, prompt_ids, prompt_mask, rng, total, temperature, top_k)
+    return run(decoder, variables, prompt_ids, prompt_mask, rng, total, temperature, top_k)
 
 
-def _generate(decoder, variables, prompt_ids, rng, total, temperature, top_k):
+def _check_prompt_mask(prompt_mask, prompt_ids: jax.Array) -> jax.Array | None:
+    """``prompt_mask`` as bool ``[B, P]`` after checking it is left padding with no empty
+    row (its values are checked when concrete, i.e. unless ``generate`` runs under jit)."""
+    if prompt_mask is None:
+        return None
+    if prompt_mask.shape != prompt_ids.shape:
+        raise ValueError(
+            f"prompt_mask must have prompt_ids' shape [B, P] = {list(prompt_ids.shape)}, "
+            f"got shape {prompt_mask.shape}"
+        )
+    mask = prompt_mask.astype(bool)
+    if isinstance(mask, jax.core.Tracer):
+        return mask
+    mask_np = np.asarray(mask)
+    empty = np.flatnonzero(~mask_np.any(axis=1))
+    if empty.size:
+        raise ValueError(
+            f"prompt_mask of shape {prompt_mask.shape} has rows without a real token: "
+            f"{empty.tolist()}"
+        )
+    # Left padding: once a row's real tokens start, every later token is real.
+    right_padded = np.flatnonzero((mask_np[:, :-1] & ~mask_np[:, 1:]).any(axis=1))
+    if right_padded.size:
+        raise ValueError(
+            f"prompt_mask of shape {prompt_mask.shape} must be left padding (pads before "
+            f"the real tokens), but rows {right_padded.tolist()} have a pad after a real token"
+        )
+    return mask
+
+
+def _generate(decoder, variables, prompt_ids, prompt_mask, rng, total, temperature, top_k):
     batch, prompt_len = prompt_ids.shape
     steps = total - prompt_len
     # The cache is sized by the init input; jit drops the unused parameter initialisation.
     cache = decoder.init(jax.random.key(0), jnp.zeros((batch, total), jnp.int32))["cache"]
     keys = (None,) * steps if rng is None else tuple(jax.random.split(rng, steps))
 
-    def step(cache, tokens):
-        logits, mutated = decoder.apply({**variables, "cache": cache}, tokens, mutable=["cache"])
+    def step(cache, tokens, mask=None):
+        logits, mutated = decoder.apply(
+            {**variables, "cache": cache}, tokens, mask, mutable=["cache"]
+        )
         return mutated["cache"], logits[:, -1]
 
-    cache, logits = step(cache, prompt_ids)
+    # Left padding puts every row's last prompt token in the last column.
+    cache, logits = step(cache, prompt_ids, prompt_mask)
     first = _next_token(logits, keys[0], temperature, top_k)
     if steps == 1:
         return jnp.concatenate([prompt_ids, first[:, None]], axis=1)
@@ -355,7 +452,7 @@ def _generate(decoder, variables, prompt_ids, rng, total, temperature, top_k):
     return jnp.concatenate([prompt_ids, first[:, None], rest.T], axis=1)
 
 
-_generate_cached = jax.jit(_generate, static_argnums=(0, 4, 5, 6))
+_generate_cached = jax.jit(_generate, static_argnums=(0, 5, 6, 7))
 
 
 def next_token_loss(

@@ -263,6 +263,31 @@ def test_decode_steps_equal_full_causal_pass():
         np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=1e-5, rtol=1e-4)
 
 
+def test_padded_decode_tokens_add_nothing_to_the_state():
+    """A left-padded prompt block, then single steps: padded keys (made huge, so they would
+    set the softmax offset and underflow every real key) never count."""
+    q, k, v = testing.random_qkv(jax.random.key(15), batch=2, q_len=8, num_heads=4, num_kv_heads=2)
+    real = jnp.arange(8)[None, :] >= jnp.array([[3], [0]])  # row 0: 3 pads, then real
+    k = jnp.where(real[..., None, None], k, 50.0)
+    v = jnp.where(real[..., None, None], v, 1e4)
+    features = draw_features(jax.random.key(16), 24, 8)
+    cases = [
+        (performer_attention, performer_decode_step, {"features": features}, 24),
+        (linear_attention, linear_decode_step, {}, 8),
+    ]
+    for attention, step, options, num_features in cases:
+        full = attention(q, k, v, is_causal=True, padding_mask=real, **options)
+        state = kernel_state_init(2, 2, num_features, 8)
+        block = (q[:, :5], k[:, :5], v[:, :5])
+        prompt, state = step(state, *block, padding_mask=real[:, :5], **options)
+        outs = [prompt]
+        for t in range(5, 8):
+            out, state = step(state, q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1], **options)
+            outs.append(out)
+        got = jnp.concatenate(outs, axis=1)
+        np.testing.assert_allclose(got[real], full[real], atol=1e-5, rtol=1e-4)
+
+
 def test_bfloat16_inputs_give_bfloat16_outputs_close_to_float32():
     q, k, v = testing.random_qkv(jax.random.key(13), q_len=16, num_heads=2)
     features = draw_features(jax.random.key(0), 32, 8)

@@ -250,3 +250,103 @@ def test_reversible_refuses_decoding_padding_and_bad_sizes(lm):
         cfg(num_heads=16, num_kv_heads=None, reversible=True)
     with pytest.raises(ValueError, match="layer_attention_options"):
         reversible_cfg(layer_attention_options=[{}, {}])
+
+
+# ------------------------------------------------------------------ ragged generation
+
+#: The attention variants with a decoding cache, with options that exercise it (a window
+#: shorter than the prompts, few random features).
+CACHED = {
+    "dense": {},
+    "local": {"window_size": 2},
+    "performer": {"num_features": 8},
+    "linear": {},
+}
+LENGTHS = (2, 5, 3)  # real prompt tokens per row, left-padded to max(LENGTHS)
+
+
+@pytest.fixture(scope="module", params=sorted(CACHED))
+def ragged(request):
+    """A two-layer model of one cached variant, and left-padded prompts of LENGTHS."""
+    name = request.param
+    model = DecoderLM(cfg(num_layers=2, attention=name, attention_options=CACHED[name]))
+    width = max(LENGTHS)
+    variables = jax.jit(model.init)(jax.random.key(1), jnp.zeros((1, width), jnp.int32))
+    rows = [jax.random.randint(jax.random.key(10 + i), (n,), 1, 40) for i, n in enumerate(LENGTHS)]
+    mask = jnp.arange(width)[None, :] >= width - jnp.asarray(LENGTHS)[:, None]
+    ids = jnp.stack([jnp.pad(row, (width - len(row), 0)) for row in rows])  # pad id 0
+    return model, variables, rows, ids, mask
+
+
+def prefill_logits(model, variables, ids, mask):
+    """Logits ``[B, P, V]`` of the prompt fed to a fresh cache with its padding mask."""
+    decoder = model.clone(decode=True)
+    total = ids.shape[1] + NEW
+    cache = decoder.init(jax.random.key(0), jnp.zeros((ids.shape[0], total), jnp.int32))
+    logits, _ = decoder.apply({**variables, "cache": cache["cache"]}, ids, mask, mutable=["cache"])
+    return logits
+
+
+def greedy_rows_without_cache(model, variables, rows, steps):
+    """Each row decoded greedily on its own, without padding or cache, all in one program:
+    a row starts at position 0 of a zero buffer, and causal logits at its last token
+    ignore the zeros after it. Returns the new tokens ``[B, steps]`` and the logits of
+    every buffer position before the first step ``[B, max len + steps, V]``."""
+    apply = jax.jit(model.apply)
+    lengths = np.array([len(row) for row in rows])
+    seq = jnp.stack([jnp.pad(row, (0, max(lengths) + steps - len(row))) for row in rows])
+    first_logits = apply(variables, seq)
+    for i in range(steps):
+        logits = first_logits if i == 0 else apply(variables, seq)
+        next_ids = jnp.argmax(logits[np.arange(len(rows)), lengths + i - 1], axis=-1)
+        seq = seq.at[np.arange(len(rows)), lengths + i].set(next_ids)
+    return seq[np.arange(len(rows))[:, None], lengths[:, None] + np.arange(steps)], first_logits
+
+
+def test_ragged_generation_equals_each_row_decoded_alone(ragged):
+    model, variables, rows, ids, mask = ragged
+    got = generate(model, variables, ids, prompt_mask=mask, max_new_tokens=NEW)
+    np.testing.assert_array_equal(got[:, : ids.shape[1]], ids)  # the padded prompts stay
+    want, full = greedy_rows_without_cache(model, variables, rows, NEW)
+    np.testing.assert_array_equal(got[:, ids.shape[1] :], want)
+    assert len(np.unique(np.asarray(want))) > 2  # non-trivial continuations
+    # The most padded row through generate alone (its own cache, no mask) as well.
+    b = int(np.argmin(LENGTHS))
+    alone = generate(model, variables, rows[b][None], max_new_tokens=NEW)
+    np.testing.assert_array_equal(got[b, ids.shape[1] :], alone[0, LENGTHS[b] :])
+    # The prompt's logits (every real token's, not only the last) equal the unpadded rows'.
+    logits = jax.jit(prefill_logits, static_argnums=0)(model, variables, ids, mask)
+    for b, n in enumerate(LENGTHS):
+        np.testing.assert_allclose(logits[b, ids.shape[1] - n :], full[b, :n], atol=1e-5)
+
+
+def test_pad_tokens_change_nothing(ragged):
+    model, variables, _rows, ids, mask = ragged
+    other = jnp.where(mask, ids, jax.random.randint(jax.random.key(3), ids.shape, 0, 40))
+    run = jax.jit(prefill_logits, static_argnums=0)
+    np.testing.assert_allclose(
+        jnp.where(mask[..., None], run(model, variables, other, mask), 0.0),
+        jnp.where(mask[..., None], run(model, variables, ids, mask), 0.0),
+        atol=1e-6,
+    )
+    np.testing.assert_array_equal(
+        generate(model, variables, other, prompt_mask=mask, max_new_tokens=NEW)[:, ids.shape[1] :],
+        generate(model, variables, ids, prompt_mask=mask, max_new_tokens=NEW)[:, ids.shape[1] :],
+    )
+
+
+def test_bad_prompt_masks_raise(lm):
+    model, params, prompt = lm
+    run = functools.partial(generate, model, {"params": params}, prompt, max_new_tokens=2)
+    with pytest.raises(ValueError, match=r"prompt_mask must have prompt_ids' shape \[B, P\]"):
+        run(prompt_mask=jnp.ones((B, P + 1), bool))
+    right = jnp.ones((B, P), bool).at[1, -1].set(False)
+    with pytest.raises(ValueError, match=r"prompt_mask .* left padding .* rows \[1\]"):
+        run(prompt_mask=right)
+    empty = jnp.ones((B, P), bool).at[0].set(False)
+    with pytest.raises(ValueError, match=r"prompt_mask of shape \(2, 4\) has rows without a real"):
+        run(prompt_mask=empty)
+    decoder = model.clone(decode=True)
+    cache = decoder.init(jax.random.key(0), jnp.zeros((B, 8), jnp.int32))["cache"]
+    with pytest.raises(ValueError, match=r"attention_mask shape \(2, 4, 1\) != input_ids"):
+        decoder.apply({"params": params, "cache": cache}, prompt, jnp.ones((B, 4, 1)), mutable=True)

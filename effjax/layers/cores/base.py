@@ -184,9 +184,12 @@ class AttentionCore(nn.Module):
         if decode:
             if not is_causal:
                 raise ValueError("decode=True requires is_causal=True")
-            if padding_mask is not None:
-                raise ValueError("padding_mask is not supported with decode=True")
-            return self.decode_step(query, key, value, kwargs)
+            if padding_mask is not None and tuple(padding_mask.shape) != key.shape[:2]:
+                raise ValueError(
+                    "with decode=True, padding_mask must be bool [B, T] = "
+                    f"{list(key.shape[:2])} (the new tokens), got shape {padding_mask.shape}"
+                )
+            return self.decode_step(query, key, value, kwargs, padding_mask=padding_mask)
         # Through the class: a plain function stored as a class attribute is not a method.
         return type(self).function(
             query, key, value, padding_mask=padding_mask, is_causal=is_causal, **kwargs
@@ -195,12 +198,21 @@ class AttentionCore(nn.Module):
     # ------------------------------------------------------------------ decoding
 
     def decode_step(
-        self, query: jax.Array, key: jax.Array, value: jax.Array, kwargs: dict[str, Any]
+        self,
+        query: jax.Array,
+        key: jax.Array,
+        value: jax.Array,
+        kwargs: dict[str, Any],
+        *,
+        padding_mask: jax.Array | None = None,
     ) -> jax.Array:
         """One causal step of ``T`` new tokens against the ``"cache"`` collection.
 
         At init (no cache yet) it receives the full-length input, allocates a cache for
-        that length and returns the full causal pass. Cores without a cache raise.
+        that length and returns the full causal pass. ``padding_mask`` (bool ``[B, T]``,
+        None = all real) marks the new tokens that are real: a padded token is never
+        seen as a key, in this step or any later one (left-padded prompts of different
+        lengths, see :func:`effjax.models.generate`). Cores without a cache raise.
         """
         raise ValueError(
             f"attention core {type(self).__name__} has no decoding cache; decode=True needs "

@@ -15,31 +15,37 @@ class DenseCore(AttentionCore):
     Options: ``scale`` (default ``1/sqrt(H)``).
 
     Decoding cache (flax's names): ``cached_key``, ``cached_value`` ``[B, L, K, H]``
-    with ``L`` the init input's length; ``T`` new queries at positions
-    ``i .. i+T-1`` see cached keys ``<= i + t``. More than ``L`` tokens give NaN.
+    with ``L`` the init input's length, and ``cached_mask`` bool ``[B, L]``, True at the
+    written slots of real tokens; ``T`` new queries at positions ``i .. i+T-1`` see the
+    real cached keys ``<= i + t`` (padded prompt slots never). More than ``L`` tokens
+    give NaN.
     """
 
     function = staticmethod(dot_product_attention)
 
     scale: float | None = None
 
-    def decode_step(self, query, key, value, kwargs):
+    def decode_step(self, query, key, value, kwargs, *, padding_mask=None):
         cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
         cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        cached_mask = self.variable("cache", "cached_mask", jnp.zeros, key.shape[:2], bool)
         position = self.advance_cache(query.shape[1])
         # Through type(self).function: a subclass may wrap dense attention (it must accept
         # dot_product_attention's ``mask``).
         attend = type(self).function
         if position is None:
-            return attend(query, key, value, is_causal=True, **kwargs)
+            return attend(query, key, value, is_causal=True, padding_mask=padding_mask, **kwargs)
         index, full = position
         start = (0, index, 0, 0)
         cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
         cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, start)
-        # Query t (at position index + t) sees cached positions <= index + t.
+        real = jnp.ones(key.shape[:2], bool) if padding_mask is None else padding_mask
+        cached_mask.value = jax.lax.dynamic_update_slice(cached_mask.value, real, (0, index))
+        # Query t (at position index + t) sees the real cached positions <= index + t.
         query_pos = index + jnp.arange(query.shape[1])
-        mask = jnp.arange(cached_key.value.shape[1])[None, :] <= query_pos[:, None]
-        out = attend(query, cached_key.value, cached_value.value, mask=mask[None, None], **kwargs)
+        causal = jnp.arange(cached_key.value.shape[1])[None, :] <= query_pos[:, None]
+        mask = causal[None, None] & cached_mask.value[:, None, None, :]
+        out = attend(query, cached_key.value, cached_value.value, mask=mask, **kwargs)
         return self.poison_if_full(out, full)
 
 

@@ -38,7 +38,8 @@ RANDOM_FEATURES = "random_features"
 
 
 class _RecurrentCore(AttentionCore):
-    """Decoding with a :class:`~effjax.attention.KernelState` in the ``"cache"`` collection."""
+    """Decoding with a :class:`~effjax.attention.KernelState` in the ``"cache"`` collection;
+    padded new tokens (``padding_mask``) add nothing to the state."""
 
     step_function: ClassVar[Callable[..., tuple[jax.Array, kernel_lib.KernelState]] | None] = None
 
@@ -46,7 +47,7 @@ class _RecurrentCore(AttentionCore):
         """F, the feature count of the recurrent state."""
         raise NotImplementedError
 
-    def decode_step(self, query, key, value, kwargs):
+    def decode_step(self, query, key, value, kwargs, *, padding_mask=None):
         batch, _, num_kv_heads, value_dim = value.shape
         empty = kernel_lib.kernel_state_init(
             batch, num_kv_heads, self.state_features(kwargs, query.shape[-1]), value_dim
@@ -57,9 +58,13 @@ class _RecurrentCore(AttentionCore):
         ]
         position = self.advance_cache(query.shape[1])
         if position is None:
-            return type(self).function(query, key, value, is_causal=True, **kwargs)
+            return type(self).function(
+                query, key, value, is_causal=True, padding_mask=padding_mask, **kwargs
+            )
         state = kernel_lib.KernelState(*(v.value for v in cached))
-        out, state = type(self).step_function(state, query, key, value, **kwargs)
+        out, state = type(self).step_function(
+            state, query, key, value, padding_mask=padding_mask, **kwargs
+        )
         for variable, x in zip(cached, state, strict=True):
             variable.value = x
         return self.poison_if_full(out, position[1])

@@ -26,9 +26,12 @@ class LocalCore(AttentionCore):
 
     Decoding cache: ``cached_key``, ``cached_value`` ``[B, L, K, H]`` hold the keys and
     values of the ``L = left * dilation`` positions before the next token (oldest
-    first, zeros before the start). ``T`` new queries attend to the ``L + T`` keys at
-    positions ``i - L .. i+T-1`` (positions below 0 masked); the last ``L`` become the
-    new cache. More tokens than the init length give NaN (see ``advance_cache``).
+    first), and ``cached_mask`` bool ``[B, L]`` which of them are real (False before
+    the start and at padded prompt tokens). ``T`` new queries attend to the ``L + T``
+    keys at positions ``i - L .. i+T-1`` (the unreal ones masked); the last ``L`` become
+    the new cache. More tokens than the init length give NaN (see ``advance_cache``).
+    With left-padded prompts every slot between a row's first real token and its next
+    token is real, so the window covers the same real tokens as for the row alone.
     """
 
     function = staticmethod(local_attention)
@@ -41,7 +44,7 @@ class LocalCore(AttentionCore):
     def check(self):
         masks_lib.normalize_window(self.window_size)
 
-    def decode_step(self, query, key, value, kwargs):
+    def decode_step(self, query, key, value, kwargs, *, padding_mask=None):
         left, _ = masks_lib.normalize_window(self.window_size)
         history = left * self.dilation
         batch, _, kv_heads, head_dim = key.shape
@@ -50,19 +53,23 @@ class LocalCore(AttentionCore):
         cached_value = self.variable(
             "cache", "cached_value", jnp.zeros, (*shape, value.shape[-1]), value.dtype
         )
+        cached_mask = self.variable("cache", "cached_mask", jnp.zeros, (batch, history), bool)
         position = self.advance_cache(query.shape[1])
         if position is None:
-            return local_attention(query, key, value, is_causal=True, **kwargs)
-        index, full = position
+            return local_attention(
+                query, key, value, is_causal=True, padding_mask=padding_mask, **kwargs
+            )
+        _, full = position
+        real = jnp.ones(key.shape[:2], bool) if padding_mask is None else padding_mask
         keys = jnp.concatenate([cached_key.value, key.astype(cached_key.value.dtype)], axis=1)
         values = jnp.concatenate(
             [cached_value.value, value.astype(cached_value.value.dtype)], axis=1
         )
-        positions = index - history + jnp.arange(keys.shape[1])
-        started = jnp.broadcast_to((positions >= 0)[None], (batch, keys.shape[1]))
-        out = local_attention(query, keys, values, is_causal=True, padding_mask=started, **kwargs)
+        valid = jnp.concatenate([cached_mask.value, real], axis=1)
+        out = local_attention(query, keys, values, is_causal=True, padding_mask=valid, **kwargs)
         cached_key.value = keys[:, keys.shape[1] - history :]
         cached_value.value = values[:, values.shape[1] - history :]
+        cached_mask.value = valid[:, valid.shape[1] - history :]
         return self.poison_if_full(out, full)
 
 
