@@ -11,12 +11,14 @@ reproducible offline; it is technical English, not STS-B. A fixed shuffle (seed 
 gives disjoint evaluation texts (``--eval-texts``) and distillation training texts.
 
 Variants (all measured against the float32 teacher on the evaluation texts):
-  - int8: ``quantize_params`` on every matrix (kernels and embedding tables),
-    run weight-only (dequantised inside the jitted forward).
+  - int8: ``quantize_params`` on every matrix (kernels and embedding tables); the
+    encoder runs directly on the int8 tree (``EncoderConfig(quantization=...)``):
+    weight-only (each kernel dequantised inside the jitted matmul) and dynamic (int8
+    activations per token, int8 x int8 -> int32 dots).
   - L1 20% / 50%: ``magnitude_masks`` per layer on the encoder layers' kernels
     (embeddings untouched), no retraining; and each followed by int8.
   - 3-layer student: teacher layers (0, 3, 5) (``every_other_layer``), trained with
-    ``make_distill_step`` for ``--max-steps`` steps (a few CPU minutes; ``--train-seconds``
+    ``make_distill_step`` for ``--max-steps`` steps (``--train-seconds``, off by default,
     caps the wall time) on the training texts,
     loss = cosine on the sentence embeddings + MSE on the last hidden states; then
     int8 and L1 20% + int8 of the student.
@@ -27,10 +29,11 @@ Metrics: mean cosine to the teacher's embeddings; Spearman correlation of all pa
 cosine similarities against the teacher's; top-10 retrieval agreement (each text as a
 query against the others: the overlap of the two top-10 lists); size on disk (orbax
 checkpoint for ours, which tensorstore compresses, so pruned zeros shrink it a little;
-``torch.save`` of the state dict for torch); CPU latency of
-one batch (fastest of 7 runs, jitted, after warm-up).
+``torch.save`` of the state dict for torch); parameter bytes in memory (the int8 tree
+against the float32 one); CPU latency of one batch (median of 7 runs, jitted, after
+warm-up, every variant in the same run).
 
-Run: ``python experiments/compress_minilm.py`` (about 10 minutes on 2 busy cores);
+Run: ``python experiments/compress_minilm.py`` (one to two hours on 2 busy cores);
 writes experiments/results/compress_minilm.{md,json,png}.
 """
 
@@ -62,7 +65,6 @@ from scipy.stats import spearmanr
 from effjax import provenance
 from effjax.compress import (
     apply_masks,
-    dequantize_params,
     every_other_layer,
     hidden_cosine_loss,
     hidden_mse_loss,
@@ -126,17 +128,26 @@ def tokenize(tokenizer, texts: list[str], max_len: int) -> dict[str, np.ndarray]
     return {k: enc[k].astype(np.int32) for k in ("input_ids", "attention_mask")}
 
 
-def make_embedder(model, *, int8: bool = False):
-    """jit: (params, ids, mask) -> normalised sentence embeddings; int8 dequantises inside."""
+def make_embedder(model):
+    """jit: (params, ids, mask) -> normalised sentence embeddings."""
 
     @jax.jit
     def embed(params, ids, mask):
-        if int8:
-            params = dequantize_params(params)
         hidden = model.apply({"params": params}, ids, mask)
         return sentence_embedding(hidden, mask)
 
     return embed
+
+
+def quantized_encoder(model, mode: str):
+    """The same encoder with int8 Dense and embedding layers: runs on quantize_params output."""
+    return type(model)(model.config.replace(quantization=mode))
+
+
+def param_mb(params) -> float:
+    """Bytes of the parameter arrays as they sit in memory (int8 values + float32 scales)."""
+    leaves = jax.tree_util.tree_leaves(params)
+    return sum(leaf.nbytes for leaf in leaves) / 2**20
 
 
 def embed_all(embed, params, tokens, batch_size: int) -> np.ndarray:
@@ -178,16 +189,15 @@ def orbax_mb(params, workdir: Path, name: str) -> float:
     return size
 
 
-def min_latency(fn, repeats: int = 7) -> float:
-    """Fastest of ``repeats`` timed calls after a warm-up: on a shared CPU the minimum is
-    the run least disturbed by other jobs."""
+def median_latency(fn, repeats: int = 7) -> float:
+    """Median of ``repeats`` timed calls after a warm-up (compile)."""
     fn()  # warm-up / compile
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return float(np.min(times))
+    return float(np.median(times))
 
 
 def is_layer_kernel(path, leaf) -> bool:
@@ -237,7 +247,7 @@ def distill_student(model, teacher_params, train_tokens, args):
         if compile_s is None:
             compile_s = time.perf_counter() - start
             start = time.perf_counter()
-        if time.perf_counter() - start > args.train_seconds:
+        if args.train_seconds is not None and time.perf_counter() - start > args.train_seconds:
             break
     train = {
         "teacher_layers": list(layers),
@@ -300,7 +310,13 @@ def torch_rows(eval_texts, tokenizer, teacher_emb, args, model_dir) -> list[dict
                 "variant": name,
                 **fidelity(emb, teacher_emb),
                 "size_mb": (workdir / "model.pt").stat().st_size / 2**20,
-                "latency_s": min_latency(lambda m=model, i=ids, k=mask: embed(m, i, k)),
+                "param_mb": sum(
+                    t.numel() * t.element_size()
+                    for t in model.state_dict().values()
+                    if isinstance(t, torch.Tensor)
+                )
+                / 2**20,
+                "latency_s": median_latency(lambda m=model, i=ids, k=mask: embed(m, i, k)),
             }
         )
     shutil.rmtree(workdir)
@@ -348,20 +364,24 @@ def write_markdown(rows, train, args, num_train, path: Path, extra) -> None:
         f" standard library (max {args.max_len} tokens); fidelity is measured against the "
         "teacher's embeddings on the same texts. Size: orbax checkpoint on disk (torch: "
         "`torch.save` state dict); tensorstore compresses orbax checkpoints, so the zeros "
-        "of pruned variants shrink them a little. Latency: one batch of "
+        "of pruned variants shrink them a little. Params MB: the parameter arrays in "
+        "memory (int8 rows: the int8 tree the model runs on, values + float32 scales). "
+        "Latency: one batch of "
         f"{args.batch_size} x {args.max_len} tokens on this machine's 2 CPU cores, shared "
-        "with other jobs: the fastest of 7 runs, and still noisy, so read only large ratios.",
+        "with other jobs: the median of 7 runs (jitted, after a warm-up), noisy, so read "
+        "only large ratios.",
         "",
         "| variant | mean cosine | Spearman (pairwise sims) | top-10 overlap | size MB | "
-        "size vs fp32 | latency ms (min of 7) |",
-        "|---|---|---|---|---|---|---|",
+        "size vs fp32 | params MB in memory | latency ms (median of 7) | latency vs fp32 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    base = rows[0]["size_mb"]
+    base, base_latency = rows[0]["size_mb"], rows[0]["latency_s"]
     for r in rows:
         lines.append(
             f"| {r['variant']} | {r['mean_cosine']:.4f} | {r['spearman']:.4f} | "
             f"{r['top10_overlap']:.3f} | {r['size_mb']:.1f} | "
-            f"{r['size_mb'] / base:.2f}x | {1e3 * r['latency_s']:.0f} |"
+            f"{r['size_mb'] / base:.2f}x | {r['param_mb']:.1f} | {1e3 * r['latency_s']:.0f} | "
+            f"{r['latency_s'] / base_latency:.2f}x |"
         )
     lines += [
         "",
@@ -426,11 +446,31 @@ def reading(rows) -> list[str]:
         f" and reaches {cos('3-layer student (distilled)')} after the CPU budget below; with "
         f"int8 it is {size('student + int8')} of the teacher's checkpoint at "
         f"{cos('student + int8')}.",
-        "- Latency: int8 here is weight-only (dequantised inside the jitted forward), which "
-        "saves memory and disk, not CPU time. A lone int8 x int8 -> int32 dot_general "
-        "(`QuantizedDense`, dynamic mode) measured no faster than float32 on this CPU "
-        "either; the speed of int8 is for hardware with int8 matmul units.",
+        latency_bullet(by, rows[0]),
     ]
+
+
+def latency_bullet(by: dict, teacher: dict) -> str:
+    """Memory and latency of the int8 encoders against the float32 teacher (same run)."""
+    weight_only, dynamic = by.get("int8"), by.get("int8 dynamic (int8 x int8 -> int32)")
+    if weight_only is None or dynamic is None:
+        return "- Memory and latency: the int8 rows are missing from this run."
+    rows = {"w": weight_only, "d": dynamic}
+    speed = {k: r["latency_s"] / teacher["latency_s"] for k, r in rows.items()}
+    verdict = (
+        "neither is faster than float32 on this CPU: int8 buys memory here, and speed only "
+        "on hardware with fast int8 matmuls"
+        if min(speed.values()) >= 0.9
+        else "int8 is faster than float32 on this CPU"
+    )
+    return (
+        f"- Memory and latency (the encoder run directly on the int8 tree, same run as the "
+        f"teacher): {weight_only['param_mb']:.1f} MB of parameters in memory against "
+        f"{teacher['param_mb']:.1f} MB float32 "
+        f"({weight_only['param_mb'] / teacher['param_mb']:.2f}x); median latency "
+        f"{speed['w']:.2f}x the float32 model's for weight-only and {speed['d']:.2f}x for "
+        f"dynamic int8 x int8 -> int32 (cosine {dynamic['mean_cosine']:.4f}); {verdict}."
+    )
 
 
 def plot(rows, path: Path) -> None:
@@ -470,7 +510,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--student-layers", type=int, default=3)
     parser.add_argument("--train-max-len", type=int, default=32)
-    parser.add_argument("--train-seconds", type=float, default=900.0)
+    parser.add_argument(
+        "--train-seconds", type=float, default=None, help="cap on training wall time (off)"
+    )
     parser.add_argument("--max-steps", type=int, default=240)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--skip-torch", action="store_true")
@@ -506,10 +548,12 @@ def main() -> None:
     rows = []
     cache = {}
 
-    def measure(name, module, params, *, int8=False):
+    def measure(name, module, params, *, int8: str | None = None):
+        """A row for ``module`` on ``params``; ``int8="weight_only"``/``"dynamic"``: the
+        module's int8 twin runs on ``params`` (a quantize_params tree) directly."""
         key = (id(module), int8)
         if key not in cache:
-            cache[key] = make_embedder(module, int8=int8)
+            cache[key] = make_embedder(quantized_encoder(module, int8) if int8 else module)
         embed = cache[key]
         start = time.perf_counter()
         emb = embed_all(embed, params, eval_tokens, args.batch_size)
@@ -519,7 +563,8 @@ def main() -> None:
             "variant": name,
             **fidelity(emb, rows[0]["emb"] if rows else emb),
             "size_mb": orbax_mb(params, workdir, "ckpt"),
-            "latency_s": min_latency(lambda: embed(params, ids, mask).block_until_ready()),
+            "param_mb": param_mb(params),
+            "latency_s": median_latency(lambda: embed(params, ids, mask).block_until_ready()),
             "emb": emb,
         }
         rows.append(row)
@@ -532,13 +577,15 @@ def main() -> None:
     weight_errors = int8_weight_errors(teacher)
     print("int8 weight error of the attention projections:", weight_errors, flush=True)
     measure("teacher fp32 (6 layers)", model, teacher)
-    measure("int8", model, quantize_params(teacher), int8=True)
+    teacher_int8 = quantize_params(teacher)
+    measure("int8", model, teacher_int8, int8="weight_only")
+    measure("int8 dynamic (int8 x int8 -> int32)", model, teacher_int8, int8="dynamic")
     for sparsity in (0.2, 0.5):
         masks = magnitude_masks(teacher, sparsity, filter_fn=is_layer_kernel)
         pruned = apply_masks(teacher, masks)
         tag = f"L1 {int(sparsity * 100)}%"
         measure(tag, model, pruned)
-        measure(f"{tag} + int8", model, quantize_params(pruned), int8=True)
+        measure(f"{tag} + int8", model, quantize_params(pruned), int8="weight_only")
 
     student, student_init, student_params, train = distill_student(
         model, teacher, train_tokens, args
@@ -546,11 +593,11 @@ def main() -> None:
     print("distillation:", train, flush=True)
     measure("3-layer student, before training", student, student_init)
     measure("3-layer student (distilled)", student, student_params)
-    measure("student + int8", student, quantize_params(student_params), int8=True)
+    measure("student + int8", student, quantize_params(student_params), int8="weight_only")
     student_p20 = apply_masks(
         student_params, magnitude_masks(student_params, 0.2, filter_fn=is_layer_kernel)
     )
-    measure("student + L1 20% + int8", student, quantize_params(student_p20), int8=True)
+    measure("student + L1 20% + int8", student, quantize_params(student_p20), int8="weight_only")
 
     if not args.skip_torch:
         rows += torch_rows(eval_texts, tokenizer, rows[0]["emb"], args, model_dir)

@@ -29,10 +29,16 @@ def is_weight_matrix(path: Path, leaf: jax.Array) -> bool:
     """The default filter: floating arrays with ``ndim >= 2`` (kernels, embeddings).
 
     Biases, norm scales and other vectors are left alone, as in Han et al. (2015)
-    and Zhu & Gupta (2017).
+    and Zhu & Gupta (2017); that includes the ``bias [N, H]`` of an attention
+    projection (``DenseGeneral`` with ``features=(N, H)``), a vector laid out per head.
     """
-    del path
-    return hasattr(leaf, "ndim") and leaf.ndim >= 2 and jnp.issubdtype(leaf.dtype, jnp.floating)
+    is_bias = bool(path) and path[-1] == "bias"
+    return (
+        not is_bias
+        and hasattr(leaf, "ndim")
+        and leaf.ndim >= 2
+        and jnp.issubdtype(leaf.dtype, jnp.floating)
+    )
 
 
 def selection(params: Any, filter_fn: FilterFn | None, *, caller: str) -> Any:

@@ -30,7 +30,7 @@ from effjax.layers.feedforward import FeedForward
 from effjax.layers.flax_adapter import as_flax_attention_fn
 from effjax.layers.gbst import GBST
 from effjax.layers.moe import MOE_LOSSES, SwitchFeedForward, expert_capacity, moe_aux_losses
-from effjax.layers.quantized import QuantizedArray, QuantizedDense
+from effjax.layers.quantized import QuantizedArray, QuantizedDense, QuantizedEmbed
 from effjax.layers.reversible import ReversibleStack
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "PersistentMemoryCore",
     "QuantizedArray",
     "QuantizedDense",
+    "QuantizedEmbed",
     "RelativePositionCore",
     "ReversibleStack",
     "RoutingCore",

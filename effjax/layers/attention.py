@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from flax.core import FrozenDict
 
 from effjax.layers.cores.base import AttentionCore, build_core
+from effjax.layers.quantized import dense_layer, reject_int8_params
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -56,6 +57,9 @@ class MultiHeadAttention(nn.Module):
         an input of the maximum length, then call with ``T`` new tokens per step;
         tokens beyond that length return NaN.
       dtype: computation dtype; param_dtype: parameter dtype.
+      quantization: ``"none"`` (float projections), ``"weight_only"`` or ``"dynamic"``:
+        int8 projections (:class:`~effjax.layers.QuantizedDense`) that run on
+        ``effjax.compress.quantize_params`` output.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -82,6 +86,7 @@ class MultiHeadAttention(nn.Module):
     use_bias: bool = True
     kernel_init: Initializer = nn.initializers.lecun_normal()
     bias_init: Initializer = nn.initializers.zeros_init()
+    quantization: str = "none"
 
     def __post_init__(self):
         # Options are checked when the layer is built, not deep inside a trace.
@@ -99,9 +104,11 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"num_kv_heads={num_kv_heads} must divide num_heads={self.num_heads}")
         return self.num_heads, num_kv_heads, features // self.num_heads
 
-    def _projection(self, heads: int, head_dim: int, name: str) -> nn.DenseGeneral:
-        return nn.DenseGeneral(
-            features=(heads, head_dim),
+    def _dense(self, features, name: str, axis=-1) -> nn.Module:
+        return dense_layer(
+            self.quantization,
+            features,
+            axis=axis,
             use_bias=self.use_bias,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -109,6 +116,9 @@ class MultiHeadAttention(nn.Module):
             bias_init=self.bias_init,
             name=name,
         )
+
+    def _projection(self, heads: int, head_dim: int, name: str) -> nn.Module:
+        return self._dense((heads, head_dim), name)
 
     @nn.compact
     def __call__(
@@ -136,6 +146,10 @@ class MultiHeadAttention(nn.Module):
         """
         if inputs_q.ndim != 3:
             raise ValueError(f"inputs_q must be [B, T, D], got shape {inputs_q.shape}")
+        if self.quantization == "none":
+            reject_int8_params(self)
+        else:  # the core's own parameters (Linformer's projections, ...) have no int8 path
+            reject_int8_params(self, under="core", owner="the attention core")
         self_attention = inputs_kv is None or inputs_kv is inputs_q
         inputs_kv = inputs_q if inputs_kv is None else inputs_kv
         if deterministic is None:
@@ -175,13 +189,4 @@ class MultiHeadAttention(nn.Module):
         )
         if self.dropout_rate > 0.0 and not deterministic:
             out = nn.Dropout(rate=self.dropout_rate)(out, deterministic=False)
-        return nn.DenseGeneral(
-            features=self.out_features or inputs_q.shape[-1],
-            axis=(-2, -1),
-            use_bias=self.use_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=self.kernel_init,
-            bias_init=self.bias_init,
-            name="out",
-        )(out)
+        return self._dense(self.out_features or inputs_q.shape[-1], "out", axis=(-2, -1))(out)

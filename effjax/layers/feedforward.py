@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from effjax.attention import helpers
+from effjax.layers.quantized import QuantizedArray, int8_matmul, kernel_param
 
 Dtype = Any
 Activation = Callable[[jax.Array], jax.Array]
@@ -38,16 +39,25 @@ def activation(name: str) -> Activation:
 
 class _Affine(nn.Module):
     """The ``kernel [D_in, D_out]`` and ``bias [D_out]`` of one projection, laid out as
-    ``nn.Dense``'s, returned rather than applied so the chunked path can close over them."""
+    ``nn.Dense``'s, returned rather than applied so the chunked path can close over them;
+    the kernel is an int8 :class:`~effjax.layers.QuantizedArray` when ``quantized``."""
 
     features: int
     kernel_init: Callable[..., jax.Array]
     param_dtype: Dtype
+    quantized: bool = False
 
     @nn.compact
-    def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, in_features: int) -> tuple[jax.Array | QuantizedArray, jax.Array]:
         shape = (in_features, self.features)
-        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        kernel = kernel_param(
+            self,
+            "kernel",
+            shape,
+            self.kernel_init,
+            quantized=self.quantized,
+            param_dtype=self.param_dtype,
+        )
         bias = self.param("bias", nn.initializers.zeros_init(), shape[1:], self.param_dtype)
         return kernel, bias
 
@@ -74,6 +84,9 @@ class FeedForward(nn.Module):
       dropout_rate: dropout on the output (per position, so chunking leaves it unchanged).
       dtype: computation dtype (default the input's); param_dtype: parameter dtype.
       kernel_init: initializer of both kernels (biases start at zero).
+      quantization: ``"none"``, or ``"weight_only"`` / ``"dynamic"``: int8 kernels (the
+        ``effjax.compress.quantize_params`` layout) multiplied by
+        :func:`~effjax.layers.quantized.int8_matmul` in that mode.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -91,6 +104,7 @@ class FeedForward(nn.Module):
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
+    quantization: str = "none"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
@@ -98,17 +112,26 @@ class FeedForward(nn.Module):
         if x.ndim != 3:
             raise ValueError(f"x must be [B, T, D], got shape {x.shape}")
         d_model = x.shape[-1]
-        affine = lambda n, name: _Affine(n, self.kernel_init, self.param_dtype, name=name)  # noqa: E731
+        quantized = self.quantization != "none"
+        affine = lambda n, name: _Affine(  # noqa: E731
+            n, self.kernel_init, self.param_dtype, quantized, name=name
+        )
         w_in, b_in = affine(self.d_ff, "intermediate")(d_model)
         w_out, b_out = affine(d_model, "output")(self.d_ff)
         dtype = self.dtype or x.dtype
-        w_in, b_in, w_out, b_out = (p.astype(dtype) for p in (w_in, b_in, w_out, b_out))
+        w_in, w_out = (w if quantized else w.astype(dtype) for w in (w_in, w_out))
+        b_in, b_out = b_in.astype(dtype), b_out.astype(dtype)
         x = x.astype(dtype)
         act = activation(self.activation) if isinstance(self.activation, str) else self.activation
 
+        def matmul(h, w):
+            if quantized:
+                return int8_matmul(h, w, mode=self.quantization).astype(dtype)
+            return h @ w
+
         def feed_forward(h):
-            hidden = act(h @ w_in + b_in[None, None])
-            return hidden @ w_out + b_out[None, None]
+            hidden = act(matmul(h, w_in) + b_in[None, None])
+            return matmul(hidden, w_out) + b_out[None, None]
 
         if self.chunk_size is None:
             out = feed_forward(x)

@@ -18,6 +18,7 @@ from flax.core import FrozenDict
 
 from effjax.layers.cores import build_core
 from effjax.layers.feedforward import activation
+from effjax.layers.quantized import check_quantization
 
 #: ``model_type`` values whose position ids count real tokens from ``pad_token_id + 1``.
 _ROBERTA_POSITIONS = ("roberta", "longformer", "xlm-roberta", "camembert")
@@ -66,8 +67,23 @@ REMAT_POLICIES = ("none", "full", "dots")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
+def _check_quantization(config, unsupported: dict[str, Any]) -> None:
+    """``quantization`` is a known mode, and none of ``unsupported`` (field -> value, the
+    layers without an int8 path) is on."""
+    check_quantization(config.quantization)
+    if config.quantization == "none":
+        return
+    for field, value in unsupported.items():
+        if value:
+            raise ValueError(
+                f"quantization={config.quantization!r} has int8 Dense and embedding layers "
+                f"only; {field}={value!r} has no int8 path (use quantization='none')"
+            )
+
+
 def _check_scale_options(config) -> None:
-    """Switch experts, remat and compute dtype."""
+    """Switch experts, remat, compute dtype and quantization."""
+    _check_quantization(config, {"num_experts": config.num_experts})
     if config.remat not in REMAT_POLICIES:
         raise ValueError(f"remat={config.remat!r} is not one of {REMAT_POLICIES}")
     if config.dtype not in COMPUTE_DTYPES:
@@ -131,6 +147,12 @@ class ModelConfig:
         included: ``jax.checkpoint_policies.dots_with_no_batch_dims_saveable``).
       dtype: computation dtype, ``"float32"`` or ``"bfloat16"``; parameters (and so the
         optimizer's master copy) stay float32, softmaxes, routers and losses float32.
+      quantization: ``"none"`` (float layers), ``"weight_only"`` or ``"dynamic"``: every
+        Dense layer and embedding table is int8 (effjax.layers.QuantizedDense /
+        QuantizedEmbed in that mode), so ``model.apply({"params": quantize_params(params)},
+        ...)`` runs on the int8 tree of a float model's parameters (int8 stays int8 in
+        memory; ``"dynamic"`` multiplies int8 x int8 -> int32). Not with Switch experts,
+        GBST, a reversible stack or relative positions.
     """
 
     vocab_size: int = 30522
@@ -157,6 +179,7 @@ class ModelConfig:
     router_z_loss: float = 1e-3
     remat: str = "none"
     dtype: str = "float32"
+    quantization: str = "none"
 
     def __post_init__(self):
         _check_sizes(self)
@@ -230,6 +253,7 @@ class EncoderConfig(ModelConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        _check_quantization(self, {"gbst_block_sizes": self.gbst_block_sizes})
         if self.gbst_block_sizes is not None:
             _check_gbst(self)
         if self.block_sizes is not None:
@@ -432,6 +456,8 @@ class DecoderConfig(ModelConfig):
         if self.positions not in POSITIONS:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
         _check_memory(self)
+        relative = self.positions if self.positions == "relative" else None
+        _check_quantization(self, {"reversible": self.reversible, "positions": relative})
         if self.reversible:
             _check_reversible(self)
 

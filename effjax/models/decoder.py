@@ -20,13 +20,16 @@ import numpy as np
 import optax
 
 from effjax.layers import RelativePositionCore, ReversibleStack
+from effjax.layers.quantized import embedding_layer
 from effjax.models.config import DecoderConfig
 from effjax.models.encoder import (
     _init,
     apply_feed_forward,
     call_block,
     check_input_length,
+    check_param_kinds,
     feed_forward,
+    model_dense,
     padding_mask_from,
     self_attention,
 )
@@ -201,6 +204,7 @@ class DecoderLM(nn.Module):
           deterministic: False enables dropout (needs a ``"dropout"`` rng).
         """
         cfg = self.config
+        check_param_kinds(self)
         if cfg.reversible:
             _check_reversible_call(self.decode, attention_mask)
         if self.decode and cfg.positions == "relative":
@@ -210,7 +214,8 @@ class DecoderLM(nn.Module):
             )
         padding_mask = padding_mask_from(input_ids, attention_mask, cfg)
         dtype = cfg.compute_dtype(self.dtype)
-        embed = nn.Embed(
+        embed = embedding_layer(
+            cfg.quantization,
             cfg.vocab_size,
             cfg.hidden_size,
             embedding_init=_init(cfg),
@@ -235,9 +240,7 @@ class DecoderLM(nn.Module):
         if cfg.tie_word_embeddings:
             logits = embed.attend(x)
         else:
-            logits = nn.Dense(
-                cfg.vocab_size, use_bias=False, kernel_init=_init(cfg), name="lm_head"
-            )(x)
+            logits = model_dense(cfg, cfg.vocab_size, "lm_head", use_bias=False)(x)
         return logits.astype(jnp.float32)
 
     def _reversible_layers(self, x: jax.Array, deterministic: bool) -> jax.Array:
@@ -259,7 +262,8 @@ class DecoderLM(nn.Module):
         if cfg.positions == "sinusoidal":
             table = sinusoidal_positions(cfg.max_position_embeddings, cfg.hidden_size)
             return jnp.take(table, positions, axis=0)
-        return nn.Embed(
+        return embedding_layer(
+            cfg.quantization,
             cfg.max_position_embeddings,
             cfg.hidden_size,
             embedding_init=_init(cfg),

@@ -17,6 +17,7 @@ import numpy as np
 
 from effjax.layers import GBST, FeedForward, MultiHeadAttention, SwitchFeedForward
 from effjax.layers.gbst import masked_block_mean
+from effjax.layers.quantized import dense_layer, embedding_layer, reject_int8_params
 from effjax.models.config import EncoderConfig, activation
 
 Dtype = Any
@@ -38,6 +39,13 @@ def check_input_length(length: int, config, *, holder: str = "input_ids has") ->
             f"(max_position_embeddings={config.max_position_embeddings}); truncate the input or "
             "extend the table with effjax.models.extend_position_embeddings"
         )
+
+
+def check_param_kinds(model: nn.Module) -> None:
+    """A float model (``config.quantization="none"``) applied to int8 parameters is a
+    ValueError naming the first one; an int8 model's layers check their own parameters."""
+    if model.config.quantization == "none":
+        reject_int8_params(model)
 
 
 def padding_mask_from(
@@ -79,8 +87,13 @@ class Embeddings(nn.Module):
 
     def setup(self):
         cfg = self.config
-        embed = lambda n, name: nn.Embed(  # noqa: E731
-            n, cfg.hidden_size, embedding_init=_init(cfg), dtype=self.dtype, name=name
+        embed = lambda n, name: embedding_layer(  # noqa: E731
+            cfg.quantization,
+            n,
+            cfg.hidden_size,
+            embedding_init=_init(cfg),
+            dtype=self.dtype,
+            name=name,
         )
         self.word_embeddings = embed(cfg.vocab_size, "word_embeddings")
         self.position_embeddings = embed(cfg.max_position_embeddings, "position_embeddings")
@@ -117,6 +130,7 @@ def self_attention(
         dropout_rate=config.attention_dropout_rate,
         kernel_init=_init(config),
         dtype=dtype,
+        quantization=config.quantization,
         name="attention",
     )
 
@@ -146,8 +160,16 @@ def feed_forward(config, dtype=None) -> FeedForward | SwitchFeedForward:
         dropout_rate=config.hidden_dropout_rate,
         kernel_init=_init(config),
         dtype=dtype,
+        quantization=config.quantization,
         name="feed_forward",
     )
+
+
+def model_dense(config, features: int, name: str | None = None, **kwargs) -> nn.Module:
+    """A model-level Dense layer (pooler, heads) of ``config``: float or int8 as
+    ``config.quantization`` says, BERT's initializer."""
+    named = {} if name is None else {"name": name}
+    return dense_layer(config.quantization, features, kernel_init=_init(config), **named, **kwargs)
 
 
 def apply_feed_forward(config, x, padding_mask, *, deterministic: bool, dtype=None) -> jax.Array:
@@ -263,7 +285,7 @@ class Encoder(nn.Module):
             for i in range(cfg.num_layers)
         ]
         if cfg.add_pooler:
-            self.pooler = nn.Dense(cfg.hidden_size, kernel_init=_init(cfg), dtype=dtype)
+            self.pooler = model_dense(cfg, cfg.hidden_size, dtype=dtype)
         if cfg.gbst_block_sizes is not None:
             self.gbst = GBST(cfg.gbst_block_sizes, cfg.gbst_downsample_rate, dtype=dtype)
 
@@ -288,6 +310,7 @@ class Encoder(nn.Module):
             ``"global_local"``; variants without global tokens ignore it.
           deterministic: False enables dropout (needs a ``"dropout"`` rng).
         """
+        check_param_kinds(self)
         padding_mask = padding_mask_from(input_ids, attention_mask, self.config)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
@@ -340,9 +363,7 @@ class MaskedLMHead(nn.Module):
     @nn.compact
     def __call__(self, hidden: jax.Array, attend) -> jax.Array:
         cfg = self.config
-        h = nn.Dense(cfg.hidden_size, kernel_init=_init(cfg), dtype=self.dtype, name="transform")(
-            hidden
-        )
+        h = model_dense(cfg, cfg.hidden_size, "transform", dtype=self.dtype)(hidden)
         h = activation(cfg.hidden_act)(h)
         h = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="layer_norm")(h)
         bias = self.param("bias", nn.initializers.zeros_init(), (cfg.vocab_size,))
@@ -363,6 +384,7 @@ class EncoderForMaskedLM(nn.Module):
         self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic=True, **kw
     ) -> jax.Array:
         cfg = self.config
+        check_param_kinds(self)
         if cfg.gbst_block_sizes is not None or cfg.block_sizes is not None:
             raise ValueError(
                 "a masked-LM head needs one output per input token; gbst_block_sizes and "
@@ -415,6 +437,7 @@ class EncoderForSequenceClassification(nn.Module):
     def __call__(
         self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic=True, **kw
     ) -> jax.Array:
+        check_param_kinds(self)
         encoder = Encoder(self.config, dtype=self.dtype, name="encoder")
         kw = _first_token_global(input_ids, kw)
         hidden = encoder(
@@ -423,6 +446,4 @@ class EncoderForSequenceClassification(nn.Module):
         pooled = encoder.pooled_output(hidden) if self.config.add_pooler else hidden[:, 0]
         pooled = nn.Dropout(self.config.hidden_dropout_rate)(pooled, deterministic=deterministic)
         dtype = self.config.compute_dtype(self.dtype)
-        return nn.Dense(
-            self.num_labels, kernel_init=_init(self.config), dtype=dtype, name="classifier"
-        )(pooled)
+        return model_dense(self.config, self.num_labels, "classifier", dtype=dtype)(pooled)
