@@ -113,6 +113,8 @@ def gaussian_attention(
     w = gaussian_window(mu, sigma) if window_size is None else int(window_size)
     if w < 0:
         raise ValueError(f"window_size must be >= 0, got {window_size!r}")
+    if dims.empty:
+        return _common.zeros_output(dims, value)
 
     # Taps r = s - p in [-w, w]; causal drops r > 0. Kernel [2w+1, N].
     rel = np.arange(-w, w + 1)[:, None]

@@ -246,6 +246,8 @@ def routing_attention(
     dims, key_n, value_n = _per_query_head(query, key, value)
     _common.check_self_attention("routing_attention", query, key, dims)
     padding_mask = _common.check_padding_mask(padding_mask, dims)
+    if dims.empty:
+        return _common.zeros_output(dims, value)
     if is_causal:
         mu = _check_centroids(centroids, dims.num_heads, dims.head_dim)
         window = _resolve_cluster_size(cluster_size, dims.q_len, mu.shape[1])

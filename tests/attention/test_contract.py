@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import effjax.attention as ea
+from effjax.bench import suite
 
 RNG = jax.random.key(0)
 
@@ -45,6 +46,15 @@ def call(name, q_len, kv_len, is_causal):
 )
 def test_an_empty_sequence_gives_an_empty_result(name, is_causal):
     out = call(name, 0, 0, is_causal)
+    assert out.shape == (2, 0, 4, 4) and out.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("name", ["routing", "sinkhorn", "persistent_memory", "gaussian"])
+def test_an_empty_sequence_gives_an_empty_result_in_the_newer_families(name):
+    # Their benchmark options (centroids, sorting network, memory slots) fit any length.
+    options = suite.spec_for(name).options(RNG, suite.Shape(2, 8, 4, 4))
+    q = jnp.ones((2, 0, 4, 4), jnp.bfloat16)
+    out = ea.get(name)(q, q, q, **options)
     assert out.shape == (2, 0, 4, 4) and out.dtype == jnp.bfloat16
 
 
