@@ -190,6 +190,33 @@ class AttentionCore(nn.Module):
                     f"{list(key.shape[:2])} (the new tokens), got shape {padding_mask.shape}"
                 )
             return self.decode_step(query, key, value, kwargs, padding_mask=padding_mask)
+        return self.attend(
+            query,
+            key,
+            value,
+            kwargs,
+            padding_mask=padding_mask,
+            global_mask=global_mask,
+            is_causal=is_causal,
+            deterministic=deterministic,
+        )
+
+    def attend(
+        self,
+        query: jax.Array,
+        key: jax.Array,
+        value: jax.Array,
+        kwargs: dict[str, Any],
+        *,
+        padding_mask: jax.Array | None,
+        global_mask: jax.Array | None,
+        is_causal: bool,
+        deterministic: bool,
+    ) -> jax.Array:
+        """The full (not decoding) pass: :attr:`function` with ``kwargs`` (options,
+        variables, keys and extra projections). Override for a core that computes more
+        than one function call; it runs inside the compact ``__call__``, so it may make
+        variables."""
         # Through the class: a plain function stored as a class attribute is not a method.
         return type(self).function(
             query, key, value, padding_mask=padding_mask, is_causal=is_causal, **kwargs
@@ -267,21 +294,9 @@ class FunctionCore(AttentionCore):
     fn: Callable[..., jax.Array] | None = None
     options: Mapping[str, Any] = FrozenDict()
 
-    def __call__(
-        self,
-        query,
-        key,
-        value,
-        *,
-        padding_mask=None,
-        global_mask=None,
-        is_causal=False,
-        deterministic=True,
-        decode=False,
-        projections=None,
+    def attend(
+        self, query, key, value, kwargs, *, padding_mask, global_mask, is_causal, deterministic
     ):
-        if decode:
-            return self.decode_step(query, key, value, {})
         extra = {}
         if global_mask is not None and _accepts(self.fn, "global_mask"):
             extra["global_mask"] = global_mask

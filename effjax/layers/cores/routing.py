@@ -27,7 +27,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import linen as nn
 
 from effjax.attention import benchspec, local_attention, registry, routing
 from effjax.attention.helpers import check_positive
@@ -119,22 +118,9 @@ class RoutingCore(AttentionCore):
             ROUTING_CENTROIDS, "counts", self.get_variable(ROUTING_CENTROIDS, "counts") + counts
         )
 
-    @nn.compact
-    def __call__(
-        self,
-        query,
-        key,
-        value,
-        *,
-        padding_mask=None,
-        global_mask=None,
-        is_causal=False,
-        deterministic=True,
-        decode=False,
-        projections=None,  # this core asks for no extra projections
+    def attend(
+        self, query, key, value, kwargs, *, padding_mask, global_mask, is_causal, deterministic
     ):
-        if decode:
-            return self.decode_step(query, key, value, {})
         num_heads, head_dim = query.shape[2], query.shape[3]
         groups = num_heads // key.shape[2]
         # Each query head routes (and keeps a window) on its own: key/value heads per query head.

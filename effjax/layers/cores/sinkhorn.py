@@ -68,22 +68,9 @@ class SinkhornCore(AttentionCore):
         hidden_units = jax.nn.relu(jnp.einsum("bknh,khf->bknf", summaries, w1))
         return jnp.einsum("bknf,kfm->bknm", hidden_units, w2)[..., :blocks]
 
-    @nn.compact
-    def __call__(
-        self,
-        query,
-        key,
-        value,
-        *,
-        padding_mask=None,
-        global_mask=None,
-        is_causal=False,
-        deterministic=True,
-        decode=False,
-        projections=None,  # this core asks for no extra projections
+    def attend(
+        self, query, key, value, kwargs, *, padding_mask, global_mask, is_causal, deterministic
     ):
-        if decode:
-            return self.decode_step(query, key, value, {})
         rng = None
         if self.gumbel_noise and not deterministic:
             rng = attention_rng(self, deterministic)
