@@ -29,9 +29,14 @@ import numpy as np
 _QKV = ("query", "key", "value")
 
 
+def _projections(params: Any) -> tuple[str, ...]:
+    """The head projections a layer has (shared-QK has no key; Gaussian only a value)."""
+    return tuple(name for name in _QKV if name in params)
+
+
 def _check_attention_params(params: Any) -> int:
     num_heads = params["out"]["kernel"].shape[0]
-    for name in _QKV:
+    for name in _projections(params):
         kernel = params[name]["kernel"]
         if kernel.ndim != 3 or kernel.shape[1] != num_heads:
             raise ValueError(
@@ -55,7 +60,7 @@ def head_importance(params: Any, grads: Any | None = None) -> jax.Array:
         product = params["out"]["kernel"] * grads["out"]["kernel"]
         return jnp.abs(jnp.sum(product, axis=(1, 2)))
     total = jnp.sum(jnp.abs(params["out"]["kernel"]), axis=(1, 2))
-    for name in _QKV:
+    for name in _projections(params):
         total = total + jnp.sum(jnp.abs(params[name]["kernel"]), axis=(0, 2))
         if "bias" in params[name]:
             total = total + jnp.sum(jnp.abs(params[name]["bias"]), axis=1)
@@ -102,7 +107,7 @@ def mask_heads(params: Any, keep: jax.Array) -> Any:
     _check_attention_params(params)
     keep = jnp.asarray(keep, bool)
     masked = {name: dict(params[name]) for name in params}
-    for name in _QKV:
+    for name in _projections(params):
         masked[name]["kernel"] = _zero_units(params[name]["kernel"], keep, axis=1)
         if "bias" in params[name]:
             masked[name]["bias"] = _zero_units(params[name]["bias"], keep, axis=0)
@@ -120,7 +125,7 @@ def remove_heads(params: Any, keep: np.ndarray) -> Any:
     _check_attention_params(params)
     index = np.flatnonzero(np.asarray(keep))
     pruned = {name: dict(params[name]) for name in params}
-    for name in _QKV:
+    for name in _projections(params):
         pruned[name]["kernel"] = params[name]["kernel"][:, index]
         if "bias" in params[name]:
             pruned[name]["bias"] = params[name]["bias"][index]

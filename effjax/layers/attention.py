@@ -157,16 +157,23 @@ class MultiHeadAttention(nn.Module):
         num_heads, num_kv_heads, head_dim = self._head_sizes(inputs_q.shape[-1])
         core = build_core(self.attention, self.attention_options).clone(parent=self, name="core")
 
-        query = self._projection(num_heads, head_dim, "query")(inputs_q)
-        if core.shares_qk:
+        if not core.uses_query_key:
+            # Only the shapes matter (Gaussian, random synthesizer): nothing to project or
+            # train; zeros, which XLA folds away, stand in for the queries and keys.
+            dtype = self.dtype or jnp.result_type(inputs_q, self.param_dtype)
+            query = jnp.zeros((*inputs_q.shape[:2], num_heads, head_dim), dtype)
+            key = jnp.zeros((*inputs_kv.shape[:2], num_kv_heads, head_dim), dtype)
+        elif core.shares_qk:
             # Reformer's shared-QK attention: the keys are the queries, no key projection.
             if num_kv_heads != num_heads or not self_attention:
                 raise ValueError(
                     "shared_qk needs self-attention with num_kv_heads == num_heads, got "
                     f"num_heads={num_heads}, num_kv_heads={num_kv_heads}"
                 )
+            query = self._projection(num_heads, head_dim, "query")(inputs_q)
             key = query
         else:
+            query = self._projection(num_heads, head_dim, "query")(inputs_q)
             key = self._projection(num_kv_heads, head_dim, "key")(inputs_kv)
         value = self._projection(num_kv_heads, head_dim, "value")(inputs_kv)
         projections = {

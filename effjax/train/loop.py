@@ -178,9 +178,11 @@ def make_train_step(
     With ``axis_name`` (pmap), gradients and metrics are averaged over that axis, so
     equal per-device batches give the full batch's mean-loss gradient. After the update,
     every attention core's per-step upkeep (effjax.layers.cores.upkeep: Performer's
-    feature redraw) runs on ``state.collections``; ``num_steps`` is the run's length, so
-    nothing is redrawn after the last step and the model is evaluated with the
-    non-trainable state it trained with.
+    feature redraw, routing's centroid update) runs on ``state.collections`` with what
+    the forward pass wrote to the cores' step collections
+    (effjax.layers.cores.step_collections: routing's k-means statistics); ``num_steps``
+    is the run's length, so nothing is redrawn after the last step and the model is
+    evaluated with the non-trainable state it trained with.
     A model with Switch feed-forward layers (effjax.layers.SwitchFeedForward) adds their
     weighted auxiliary losses to ``loss_fn``'s loss and reports ``moe/aux_loss``,
     ``moe/load_balancing_loss``, ``moe/router_z_loss`` and ``moe/tokens_dropped`` (the
@@ -190,6 +192,7 @@ def make_train_step(
     consecutive segments.
     """
     base_key = jax.random.key(seed)
+    step_collections = cores.step_collections()
 
     def step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(base_key, state.step)
@@ -202,19 +205,24 @@ def make_train_step(
                 train=True,
                 rng=rng,
                 collections=state.collections,
-                mutable=[MOE_LOSSES, MEMORY],
+                mutable=[MOE_LOSSES, MEMORY, *step_collections],
             )
             loss, metrics = _with_expert_losses(*loss_fn(logits, batch), mutated)
-            return loss, (metrics, _carried(mutated))
+            written = {name: mutated[name] for name in step_collections if name in mutated}
+            return loss, (metrics, _carried(mutated), written)
 
-        (_, (metrics, carried)), grads = jax.value_and_grad(loss, has_aux=True)(state.params)
+        (_, (metrics, carried, written)), grads = jax.value_and_grad(loss, has_aux=True)(
+            state.params
+        )
         if axis_name is not None:
-            grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+            # Statistics summed over the batch (routing's k-means sums and counts) are
+            # averaged like the gradients: their ratios are the full batch's.
+            grads, metrics, written = jax.lax.pmean((grads, metrics, written), axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
         params = optax.apply_updates(state.params, updates)
         collections = cores.upkeep(
-            {**state.collections, **carried},
+            {**state.collections, **carried, **written},
             rng=jax.random.fold_in(rng, 2),
             step=state.step + 1,
             num_steps=num_steps,

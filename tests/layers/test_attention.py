@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import effjax.attention as ea
 from effjax.attention import dot_product_attention
 from effjax.layers import MultiHeadAttention
 
@@ -111,3 +112,44 @@ def test_bad_head_counts_raise():
         MultiHeadAttention(num_heads=4, qkv_features=10).init(
             jax.random.key(0), jnp.ones((1, 2, 8))
         )
+
+
+def _gaussian_core(q, k, v, params, pad):
+    return ea.gaussian_attention(q, k, v, widths=(1.0, 2.0, 1.0, 0.5), padding_mask=pad)
+
+
+def _random_synthesizer_core(q, k, v, params, pad):
+    logits = ea.random_synthesizer_logits(params["core"]["table"], q_len=T, kv_len=T)
+    return ea.synthesizer_attention(q, k, v, synthetic_logits=logits, padding_mask=pad)
+
+
+@pytest.mark.parametrize(
+    ("attention", "options", "reference"),
+    [
+        ("gaussian", {"widths": [1.0, 2.0, 1.0, 0.5]}, _gaussian_core),
+        ("synthesizer", {"kind": "random"}, _random_synthesizer_core),
+        ("synthesizer", {"kind": "random", "mixture": True}, None),
+    ],
+)
+def test_cores_that_ignore_queries_and_keys_get_no_projections(x, attention, options, reference):
+    layer = MultiHeadAttention(num_heads=4, num_kv_heads=2, attention=attention,
+                               attention_options=options)  # fmt: skip
+    params = layer.init(jax.random.key(1), x)["params"]
+    assert {"value", "out"} <= set(params)
+    assert ({"query", "key"} & set(params)) == ({"query", "key"} if reference is None else set())
+    if reference is None:
+        return
+    # The output is the core on the value projection alone, whatever the queries/keys are.
+    pad = jnp.arange(T)[None, :] < jnp.array([[T], [7]])
+    value = (
+        jnp.einsum("btd,dkh->btkh", x, params["value"]["kernel"])
+        + params["value"]["bias"][None, None]
+    )
+    q = jax.random.normal(jax.random.key(2), (B, T, 4, 8))
+    out = reference(q, q[:, :, :2], value, params, pad)
+    want = (
+        jnp.einsum("btnh,nhd->btd", out, params["out"]["kernel"])
+        + params["out"]["bias"][None, None]
+    )
+    got = layer.apply({"params": params}, x, padding_mask=pad)
+    np.testing.assert_allclose(got, want, atol=1e-5)

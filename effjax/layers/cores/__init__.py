@@ -2,7 +2,8 @@
 
 Importing this package attaches each built-in core to its registry entry.
 :func:`upkeep` runs every registered core's per-step upkeep; the train loop calls
-it after each update without knowing which variants a model uses.
+it after each update, on the collections of :func:`step_collections` that its forward
+pass wrote, without knowing which variants a model uses.
 """
 
 from __future__ import annotations
@@ -41,6 +42,24 @@ from effjax.layers.cores.sinkhorn import SinkhornCore
 from effjax.layers.cores.synthesizer import SynthesizerCore
 
 
+def _core_classes() -> list[type[AttentionCore]]:
+    entries = (registry.variant(name).core for name in registry.available())
+    return [cls for cls in dict.fromkeys(entries) if cls is not None]
+
+
+def step_collections() -> tuple[str, ...]:
+    """The collections registered cores write in a training forward pass
+    (:attr:`~AttentionCore.step_collections`): a train step applies the model with them
+    mutable, then runs :func:`upkeep` on the result.
+
+    Example:
+      >>> "routing_centroids" in step_collections()
+      True
+    """
+    names = (name for cls in _core_classes() for name in cls.step_collections)
+    return tuple(dict.fromkeys(names))
+
+
 def upkeep(
     collections: Mapping[str, Any], *, rng: jax.Array, step, num_steps: int | None = None
 ) -> Mapping[str, Any]:
@@ -52,8 +71,7 @@ def upkeep(
       >>> # in a train step, after the update:
       >>> # collections = upkeep(collections, rng=key, step=state.step + 1, num_steps=n)
     """
-    core_classes = dict.fromkeys(registry.variant(name).core for name in registry.available())
-    for i, cls in enumerate(c for c in core_classes if c is not None):
+    for i, cls in enumerate(_core_classes()):
         collections = cls.upkeep(
             collections, rng=jax.random.fold_in(rng, i), step=step, num_steps=num_steps
         )
@@ -85,5 +103,6 @@ __all__ = [
     "linformer_projection_init",
     "redraw_performer_features",
     "remap_legacy_variables",
+    "step_collections",
     "upkeep",
 ]

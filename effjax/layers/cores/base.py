@@ -20,9 +20,12 @@ which returns ``[B, T, N, H]``. Everything variant-specific lives in the core:
 * the decoding cache (:meth:`AttentionCore.decode_step`, helpers
   :meth:`AttentionCore.advance_cache` and :meth:`AttentionCore.poison_if_full`,
   which poison the output with NaN once the cache is full);
-* shared-QK (:attr:`AttentionCore.shares_qk`: keys are the queries);
+* shared-QK (:attr:`AttentionCore.shares_qk`: keys are the queries) and cores that
+  read neither (:attr:`AttentionCore.uses_query_key`: no query/key projections);
 * per-step upkeep (:meth:`AttentionCore.upkeep`, a pure function of the
-  non-trainable collections that the train loop calls for every registered core).
+  non-trainable collections that the train loop calls for every registered core), fed by
+  the collections a training forward pass writes (:attr:`AttentionCore.step_collections`,
+  which the train loop applies as mutable: routing's k-means statistics).
 
 Adding a variant means writing its pure function, a subclass of this module, and
 one ``register`` call (see CONTRIBUTING.md).
@@ -87,11 +90,15 @@ class AttentionCore(nn.Module):
         when the layer gets none; other cores ignore a layer's ``global_mask`` (their
         pattern has no global tokens).
       layer_options: option fields consumed by the core itself, not passed to ``function``.
+      step_collections: non-trainable collections the core writes in a training forward
+        pass (``deterministic=False``) for its :meth:`upkeep` to consume; a train step
+        applies the model with them mutable and hands the result to the upkeep.
     """
 
     function: ClassVar[Callable[..., jax.Array] | None] = None
     takes_global_mask: ClassVar[bool] = False
     layer_options: ClassVar[tuple[str, ...]] = ()
+    step_collections: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------ options
 
@@ -145,6 +152,14 @@ class AttentionCore(nn.Module):
     def shares_qk(self) -> bool:
         """Keys are the queries (Reformer's shared-QK): the layer has no key projection."""
         return False
+
+    @property
+    def uses_query_key(self) -> bool:
+        """The output depends on the queries and keys (default True). A core that reads
+        only their shapes (hard-coded Gaussian attention, a pure random synthesizer) says
+        False: the layer then builds no query/key projections and passes zero stand-ins of
+        the projected shapes."""
+        return True
 
     # ------------------------------------------------------------------ the call
 

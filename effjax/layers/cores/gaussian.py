@@ -1,7 +1,8 @@
 """The core of hard-coded Gaussian attention (``attention="gaussian"``, You et al. 2020).
 
 The attention weights are fixed Gaussians around each position, so the core has no
-variables and ignores the queries and keys: only the value projection matters.
+variables and ignores the queries and keys (``uses_query_key`` is False): the layer
+builds only the value and output projections.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ class GaussianCore(AttentionCore):
     widths: float | Sequence[float] = 1.0
     window_size: int | None = None
     scale: float | None = None
+
+    @property
+    def uses_query_key(self) -> bool:
+        return False
 
     def check(self):
         if self.window_size is not None and self.window_size < 0:

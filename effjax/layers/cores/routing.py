@@ -57,6 +57,7 @@ class RoutingCore(AttentionCore):
     """
 
     function = staticmethod(routing.routing_attention)
+    step_collections = (ROUTING_CENTROIDS,)
 
     num_clusters: int | None = None
     cluster_size: int | None = None

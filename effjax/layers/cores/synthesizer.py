@@ -16,7 +16,8 @@ default the init input's length) and ``N`` heads, ``H`` head size, ``F`` hidden 
 ``trainable=False`` keeps a random table in the non-trainable ``"synthesizer"``
 collection instead (the paper's fixed random synthesizer). ``mixture`` adds the
 dot-product logits with a learned weight (param ``alpha``, initialised to 1).
-The dense kinds read each token from its query projection.
+The dense kinds read each token from its query projection; the random kinds without
+``mixture`` read no query or key, so the layer builds no query/key projections.
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ class SynthesizerCore(AttentionCore):
                 check_positive(name, getattr(self, name))
         if not self.trainable and self.kind not in ("random", "factorized_random"):
             raise ValueError(f"trainable=False is for the random kinds, got kind={self.kind!r}")
+
+    @property
+    def uses_query_key(self) -> bool:
+        # The random kinds without the dot-product mixture read neither (only shapes).
+        return self.mixture or self.kind not in ("random", "factorized_random")
 
     def _table(self, name: str, shape) -> jax.Array:
         init = nn.initializers.normal(1.0)
