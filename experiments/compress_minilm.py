@@ -31,7 +31,8 @@ query against the others: the overlap of the two top-10 lists); size on disk (or
 checkpoint for ours, which tensorstore compresses, so pruned zeros shrink it a little;
 ``torch.save`` of the state dict for torch); parameter bytes in memory (the int8 tree
 against the float32 one); CPU latency of one batch (median of 7 runs, jitted, after
-warm-up, every variant in the same run).
+warm-up, every variant in the same run; the effjax variants' runs are interleaved, one
+call of each per round, so load changes hit them alike).
 
 Run: ``python experiments/compress_minilm.py`` (one to two hours on 2 busy cores);
 writes experiments/results/compress_minilm.{md,json,png}.
@@ -192,13 +193,24 @@ def orbax_mb(params, workdir: Path, name: str) -> float:
 
 def median_latency(fn, repeats: int = 7) -> float:
     """Median of ``repeats`` timed calls after a warm-up (compile)."""
-    fn()  # warm-up / compile
-    times = []
+    return interleaved_latencies([fn], repeats)[0]
+
+
+def interleaved_latencies(fns, repeats: int = 7) -> list[float]:
+    """Median of ``repeats`` timed calls of each of ``fns``, after a warm-up (compile).
+
+    Round r times every function once, so a change of the machine's load during the
+    run slows all of them alike and the ratios between them stay meaningful.
+    """
+    for fn in fns:
+        fn()  # warm-up / compile
+    times = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for fn, spent in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return [float(np.median(spent)) for spent in times]
 
 
 def is_layer_kernel(path, leaf) -> bool:
@@ -369,8 +381,10 @@ def write_markdown(rows, train, args, num_train, path: Path, extra) -> None:
         "memory (int8 rows: the int8 tree the model runs on, values + float32 scales). "
         "Latency: one batch of "
         f"{args.batch_size} x {args.max_len} tokens on this machine's 2 CPU cores, shared "
-        "with other jobs: the median of 7 runs (jitted, after a warm-up), noisy, so read "
-        "only large ratios.",
+        "with other jobs: the median of 7 runs (jitted, after a warm-up); the effjax rows' "
+        "runs are interleaved (each round calls every variant once), so a change of load "
+        "hits them alike; the torch rows are timed on their own. Still noisy: read only "
+        "large ratios.",
         "",
         "| variant | mean cosine | Spearman (pairwise sims) | top-10 overlap | size MB | "
         "size vs fp32 | params MB in memory | latency ms (median of 7) | latency vs fp32 |",
@@ -407,7 +421,7 @@ def write_markdown(rows, train, args, num_train, path: Path, extra) -> None:
         "shared cores "
         f"(+{train['compile_seconds']} s compile); loss {train['first_loss']:.4f} -> "
         f"{train['last_loss']:.4f} (mean of the last 10 steps).",
-        *shortened(args),
+        *shortened(args, train),
         "",
         "![size vs fidelity](compress_minilm.png)",
         "",
@@ -423,16 +437,19 @@ def write_markdown(rows, train, args, num_train, path: Path, extra) -> None:
     provenance.write_text(path, "\n".join(lines))
 
 
-def shortened(args) -> list[str]:
-    """A sentence when this run trained the student for fewer steps than the default."""
-    if args.max_steps >= DEFAULT_MAX_STEPS:
+def shortened(args, train: dict) -> list[str]:
+    """A sentence when the student trained for fewer steps than the default."""
+    if train["steps"] >= DEFAULT_MAX_STEPS:
         return []
+    cap = f" (`--max-steps {args.max_steps}`"
+    if args.train_seconds is not None:
+        cap += f", `--train-seconds {args.train_seconds:g}`"
     return [
         "",
-        f"**Shortened run:** the student was trained for {args.max_steps} steps "
-        f"(`--max-steps {args.max_steps}`; the default is {DEFAULT_MAX_STEPS}) to fit the "
-        "time available; the student rows would improve with the full budget. The teacher, "
-        "int8 and pruning rows do not depend on it.",
+        f"**Shortened run:** the student trained for {train['steps']} steps{cap}; the "
+        f"default is {DEFAULT_MAX_STEPS} steps) to fit the time available; the student rows "
+        "would improve with the full budget. The teacher, int8 and pruning rows do not "
+        "depend on it.",
     ]
 
 
@@ -573,6 +590,7 @@ def main() -> None:
     teacher = {k: v for k, v in variables["params"].items() if k != "pooler"}
     workdir = Path(tempfile.mkdtemp())
     rows = []
+    timed = []  # one batch of each row, timed together at the end
     cache = {}
 
     def measure(name, module, params, *, int8: str | None = None):
@@ -591,10 +609,10 @@ def main() -> None:
             **fidelity(emb, rows[0]["emb"] if rows else emb),
             "size_mb": orbax_mb(params, workdir, "ckpt"),
             "param_mb": param_mb(params),
-            "latency_s": median_latency(lambda: embed(params, ids, mask).block_until_ready()),
             "emb": emb,
         }
         rows.append(row)
+        timed.append(lambda: embed(params, ids, mask).block_until_ready())
         print(
             f"{name}: { {k: v for k, v in row.items() if k != 'emb'} } "
             f"({time.perf_counter() - start:.0f} s)",
@@ -625,6 +643,9 @@ def main() -> None:
         student_params, magnitude_masks(student_params, 0.2, filter_fn=is_layer_kernel)
     )
     measure("student + L1 20% + int8", student, quantize_params(student_p20), int8="weight_only")
+    for row, latency in zip(rows, interleaved_latencies(timed), strict=True):
+        row["latency_s"] = latency
+    print("latency (s):", {r["variant"]: round(r["latency_s"], 3) for r in rows}, flush=True)
 
     if not args.skip_torch:
         rows += torch_rows(eval_texts, tokenizer, rows[0]["emb"], args, model_dir)
