@@ -124,3 +124,13 @@ def ungroup_heads(x: jax.Array) -> jax.Array:
     """[B, T, K, G, H] -> [B, T, N, H]."""
     b, t, k, g, h = x.shape
     return x.reshape(b, t, k * g, h)
+
+
+def check_implementation(function: str, implementation: str | None, valid: tuple) -> str | None:
+    """``implementation`` if ``function`` has that path (``valid`` includes None), else a
+    one-line ValueError listing the valid ones."""
+    if implementation not in valid:
+        raise ValueError(
+            f"{function}: implementation must be one of {valid}, got {implementation!r}"
+        )
+    return implementation

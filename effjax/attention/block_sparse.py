@@ -15,8 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effjax.attention import _blockwise, _common
+from effjax.attention import _blockwise, _common, pallas
 from effjax.attention import masks as masks_lib
+
+#: The paths of :func:`block_sparse_attention` (``implementation=``); None is ``"xla"``.
+IMPLEMENTATIONS = (None, "xla", "pallas")
 
 
 def _check_rng(rng) -> jax.Array:
@@ -111,6 +114,63 @@ def _gather_blocks(x: jax.Array, table: jax.Array, block_size: int) -> jax.Array
     return jnp.moveaxis(gathered, 1, 3)
 
 
+def static_block_mask(rng, num_blocks, g, r, is_causal, num_patterns) -> np.ndarray:
+    """:func:`block_level_mask` drawn at trace time, as numpy (splash masks are static)."""
+    try:
+        with jax.ensure_compile_time_eval():
+            return np.asarray(block_level_mask(rng, num_blocks, g, r, is_causal, num_patterns))
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        raise ValueError(
+            "implementation='pallas' draws BigBird's random blocks at trace time (splash "
+            "masks are static): rng must be a concrete key, not a traced argument of a "
+            "jitted function; use implementation='xla' for a pattern per traced key"
+        ) from None
+
+
+def _block_rows_have_key(
+    key_valid: jax.Array, block_mask: np.ndarray, block_size: int, is_causal: bool
+) -> jax.Array:
+    """bool ``[B, L, P]``: query ``t`` sees a real key under pattern ``p``, from which blocks
+    of ``key_valid [B, L]`` (``L = Tb * b``) hold one; causal: earlier blocks whole, its
+    own block up to ``t`` (every row reads its own block)."""
+    batch, length = key_valid.shape
+    num_blocks = length // block_size
+    blocks = key_valid.reshape(batch, num_blocks, block_size)
+    whole = block_mask & np.tri(num_blocks, k=-1, dtype=bool) if is_causal else block_mask
+    real_block = jnp.any(blocks, axis=-1).astype(jnp.int32)
+    rows = jnp.einsum("bj,pij->bpi", real_block, whole.astype(np.int32)) > 0
+    rows = jnp.repeat(rows, block_size, axis=-1)  # [B, P, L]
+    if is_causal:
+        rows = rows | (jnp.cumsum(blocks, axis=-1) > 0).reshape(batch, 1, length)
+    return jnp.moveaxis(rows, 1, 2)
+
+
+def _pallas_block_sparse(query, key, value, dims, padding_mask, is_causal, scale, block_mask, b):
+    """``implementation="pallas"``: splash attention on ``block_mask [P, Tb, Tb]``."""
+    pallas.check_same_head_dims(dims, key, value)
+    tiles = pallas.Tiles.of(dims.q_len, dims.kv_len, None, None)
+    specs = tuple(
+        ("pattern", tiles.shape, masks_lib.BlockPattern(m, b, tiles.shape, is_causal=is_causal))
+        for m in block_mask
+    )
+    key_valid = jnp.ones((dims.batch, dims.kv_len), bool) if padding_mask is None else padding_mask
+    out = pallas.splash_grouped(
+        _common.group_heads(query, dims.num_kv_heads),
+        key,
+        value,
+        key_valid=key_valid,
+        specs=specs,
+        tiles=tiles,
+        scale=scale,
+        interpret=pallas.resolve_interpret(None),
+    )
+    length = block_mask.shape[-1] * b
+    valid = _common.pad_axis(key_valid, 1, length, value=False)
+    has_key = _block_rows_have_key(valid, block_mask, b, bool(is_causal))[:, : dims.q_len]
+    out = jnp.where(has_key[:, :, :, None, None], out, 0)
+    return _common.ungroup_heads(out).astype(value.dtype)
+
+
 def block_sparse_attention(
     query: jax.Array,
     key: jax.Array,
@@ -124,6 +184,7 @@ def block_sparse_attention(
     is_causal: bool = False,
     scale: float | None = None,
     per_head: bool = False,
+    implementation: str | None = None,
 ) -> jax.Array:
     r"""BigBird ITC block-sparse self-attention (Zaheer et al. 2020, sec. 2 and app. D).
 
@@ -157,13 +218,20 @@ def block_sparse_attention(
       scale: logit scale, default ``1 / sqrt(H)``.
       per_head: draw an independent random pattern per key/value head (query heads
         sharing a key/value head share it) instead of one for all heads.
+      implementation: ``"xla"`` (gathered key blocks, above), ``"pallas"`` (JAX's
+        splash-attention kernel on the pattern's static block mask, in interpret mode
+        off TPU), or ``None`` (= ``"xla"``). Splash masks are static, so on
+        ``"pallas"`` the random blocks are drawn at trace time and ``rng`` must be a
+        concrete key (not a traced argument of a jitted function): the pattern is
+        fixed per call site, e.g. per layer (see ``BlockSparseCore``).
 
     Returns:
       ``[B, T, N, Hv]`` in ``value.dtype``, at O(T (3 + g + r) b H) cost.
 
     Raises:
       ValueError: bad shapes, ``T != S``, ``block_size <= 0``, negative block counts,
-        or a missing ``rng``.
+        a missing ``rng``, an implementation this function lacks, or on ``"pallas"`` a
+        traced ``rng``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -177,12 +245,19 @@ def block_sparse_attention(
     b = _common.check_positive("block_size", block_size)
     r = _common.check_static_int("num_random_blocks", num_random_blocks)
     rng = _check_rng(rng)
+    _common.check_implementation("block_sparse_attention", implementation, IMPLEMENTATIONS)
     if dims.empty:
         return _common.zeros_output(dims, value)
     num_blocks = -(-dims.q_len // b)
     g = min(_common.check_static_int("num_global_blocks", num_global_blocks), num_blocks)
     scale = _common.resolve_scale(scale, dims.head_dim)
     length = num_blocks * b
+    if implementation == "pallas":
+        num_patterns = dims.num_kv_heads if per_head else 1
+        return _pallas_block_sparse(
+            query, key, value, dims, padding_mask, is_causal, scale,
+            static_block_mask(rng, num_blocks, g, r, is_causal, num_patterns), b,
+        )  # fmt: skip
 
     q = _common.pad_axis(_common.group_heads(query, dims.num_kv_heads), 1, length)
     k, v = _common.pad_axis(key, 1, length), _common.pad_axis(value, 1, length)
@@ -273,18 +348,40 @@ def block_sparse_mask(
                 f"num_kv_heads={num_kv_heads} must be positive and divide num_heads={num_heads}"
             )
         num_patterns = num_kv_heads
+    dense = masks_lib.block_mask_to_dense(
+        block_level_mask(_check_rng(rng), num_blocks, g, r, is_causal, num_patterns),
+        b,
+        seq_len,
+        seq_len,
+    )
+    if num_heads is None:
+        return dense[0]
+    return jnp.repeat(dense, num_heads // num_patterns, axis=0)
+
+
+def block_level_mask(
+    rng: jax.Array,
+    num_blocks: int,
+    num_global_blocks: int,
+    num_random_blocks: int,
+    is_causal: bool,
+    num_patterns: int,
+) -> jax.Array:
+    """bool ``[P, Tb, Tb]``: the key blocks each query block reads (global rows read all).
+
+    The one description of the pattern: :func:`block_sparse_mask` expands it to tokens
+    for the reference, the ``"pallas"`` path hands it to splash attention as a
+    :class:`~effjax.attention.masks.BlockPattern`.
+    """
+    g = num_global_blocks
     table, used = block_table(
-        _check_rng(rng),
+        rng,
         num_blocks,
         num_global_blocks=g,
-        num_random_blocks=r,
+        num_random_blocks=num_random_blocks,
         is_causal=is_causal,
         num_patterns=num_patterns,
     )
     sparse_rows = masks_lib.block_indices_to_block_mask(jnp.where(used, table, -1), num_blocks)
     global_rows = jnp.ones((num_patterns, g, num_blocks), bool)
-    block_mask = jnp.concatenate([global_rows, sparse_rows], axis=1)
-    dense = masks_lib.block_mask_to_dense(block_mask, b, seq_len, seq_len)
-    if num_heads is None:
-        return dense[0]
-    return jnp.repeat(dense, num_heads // num_patterns, axis=0)
+    return jnp.concatenate([global_rows, sparse_rows], axis=1)

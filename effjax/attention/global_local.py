@@ -19,9 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effjax.attention import _blockwise, _common
+from effjax.attention import _blockwise, _common, pallas
 from effjax.attention import masks as masks_lib
 from effjax.attention.local import window_attention_with_lse
+
+#: The paths of :func:`global_local_attention` (``implementation=``); None is ``"xla"``.
+IMPLEMENTATIONS = (None, "xla", "pallas")
 
 
 def _resolve_max_global(global_mask: jax.Array, max_global_tokens: int | None) -> int:
@@ -66,6 +69,68 @@ def _check_global_qkv(global_qkv, query, key, value):
     return global_qkv
 
 
+def _xla_rows(q, key, value, window_keys, slot_pos, slot_key, window, is_causal, dilation,
+              block_size, scale):  # fmt: skip
+    """Every row over its window and the global keys, ``[B, T, K, G, Hv]`` float32: the
+    window path over the non-global keys (1) and every query against the gathered
+    global keys (2), merged by their log-sum-exps."""
+    window_out, window_lse = window_attention_with_lse(
+        q,
+        key,
+        value,
+        key_valid=window_keys,
+        window=window,
+        dilation=dilation,
+        block_size=block_size,
+        scale=scale,
+    )
+    if slot_pos.shape[1] == 0:
+        return window_out
+    global_keys = _common.gather_rows(key, slot_pos).astype(jnp.float32)
+    global_values = _common.gather_rows(value, slot_pos).astype(jnp.float32)
+    key_mask = slot_key[:, None, :]
+    if is_causal:
+        key_mask = key_mask & (slot_pos[:, None, :] <= np.arange(q.shape[1])[None, :, None])
+    logits = jnp.einsum("btkgh,bmkh->btkgm", q.astype(jnp.float32), global_keys) * scale
+    weights, lse = _blockwise.softmax_with_lse(logits, key_mask[:, :, None, None, :])
+    global_key_out = jnp.einsum("btkgm,bmkh->btkgh", weights, global_values)
+    out, _ = _blockwise.merge_normalised([(window_out, window_lse), (global_key_out, lse)])
+    return out
+
+
+def _pallas_rows(q, key, value, window_keys, slot_pos, slot_key, window, scale):
+    """As :func:`_xla_rows` (not causal, undilated) in one splash kernel: the M global
+    keys are gathered in front of the keys, so the static mask is ``PrefixColumns(M) |
+    LocalMask(offset=M)``; which slots and window keys are real is the segment ids."""
+    q_len, num_slots = q.shape[1], slot_pos.shape[1]
+    tiles = pallas.Tiles.of(q_len, num_slots + key.shape[1], None, None)
+    keys, values = (
+        jnp.concatenate([_common.gather_rows(x, slot_pos), x], axis=1) for x in (key, value)
+    )
+    out = pallas.splash_grouped(
+        q,
+        keys,
+        values,
+        key_valid=jnp.concatenate([slot_key, window_keys], axis=1),
+        specs=(("prefix_local", tiles.shape, num_slots, window),),
+        tiles=tiles,
+        scale=scale,
+        interpret=pallas.resolve_interpret(None),
+    )
+    has_key = pallas.window_row_has_key(window_keys, q_len, False, window)
+    return pallas.zero_empty_rows(out, has_key | jnp.any(slot_key, axis=1)[:, None])
+
+
+def _check_pallas(is_causal: bool, dilation: int, dims, key, value) -> None:
+    if is_causal:
+        raise ValueError(
+            "global_local_attention: implementation='pallas' is not causal (the causal cut "
+            "of the global columns depends on the traced global positions); use 'xla'"
+        )
+    pallas.check_undilated(dilation)
+    pallas.check_same_head_dims(dims, key, value)
+
+
 def global_local_attention(
     query: jax.Array,
     key: jax.Array,
@@ -80,6 +145,7 @@ def global_local_attention(
     max_global_tokens: int | None = None,
     block_size: int | None = None,
     global_qkv: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+    implementation: str | None = None,
 ) -> jax.Array:
     r"""Longformer self-attention: sliding window :math:`\cup` global rows and columns.
 
@@ -115,13 +181,18 @@ def global_local_attention(
         attention (Beltagy et al. 2020, §3.1, "linear projections for global
         attention"); windowed rows, including their view of the global keys, keep
         ``query``/``key``/``value``.
+      implementation: ``"xla"`` (the three parts above), ``"pallas"`` (parts 1 and 2
+        in one splash-attention kernel, the global keys gathered in front of the keys;
+        interpret mode off TPU; not causal, no dilation, value and key head dims
+        equal), or ``None`` (= ``"xla"``). Part 3 is XLA on both.
 
     Returns:
       ``[B, T, N, Hv]`` in ``value.dtype``. Cost O(T (left + right + M) H).
 
     Raises:
       ValueError: bad shapes, ``T != S``, a bad window, a ``global_mask`` that is not
-        bool ``[B, T]``, or more global tokens than ``max_global_tokens``.
+        bool ``[B, T]``, more global tokens than ``max_global_tokens``, or an
+        implementation this function (or its options) lacks.
 
     Example:
       >>> import jax.numpy as jnp
@@ -144,6 +215,9 @@ def global_local_attention(
         block_size = _common.check_positive("block_size", block_size)
     global_query, global_key, global_value = _check_global_qkv(global_qkv, query, key, value)
     scale = _common.resolve_scale(scale, dims.head_dim)
+    _common.check_implementation("global_local_attention", implementation, IMPLEMENTATIONS)
+    if implementation == "pallas":
+        _check_pallas(is_causal, dilation, dims, key, value)
     if is_causal:
         right = 0
     if dims.empty:
@@ -154,35 +228,22 @@ def global_local_attention(
     # Only the first M flags of a row are global; the rest (possible only with a traced
     # mask) are ordinary tokens, so the window path must keep them as keys.
     global_mask = global_mask & (jnp.cumsum(global_mask, axis=1) <= num_slots)
-    # 1. Window path over the non-global keys.
-    window_out, window_lse = window_attention_with_lse(
-        q,
-        key,
-        value,
-        key_valid=key_valid & ~global_mask,
-        window=(left, right),
-        dilation=dilation,
-        block_size=block_size,
-        scale=scale,
-    )
-    if num_slots == 0:
-        return _common.ungroup_heads(window_out).astype(value.dtype)
-
     # Slots: the positions of the first M global tokens of each row (stable sort keeps order).
     slot_pos = jnp.argsort(~global_mask, axis=1, stable=True)[:, :num_slots]
     slot_used = _common.gather_rows(global_mask, slot_pos)
+    # Rows seen by a slot's key: a used global token that is a real key.
+    slot_key = slot_used & _common.gather_rows(key_valid, slot_pos)
+    window_keys = key_valid & ~global_mask  # a global key is seen through its slot only
+    if implementation == "pallas":
+        out = _pallas_rows(q, key, value, window_keys, slot_pos, slot_key, (left, right), scale)
+    else:
+        out = _xla_rows(
+            q, key, value, window_keys, slot_pos, slot_key, (left, right), is_causal,
+            dilation, block_size, scale,
+        )  # fmt: skip
+    if num_slots == 0:
+        return _common.ungroup_heads(out).astype(value.dtype)
     positions = jnp.arange(dims.q_len)
-
-    # 2. Every query against the global keys.
-    global_keys = _common.gather_rows(key, slot_pos).astype(jnp.float32)
-    global_values = _common.gather_rows(value, slot_pos).astype(jnp.float32)
-    key_mask = (slot_used & _common.gather_rows(key_valid, slot_pos))[:, None, :]
-    if is_causal:
-        key_mask = key_mask & (slot_pos[:, None, :] <= positions[None, :, None])
-    logits = jnp.einsum("btkgh,bmkh->btkgm", q.astype(jnp.float32), global_keys) * scale
-    weights, lse = _blockwise.softmax_with_lse(logits, key_mask[:, :, None, None, :])
-    global_key_out = jnp.einsum("btkgm,bmkh->btkgh", weights, global_values)
-    out, _ = _blockwise.merge_normalised([(window_out, window_lse), (global_key_out, lse)])
 
     # 3. Global queries against every key; their rows replace the merged ones.
     global_queries = _common.group_heads(

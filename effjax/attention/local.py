@@ -13,8 +13,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from effjax.attention import _blockwise, _common
+from effjax.attention import _blockwise, _common, pallas
 from effjax.attention import masks as masks_lib
+
+#: The paths of :func:`local_attention` (``implementation=``); None is ``"xla"``.
+IMPLEMENTATIONS = (None, "xla", "pallas")
 
 # Query block size when none is given: large enough that a block's matmuls are efficient,
 # small enough that the band of keys a block reads (b + left + right, rounded up to blocks)
@@ -175,6 +178,7 @@ def local_attention(
     dilation: int = 1,
     scale: float | None = None,
     block_size: int | None = None,
+    implementation: str | None = None,
 ) -> jax.Array:
     r"""Sliding-window attention: query ``t`` attends to keys ``p + j d``, ``-left <= j <= right``.
 
@@ -196,14 +200,18 @@ def local_attention(
       padding_mask: bool ``[B, S]``, True = a real key.
       dilation: ``d >= 1``, the stride between window keys.
       scale: logit scale, default ``1 / sqrt(H)``.
-      block_size: query block ``b``; default about the window reach, in [32, 128].
-        Any ``T`` works: the last block is padded internally.
+      block_size: query block ``b`` of the ``"xla"`` path; default about the window
+        reach, in [32, 128]. Any ``T`` works: the last block is padded internally.
+      implementation: ``"xla"`` (the blockwise computation above), ``"pallas"``
+        (JAX's splash-attention kernel with a ``LocalMask``, in interpret mode off TPU;
+        no dilation, value and key head dims equal), or ``None`` (= ``"xla"``).
 
     Returns:
       ``[B, T, N, Hv]`` in ``value.dtype`` (float32 logits and softmax).
 
     Raises:
-      ValueError: bad shapes, a negative window, ``dilation < 1`` or ``block_size <= 0``.
+      ValueError: bad shapes, a negative window, ``dilation < 1``, ``block_size <= 0``
+        or an implementation this function lacks.
 
     Example:
       >>> import jax.numpy as jnp
@@ -217,8 +225,15 @@ def local_attention(
     dilation = _check_dilation(dilation)
     if block_size is not None:
         block_size = _common.check_positive("block_size", block_size)
+    _common.check_implementation("local_attention", implementation, IMPLEMENTATIONS)
     if is_causal:
         right = 0
+    if implementation == "pallas":
+        pallas.check_undilated(dilation)
+        return pallas.pallas_attention(
+            query, key, value, padding_mask=padding_mask, is_causal=is_causal, scale=scale,
+            window_size=(left, right),
+        )  # fmt: skip
     if dims.empty:
         return _common.zeros_output(dims, value)
     out, _ = window_attention_with_lse(

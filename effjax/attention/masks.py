@@ -119,3 +119,54 @@ def block_mask_to_dense(
     """
     dense = jnp.repeat(jnp.repeat(block_mask, block_size, axis=-2), block_size, axis=-1)
     return dense[..., :q_len, :kv_len]
+
+
+class BlockPattern:
+    """A static pattern of whole blocks, indexed like a bool numpy array of ``shape``.
+
+    Token ``(t, s)`` is seen when block ``(t // b, s // b)`` of ``block_mask`` bool
+    ``[Tb, Sb]`` is (and, with ``is_causal``, ``s <= t``); positions past the blocks are
+    not seen. Evaluated one slice at a time (``pattern[rows, cols]`` with two slices), so
+    a kernel can read the tiles it needs without a dense ``[T, S]`` array; BigBird's
+    ``"pallas"`` path hands it to splash attention.
+
+    Example:
+      >>> import numpy as np
+      >>> p = BlockPattern(np.eye(2, dtype=bool), 2, (4, 4))
+      >>> p[:, :].astype(int).tolist()
+      [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 0, 1, 1]]
+    """
+
+    def __init__(
+        self,
+        block_mask: np.ndarray,
+        block_size: int,
+        shape: tuple[int, int],
+        *,
+        is_causal: bool = False,
+    ):
+        self.block_mask = np.asarray(block_mask, bool)
+        self.block_size = _common.check_positive("block_size", block_size)
+        self.shape = tuple(shape)
+        self.is_causal = bool(is_causal)
+
+    def _key(self):
+        return (self.block_mask.shape, self.block_mask.tobytes(), self.block_size, self.shape,
+                self.is_causal)  # fmt: skip
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, BlockPattern) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __getitem__(self, idx: tuple[slice, slice]) -> np.ndarray:
+        rows, cols = (np.arange(n)[i] for n, i in zip(self.shape, idx, strict=True))
+        q_blocks, k_blocks = self.block_mask.shape
+        rb, cb = rows // self.block_size, cols // self.block_size
+        inside = (rb < q_blocks)[:, None] & (cb < k_blocks)[None, :]
+        seen = self.block_mask[np.minimum(rb, q_blocks - 1)][:, np.minimum(cb, k_blocks - 1)]
+        seen = seen & inside
+        if self.is_causal:
+            seen = seen & (cols[None, :] <= rows[:, None])
+        return seen

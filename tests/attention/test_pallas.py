@@ -1,12 +1,25 @@
 """implementation="pallas": JAX's splash-attention kernels, run here in Pallas interpret mode."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from effjax import testing
-from effjax.attention import local_mask, pallas_attention
+from effjax.attention import (
+    block_sparse,
+    block_sparse_attention,
+    block_sparse_mask,
+    dot_product_attention,
+    global_local_attention,
+    global_local_mask,
+    local_attention,
+    local_mask,
+    masks,
+    pallas_attention,
+)
 
 jit_pallas = jax.jit(
     pallas_attention,
@@ -69,3 +82,117 @@ def test_value_head_dim_must_match_key(rng):
     q, k, _ = testing.random_qkv(rng, q_len=8)
     with pytest.raises(ValueError, match="head dims"):
         pallas_attention(q, k, jnp.ones((*k.shape[:3], 3)))
+
+
+# Every variant with a kernel path: implementation="pallas" equals the XLA reference with
+# the variant's dense mask, forward and gradients. One shape for all (T = 40, N = 4, K = 2,
+# padded keys), so the interpret-mode kernels stay few and small.
+T, N, K = 40, 4, 2
+BIGBIRD = {"block_size": 8, "num_random_blocks": 1, "num_global_blocks": 1}
+GLOBAL_MASK = np.zeros((2, T), bool)
+GLOBAL_MASK[0, [0, 17]] = True
+GLOBAL_MASK[1, 5] = True
+
+
+def _local(is_causal):
+    window = (5, 3)
+    return (
+        functools.partial(local_attention, window_size=window),
+        local_mask(T, T, window, is_causal=is_causal),
+    )
+
+
+def _global_local(is_causal):
+    window = 4
+    return (
+        functools.partial(
+            global_local_attention, window_size=window, global_mask=GLOBAL_MASK, max_global_tokens=2
+        ),
+        global_local_mask(jnp.asarray(GLOBAL_MASK), window),
+    )
+
+
+def _block_sparse(is_causal, per_head=False):
+    key = jax.random.key(7)
+    mask = block_sparse_mask(
+        T, rng=key, is_causal=is_causal, num_heads=N if per_head else None,
+        num_kv_heads=K if per_head else None, **BIGBIRD,
+    )  # fmt: skip
+    fn = functools.partial(block_sparse_attention, rng=key, per_head=per_head, **BIGBIRD)
+    return fn, mask
+
+
+MAPPED = [
+    pytest.param(_local, True, {}, id="local-causal"),
+    pytest.param(_global_local, False, {}, id="global_local"),
+    pytest.param(_block_sparse, False, {"per_head": True}, id="block_sparse-per_head"),
+    pytest.param(_block_sparse, True, {}, id="block_sparse-causal"),
+    pytest.param(_local, False, {}, id="local", marks=SLOW),
+]
+
+
+@pytest.mark.parametrize(("pattern", "is_causal", "extra"), MAPPED)
+def test_variants_on_pallas_equal_their_dense_mask(rng, pattern, is_causal, extra):
+    fn, mask = pattern(is_causal, **extra)
+    q, k, v = testing.random_qkv(rng, batch=2, q_len=T, num_heads=N, num_kv_heads=K)
+    testing.check_against_reference(
+        functools.partial(fn, implementation="pallas"),
+        q,
+        k,
+        v,
+        mask=mask,
+        padding_mask=testing.random_padding_mask(jax.random.key(3), 2, T),
+        is_causal=is_causal,
+        atol=2e-5,
+    )
+
+
+def test_block_pattern_is_the_reference_mask():
+    # The splash kernel reads BlockPattern; the reference expands the same block mask.
+    key, tb = jax.random.key(7), -(-T // BIGBIRD["block_size"])
+    for causal in (False, True):
+        (blocks,) = block_sparse.static_block_mask(key, tb, 1, 1, causal, 1)
+        pattern = masks.BlockPattern(blocks, BIGBIRD["block_size"], (T, T), is_causal=causal)
+        want = block_sparse_mask(T, rng=key, is_causal=causal, **BIGBIRD)
+        if causal:
+            want = want & masks.causal_mask(T, T)
+        np.testing.assert_array_equal(pattern[:, :], want)
+        np.testing.assert_array_equal(pattern[8:16, 20:40], np.asarray(want)[8:16, 20:40])
+
+
+def test_rows_with_no_key_give_zeros_on_pallas(rng):
+    # Row 1's keys are all padding; row 0 has one real key, 17 (a Longformer global token):
+    # most rows see no key (zeros), a few see only key 17.
+    q, k, v = testing.random_qkv(rng, batch=2, q_len=T, num_heads=N, num_kv_heads=K)
+    padding = np.zeros((2, T), bool)
+    padding[0, 17] = True
+    for pattern in (_local, _global_local, _block_sparse):
+        fn, mask = pattern(False)
+        out = fn(q, k, v, padding_mask=jnp.asarray(padding), implementation="pallas")
+        want = dot_product_attention(q, k, v, mask=mask, padding_mask=jnp.asarray(padding))
+        np.testing.assert_allclose(out, want, atol=2e-5)
+        np.testing.assert_array_equal(out[1], 0.0)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda q: local_attention(q, q, q, window_size=2, implementation="cudnn"),
+         r"local_attention: implementation must be one of \(None, 'xla', 'pallas'\)"),
+        (lambda q: local_attention(q, q, q, window_size=2, dilation=2, implementation="pallas"),
+         "dilation=2"),
+        (lambda q: global_local_attention(q, q, q, window_size=2, global_mask=GLOBAL_MASK,
+                                          is_causal=True, implementation="pallas"),
+         "not causal"),
+        (lambda q: jax.jit(lambda q, key: block_sparse_attention(
+            q, q, q, rng=key, implementation="pallas", **BIGBIRD))(q, jax.random.key(0)),
+         "concrete key"),
+        (lambda q: block_sparse_attention(q, q, q, rng=jax.random.key(0),
+                                          implementation="chunked"),
+         "block_sparse_attention: implementation must be one of"),
+    ],
+)  # fmt: skip
+def test_paths_a_variant_lacks_are_refused(rng, call, match):
+    q, _, _ = testing.random_qkv(rng, batch=2, q_len=T, num_heads=N)
+    with pytest.raises(ValueError, match=match):
+        call(q)
