@@ -38,10 +38,11 @@ from effjax.models.hf import (
     load_hf_tokenizer,
     sentence_embedding,
 )
-from effjax.models.memory import MEMORY, SegmentMemory
+from effjax.models.memory import COMPRESSION_LOSSES, MEMORY, SegmentMemory, compression_losses
 from effjax.models.positions import extend_position_embeddings
 
 __all__ = [
+    "COMPRESSION_LOSSES",
     "MEMORY",
     "DecoderConfig",
     "DecoderLM",
@@ -55,6 +56,7 @@ __all__ = [
     "MaskedLMHead",
     "ModelConfig",
     "SegmentMemory",
+    "compression_losses",
     "export_hf_encoder",
     "extend_position_embeddings",
     "generate",

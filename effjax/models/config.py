@@ -19,6 +19,7 @@ from flax.core import FrozenDict
 from effjax.layers.cores import build_core
 from effjax.layers.feedforward import activation
 from effjax.layers.quantized import check_quantization
+from effjax.models.memory import COMPRESSIONS
 
 #: ``model_type`` values whose position ids count real tokens from ``pad_token_id + 1``.
 _ROBERTA_POSITIONS = ("roberta", "longformer", "xlm-roberta", "camembert")
@@ -428,6 +429,17 @@ class DecoderConfig(ModelConfig):
       eval_mem_len: the memory length evaluation runs with (``evaluation_config``),
         default ``mem_len``; the parameters do not depend on it (the paper evaluates
         with a longer memory than it trains with).
+      compressed_mem_len: the Compressive Transformer (Rae et al. 2020): ``M_c > 0``
+        keeps, per layer, a second memory of ``M_c`` slots into which the positions
+        evicted from the ``mem_len`` memory go, compressed ``compression_rate`` to one;
+        the queries attend over ``[compressed; memory; segment]``. Needs ``mem_len > 0``
+        and segments whose length is a multiple of ``compression_rate``. Training adds
+        the attention-reconstruction loss (``compression/aux_loss``), which trains only
+        the compressors.
+      compression_rate: ``c >= 1``, evicted positions per compressed slot (paper: 3).
+      compression: ``"conv"`` (a learned 1-D convolution of kernel and stride ``c``,
+        initialised to the mean; the paper's best) or ``"mean"`` (mean pooling, no
+        parameters). See effjax.models.SegmentMemory.
       Switch experts, remat and dtype (:class:`ModelConfig`) do not combine with
       ``reversible``.
 
@@ -448,6 +460,9 @@ class DecoderConfig(ModelConfig):
     positions: str | None = None
     mem_len: int = 0
     eval_mem_len: int | None = None
+    compressed_mem_len: int = 0
+    compression_rate: int = 3
+    compression: str = "conv"
 
     def __post_init__(self):
         super().__post_init__()
@@ -475,6 +490,7 @@ def _check_memory(config: DecoderConfig) -> None:
     for name, value in lengths.items():
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
+    _check_compression(config)
     if max(lengths.values()) and config.positions != "relative":
         raise ValueError(
             f"mem_len={config.mem_len} / eval_mem_len={config.eval_mem_len} needs "
@@ -491,6 +507,21 @@ def _check_memory(config: DecoderConfig) -> None:
         )
     if config.reversible:
         raise ValueError("positions='relative' (Transformer-XL) does not combine with reversible")
+
+
+def _check_compression(config: DecoderConfig) -> None:
+    """The compressive memory's options, each error naming its argument."""
+    if config.compressed_mem_len < 0:
+        raise ValueError(f"compressed_mem_len must be >= 0, got {config.compressed_mem_len}")
+    if config.compression_rate < 1:
+        raise ValueError(f"compression_rate must be >= 1, got {config.compression_rate}")
+    if config.compression not in COMPRESSIONS:
+        raise ValueError(f"compression must be one of {COMPRESSIONS}, got {config.compression!r}")
+    if config.compressed_mem_len and not config.mem_len:
+        raise ValueError(
+            f"compressed_mem_len={config.compressed_mem_len} needs mem_len > 0 (it holds what "
+            f"the memory evicts), got mem_len={config.mem_len}"
+        )
 
 
 def reformer_config(

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from effjax.attention import dot_product_attention
 from effjax.layers import RelativePositionCore, ReversibleStack
 from effjax.layers.quantized import embedding_layer
 from effjax.models.config import DecoderConfig
@@ -65,9 +66,18 @@ class DecoderLayer(nn.Module):
             core=core,
         )
         attention_norm = norm("attention_norm")
-        if cfg.mem_len:
-            # Transformer-XL: keys and values over [memory; segment], queries the segment.
-            context, key_mask = SegmentMemory(cfg.mem_len, name="memory")(x, padding_mask)
+        if cfg.mem_len and not self.decode:
+            # Transformer-XL: keys and values over [memory; segment], queries the segment
+            # (decoding instead caches every key and value of the sequence).
+            memory = SegmentMemory(
+                cfg.mem_len,
+                cfg.compressed_mem_len,
+                cfg.compression_rate,
+                cfg.compression,
+                name="memory",
+            )
+            attend = None if self.is_initializing() else self._frozen_content_attention
+            context, key_mask = memory(x, padding_mask, attend)
             h = attn(
                 attention_norm(x),
                 attention_norm(context),
@@ -80,6 +90,25 @@ class DecoderLayer(nn.Module):
         h = norm("output_norm")(x)
         return x + apply_feed_forward(
             cfg, h, padding_mask, deterministic=deterministic, dtype=self.dtype
+        )
+
+    def _frozen_content_attention(self, queries, memories, memory_mask) -> jax.Array:
+        """Rae et al. 2020's ``attn(h, m) = softmax(LN(h) W_q (LN(m) W_k)^T) LN(m) W_v``
+        (their Algorithm 2: content only, no output projection) with this layer's
+        attention norm and projections under ``stop_gradient``: ``[B, T, D], [B, S, D],
+        bool [B, S] -> [B, T, N, H]``, for the attention-reconstruction loss."""
+        params = jax.lax.stop_gradient(self.variables["params"])
+        cfg = self.config
+        norm = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, parent=None)
+
+        def project(name, h):
+            dense = params["attention"][name]
+            h = norm.apply({"params": params["attention_norm"]}, h)
+            return jnp.einsum("btd,dnh->btnh", h, dense["kernel"]) + dense["bias"][None, None]
+
+        keys = project("key", memories)
+        return dot_product_attention(
+            project("query", queries), keys, project("value", memories), padding_mask=memory_mask
         )
 
 
@@ -146,8 +175,10 @@ class DecoderLM(nn.Module):
     With ``config.mem_len = M > 0`` it is Transformer-XL (Dai et al. 2019): every layer
     attends from the segment to ``[memory; segment]`` with relative positions
     (effjax.layers.RelativePositionCore) and keeps its inputs of the last ``M`` positions
-    in the ``"memory"`` collection (effjax.models.SegmentMemory). Feed consecutive
-    segments and carry the memory::
+    in the ``"memory"`` collection (effjax.models.SegmentMemory); with
+    ``config.compressed_mem_len`` it is the Compressive Transformer (Rae et al. 2020),
+    whose attention-reconstruction losses go to the ``"compression_losses"``
+    collection when it is mutable. Feed consecutive segments and carry the memory::
 
       logits, state = model.apply({"params": params}, segment_1, mutable=["memory"])
       logits, state = model.apply({"params": params, **state}, segment_2, mutable=["memory"])

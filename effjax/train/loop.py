@@ -48,7 +48,7 @@ import optax
 from flax import struct
 
 from effjax.layers import MOE_LOSSES, cores, moe_aux_losses
-from effjax.models.memory import MEMORY
+from effjax.models.memory import COMPRESSION_LOSSES, MEMORY, compression_losses
 from effjax.train import checkpoint, sharding
 from effjax.train.config import ExperimentConfig, OptimizerConfig, incompatibilities, to_json
 
@@ -151,15 +151,25 @@ def forward(
     )
 
 
-def _with_expert_losses(loss: jax.Array, metrics: dict, sown: Any) -> tuple[jax.Array, dict]:
-    """Adds the Switch layers' weighted auxiliary losses to ``loss`` and their statistics
-    (``moe/aux_loss``, ``moe/load_balancing_loss``, ``moe/router_z_loss``,
-    ``moe/tokens_dropped``) to ``metrics``; unchanged for a model without experts."""
-    sown = sown.get(MOE_LOSSES)
-    if not sown:
-        return loss, metrics
-    aux = moe_aux_losses(sown)
-    return loss + aux["aux_loss"], {**metrics, **{f"moe/{k}": v for k, v in aux.items()}}
+#: The collections of auxiliary losses a model sows, each with its metric prefix and the
+#: function that reduces it to ``{"aux_loss": the weighted total, statistics...}``.
+AUX_LOSSES = {
+    MOE_LOSSES: ("moe", moe_aux_losses),
+    COMPRESSION_LOSSES: ("compression", compression_losses),
+}
+
+
+def _with_aux_losses(loss: jax.Array, metrics: dict, sown: Any) -> tuple[jax.Array, dict]:
+    """Adds every sown auxiliary loss (:data:`AUX_LOSSES`: the Switch layers' weighted
+    losses, the compressive memories' attention reconstruction) to ``loss`` and its
+    statistics to ``metrics`` as ``<prefix>/<name>``; unchanged for a model that sowed
+    none."""
+    for collection, (prefix, reduce) in AUX_LOSSES.items():
+        if sown.get(collection):
+            aux = reduce(sown[collection])
+            loss = loss + aux["aux_loss"]
+            metrics = {**metrics, **{f"{prefix}/{k}": v for k, v in aux.items()}}
+    return loss, metrics
 
 
 LossFn = Callable[[jax.Array, dict], tuple[jax.Array, dict]]
@@ -186,7 +196,9 @@ def make_train_step(
     A model with Switch feed-forward layers (effjax.layers.SwitchFeedForward) adds their
     weighted auxiliary losses to ``loss_fn``'s loss and reports ``moe/aux_loss``,
     ``moe/load_balancing_loss``, ``moe/router_z_loss`` and ``moe/tokens_dropped`` (the
-    fraction of tokens no expert took this step) among the metrics.
+    fraction of tokens no expert took this step) among the metrics; one with a compressive
+    memory (``DecoderConfig.compressed_mem_len``) adds its attention-reconstruction loss
+    and reports ``compression/aux_loss`` and ``compression/attention_reconstruction``.
     A model that writes the ``"memory"`` collection (effjax.models.MEMORY: Transformer-XL's
     segment memory) gets it back at the next step: the data's consecutive batches are
     consecutive segments.
@@ -205,9 +217,9 @@ def make_train_step(
                 train=True,
                 rng=rng,
                 collections=state.collections,
-                mutable=[MOE_LOSSES, MEMORY, *step_collections],
+                mutable=[*AUX_LOSSES, MEMORY, *step_collections],
             )
-            loss, metrics = _with_expert_losses(*loss_fn(logits, batch), mutated)
+            loss, metrics = _with_aux_losses(*loss_fn(logits, batch), mutated)
             written = {name: mutated[name] for name in step_collections if name in mutated}
             return loss, (metrics, _carried(mutated), written)
 

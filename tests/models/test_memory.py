@@ -7,7 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from effjax.models import MEMORY, DecoderConfig, DecoderLM, generate
+from effjax.models import (
+    COMPRESSION_LOSSES,
+    MEMORY,
+    DecoderConfig,
+    DecoderLM,
+    compression_losses,
+    generate,
+    next_token_loss,
+)
 
 CFG = DecoderConfig(
     vocab_size=16,
@@ -36,16 +44,17 @@ def _step(cfg: DecoderConfig):
 
 
 @functools.cache
-def _params():
-    return DecoderLM(CFG).init(jax.random.key(1), TOKENS[:, :T])["params"]
+def _params(cfg: DecoderConfig = CFG):
+    return DecoderLM(cfg).init(jax.random.key(1), TOKENS[:, :T])["params"]
 
 
-def run_segments(cfg, tokens, memory=None):
+def run_segments(cfg, tokens, memory=None, params=None):
     """Logits of consecutive length-T segments of ``tokens``, carrying the memory."""
     memory = {} if memory is None else memory
+    params = _params() if params is None else params
     logits = []
     for start in range(0, tokens.shape[1], T):
-        out, memory = _step(cfg)(_params(), memory, tokens[:, start : start + T])
+        out, memory = _step(cfg)(params, memory, tokens[:, start : start + T])
         logits.append(out)
     return logits, memory
 
@@ -63,13 +72,14 @@ def test_second_segment_equals_the_full_sequence_when_memory_covers_it():
     assert np.abs(alone - second).max() > 1e-3
 
 
-def _segment2_change(cfg, position):
-    """Largest change of segment 2's logits when segment 1's token ``position`` changes."""
-    tokens = TOKENS[:, : 2 * T]
+def _segment2_change(cfg, position, segments=2):
+    """Largest change of the last segment's logits when segment 1's token ``position``
+    changes (``segments`` segments)."""
+    tokens = TOKENS[:, : segments * T]
     perturbed = tokens.at[:, position].set((tokens[:, position] + 5) % 16)
-    (_, base), _ = run_segments(cfg, tokens)
-    (_, moved), _ = run_segments(cfg, perturbed)
-    return float(np.abs(base - moved).max())
+    base, _ = run_segments(cfg, tokens)
+    moved, _ = run_segments(cfg, perturbed)
+    return float(np.abs(base[-1] - moved[-1]).max())
 
 
 def test_prediction_depends_on_tokens_m_back_only_with_memory():
@@ -142,6 +152,13 @@ def test_no_gradient_flows_into_the_memory():
         ({"positions": "learned"}, r"mem_len=4 .* needs positions='relative'"),
         ({"mem_len": -1, "positions": "relative"}, r"mem_len must be >= 0, got -1"),
         ({"eval_mem_len": -2}, r"eval_mem_len must be >= 0, got -2"),
+        ({"compressed_mem_len": -1}, r"compressed_mem_len must be >= 0, got -1"),
+        ({"compression_rate": 0}, r"compression_rate must be >= 1, got 0"),
+        ({"compression": "max"}, r"compression must be one of \('mean', 'conv'\), got 'max'"),
+        (
+            {"mem_len": 0, "compressed_mem_len": 2, "positions": "relative"},
+            r"compressed_mem_len=2 needs mem_len > 0",
+        ),
     ],
 )
 def test_bad_memory_configs_raise(changes, message):
@@ -153,3 +170,87 @@ def test_relative_positions_refuse_cached_decoding():
     variables = DecoderLM(CFG).init(jax.random.key(0), TOKENS[:, :T])
     with pytest.raises(ValueError, match=r"positions='relative'.*no cached decoding"):
         generate(DecoderLM(CFG), variables, TOKENS[:, :2], max_new_tokens=2)
+
+
+# ---------------------------------------------------------------- compressive memory
+
+COMPRESSIVE = CFG.replace(mem_len=2, compressed_mem_len=2, compression_rate=2)
+
+
+@pytest.mark.parametrize("compression", ["mean", "conv"])
+def test_rate_one_compression_is_a_longer_memory(compression):
+    # c = 1 moves each evicted position into the compressed memory unchanged (the conv
+    # starts as the mean), so [compressed(2); memory(2)] is a memory of 4.
+    cfg = COMPRESSIVE.replace(compression_rate=1, compression=compression)
+    params = _params(cfg)
+    compressed, _ = run_segments(cfg, TOKENS, params=params)
+    longer, _ = run_segments(CFG.replace(mem_len=4), TOKENS, params=params)
+    for a, b in zip(compressed, longer, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_mean_compression_averages_the_evicted_positions():
+    # Layer 0's memory holds token embeddings. M = 3, T = 4, c = 2: segment 1 evicts
+    # [empty, empty, empty, t0] (one slot: t0 alone, the mean over real positions),
+    # segment 2 evicts [t1, t2, t3, t4].
+    cfg = COMPRESSIVE.replace(mem_len=3, compression="mean")
+    table = np.asarray(_params()["token_embeddings"]["embedding"])
+    e = table[np.asarray(TOKENS)]  # [B, 3T, D]
+    _, first = run_segments(cfg, TOKENS[:, :T])
+    layer = first[MEMORY]["layer_0"]["memory"]
+    assert layer["compressed_mask"].tolist() == [[False, True]] * 2
+    np.testing.assert_allclose(layer["compressed"][:, 1], e[:, 0], atol=1e-6)
+    _, second = run_segments(cfg, TOKENS[:, : 2 * T])
+    layer = second[MEMORY]["layer_0"]["memory"]
+    assert layer["compressed_mask"].all()
+    hand = np.stack([(e[:, 1] + e[:, 2]) / 2, (e[:, 3] + e[:, 4]) / 2], axis=1)
+    np.testing.assert_allclose(layer["compressed"], hand, atol=1e-6)
+
+
+def test_compressed_memory_reaches_beyond_the_memory():
+    # One layer, M = 2, T = 4, c = 2, M_c = 2: segment 3 sees segment 1's positions 2, 3
+    # only through the compressed slots (segment 2 evicted them), position 1 not at all.
+    one_layer = COMPRESSIVE.replace(num_layers=1, compression="mean")
+    assert _segment2_change(one_layer, 2, segments=3) > 1e-3
+    assert _segment2_change(one_layer, 1, segments=3) == 0.0
+    assert _segment2_change(one_layer.replace(compressed_mem_len=0), 2, segments=3) == 0.0
+
+
+def test_only_the_reconstruction_loss_trains_the_compressor():
+    model = DecoderLM(COMPRESSIVE)
+    params = _params(COMPRESSIVE)
+    _, memory = run_segments(COMPRESSIVE, TOKENS[:, : 2 * T], params=params)
+    segment = TOKENS[:, 2 * T :]
+
+    def losses(params, memory):
+        logits, sown = model.apply(
+            {"params": params, **memory}, segment, mutable=[MEMORY, COMPRESSION_LOSSES]
+        )
+        return next_token_loss(logits, segment), compression_losses(sown)["aux_loss"]
+
+    def lm_over_two_segments(params):  # segment 2 compresses with the same params
+        _, state = model.apply({"params": params}, TOKENS[:, :T], mutable=[MEMORY])
+        _, state = model.apply({"params": params, **state}, TOKENS[:, T : 2 * T], mutable=[MEMORY])
+        return losses(params, state)[0]
+
+    aux_grad = jax.jit(jax.grad(lambda p: losses(p, memory)[1]))(params)
+    lm_grads = [
+        jax.jit(jax.grad(lambda p: losses(p, memory)[0]))(params),
+        jax.jit(jax.grad(lm_over_two_segments))(params),
+    ]
+    for path, leaf in jax.tree_util.tree_leaves_with_path(aux_grad):
+        name = jax.tree_util.keystr(path)
+        if "compress" in name:
+            assert float(jnp.abs(leaf).max()) > 0, name
+        else:
+            assert float(jnp.abs(leaf).max()) == 0.0, name
+    for grads in lm_grads:
+        for layer in ("layer_0", "layer_1"):
+            for leaf in jax.tree.leaves(grads[layer]["memory"]):
+                assert float(jnp.abs(leaf).max()) == 0.0
+
+
+def test_segment_length_must_be_a_multiple_of_the_compression_rate():
+    cfg = COMPRESSIVE.replace(compression_rate=3)
+    with pytest.raises(ValueError, match=r"segment length T=4 .* multiple of compression_rate=3"):
+        DecoderLM(cfg).init(jax.random.key(0), TOKENS[:, :T])

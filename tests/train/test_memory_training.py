@@ -10,7 +10,7 @@ import pytest
 
 from effjax.cli import main
 from effjax.data import LanguageModelData, repeated_blocks
-from effjax.models import MEMORY, DecoderConfig, DecoderLM
+from effjax.models import COMPRESSION_LOSSES, MEMORY, DecoderConfig, DecoderLM, compression_losses
 from effjax.train import tasks
 from effjax.train.config import DataConfig, RunConfig, load_config
 from effjax.train.loop import (
@@ -84,6 +84,29 @@ def test_evaluation_starts_fresh_and_carries_memory_across_batches(two_steps):
     np.testing.assert_allclose(got["loss"], np.mean(losses), rtol=1e-5)
     fresh = np.mean([_loss(longer, first.params, {}, b) for b in DATA.eval_batches("validation")])
     assert abs(fresh - got["loss"]) > 1e-4
+
+
+def test_train_step_adds_and_reports_the_compression_loss():
+    # M = T = 4: step 0 evicts only empty slots (no loss, the compressor stays put),
+    # step 1 evicts batch 0's tokens and its reconstruction loss trains the compressor.
+    model = DecoderLM(CFG.replace(mem_len=4, compressed_mem_len=2, compression_rate=2))
+    tx = optax.sgd(0.1)
+    state = init_state(model, tx, 0, DATA.train_batch(0))
+    step = jax.jit(make_train_step(model, tx, 0, language_model_loss))
+    first, metrics_0 = step(state, DATA.train_batch(0))
+    second, metrics_1 = step(first, DATA.train_batch(1))
+    compressor = lambda s: s.params["layer_0"]["memory"]["compress"]["kernel"]  # noqa: E731
+    assert float(metrics_0["compression/aux_loss"]) == 0.0
+    np.testing.assert_array_equal(compressor(first), compressor(state))
+    _, sown = model.apply(
+        {"params": first.params, **first.collections},
+        DATA.train_batch(1)["inputs"],
+        mutable=[MEMORY, COMPRESSION_LOSSES],
+    )
+    expected = float(compression_losses(sown)["aux_loss"])
+    assert expected > 0
+    np.testing.assert_allclose(float(metrics_1["compression/aux_loss"]), expected, rtol=1e-5)
+    assert float(np.abs(compressor(second) - compressor(first)).max()) > 0
 
 
 def test_effjax_train_runs_the_memory_smoke_config(tmp_path):
