@@ -266,7 +266,8 @@ def init_state(
         )
     )
     params = variables.pop("params")
-    variables.pop(MOE_LOSSES, None)  # per-step statistics, not state
+    for name in AUX_LOSSES:  # per-step statistics, not state
+        variables.pop(name, None)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
