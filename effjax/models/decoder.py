@@ -291,8 +291,7 @@ class DecoderLM(nn.Module):
         cfg = self.config
         positions = self._positions(input_ids, padding_mask)
         if cfg.positions == "sinusoidal":
-            table = sinusoidal_positions(cfg.max_position_embeddings, cfg.hidden_size)
-            return jnp.take(table, positions, axis=0)
+            return jnp.take(self._sinusoids(), positions, axis=0)
         return embedding_layer(
             cfg.quantization,
             cfg.max_position_embeddings,
@@ -300,6 +299,25 @@ class DecoderLM(nn.Module):
             embedding_init=_init(cfg),
             name="position_embeddings",
         )(positions)
+
+    def _sinusoids(self) -> jax.Array:
+        """``[max_len, D]``: Vaswani et al.'s table; for a reversible stack, the table of
+        width ``D / 2`` in each half.
+
+        The table puts the sines of every frequency in its first half and the cosines in
+        its second, and a reversible stack splits the hidden state into exactly those
+        halves: its attention branch would see cosines only, whose dot products depend
+        on the absolute positions, not their offset, and a one-layer model could not
+        learn to attend a fixed distance back (the duplication task stayed at chance).
+        With a full sine/cosine code per half, ``PE(p) . PE(p + k)`` depends on ``k``
+        alone in both branches (as in the Reformer's trax model, which feeds each half
+        a copy of the ``D / 2``-wide embedding).
+        """
+        cfg = self.config
+        if not cfg.reversible:
+            return sinusoidal_positions(cfg.max_position_embeddings, cfg.hidden_size)
+        half = sinusoidal_positions(cfg.max_position_embeddings, cfg.hidden_size // 2)
+        return jnp.concatenate([half, half], axis=-1)
 
     def _positions(self, input_ids, padding_mask) -> jax.Array:
         """``int [B or 1, T]``: ``0..T-1``; when decoding, each row's count of real tokens

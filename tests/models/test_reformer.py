@@ -47,6 +47,21 @@ def test_sinusoidal_positions_are_used_and_unknown_positions_refused():
         config(positions="rotary")
 
 
+def test_each_half_of_the_reversible_stack_gets_relative_sinusoidal_positions():
+    """The attention branch reads one half of the hidden state; its position codes must
+    have ``PE(p) . PE(q)`` depending on ``p - q`` only (Vaswani et al. 2017, Sec. 3.5), or a
+    one-layer model cannot attend a fixed distance back (the duplication task)."""
+    model = DecoderLM(config(positions="sinusoidal", attention="dense", attention_options={}))
+    ids = jnp.zeros((1, 32), jnp.int32)
+    codes = model.apply({}, ids, None, method=DecoderLM._position_embeddings)[0]
+    assert codes.shape == (32, 32)
+    for half in jnp.split(codes, 2, axis=-1):
+        gram = np.asarray(half @ half.T)
+        # Toeplitz: the entry at (p, q) equals the one at (p + 1, q + 1).
+        np.testing.assert_allclose(gram[1:, 1:], gram[:-1, :-1], atol=1e-4)
+        assert gram[0, 0] > gram[0, 5] + 1.0  # and it does vary with the offset
+
+
 @pytest.mark.slow  # compiles the full reversible LSH model's gradient
 def test_trains_on_a_tiny_copy_task():
     model = DecoderLM(config(dropout_rate=0.1))
