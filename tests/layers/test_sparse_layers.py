@@ -17,6 +17,7 @@ from effjax.attention import (
 )
 from effjax.layers import MultiHeadAttention
 from effjax.layers.cores import evaluation_key
+from effjax.models import Encoder, EncoderConfig
 
 B, T, D = 2, 13, 16
 
@@ -152,3 +153,38 @@ def test_local_decode_equals_full_causal_pass(window, dilation, step):
         cache = mutated["cache"]
         outs.append(out)
     np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=1e-5)
+
+
+def test_pallas_block_sparse_layer_keeps_one_pattern_per_layer_in_training(x):
+    # Splash masks are static: on "pallas" the layer's evaluation key draws the pattern,
+    # in training too, so it equals the XLA layer in evaluation (and ignores the stream).
+    options = {"block_size": 2, "num_random_blocks": 1, "num_global_blocks": 1}
+    xla = MultiHeadAttention(num_heads=4, attention="block_sparse", attention_options=options)
+    pallas = xla.clone(attention_options={**options, "implementation": "pallas"})
+    variables = jax.jit(xla.init)(jax.random.key(1), x)
+    train = jax.jit(functools.partial(pallas.apply, deterministic=False))
+    np.testing.assert_allclose(
+        train(variables, x, rngs={"attention": jax.random.key(5)}),
+        jax.jit(xla.apply)(variables, x),
+        atol=1e-5,
+    )
+
+
+def test_a_config_chooses_the_implementation():
+    config = EncoderConfig(
+        vocab_size=50, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
+        attention="local", attention_options={"window_size": 3},
+    )  # fmt: skip
+    ids = jax.random.randint(jax.random.key(0), (2, 20), 3, 50)
+    model = Encoder(config)
+    variables = model.init(jax.random.key(1), ids)
+    on_pallas = Encoder(
+        config.replace(attention_options={"window_size": 3, "implementation": "pallas"})
+    )
+    np.testing.assert_allclose(
+        jax.jit(on_pallas.apply)(variables, ids), jax.jit(model.apply)(variables, ids), atol=1e-5
+    )
+    with pytest.raises(ValueError, match=r"LocalCore: implementation must be one of \(None, "):
+        MultiHeadAttention(
+            num_heads=2, attention="local", attention_options={"implementation": "cudnn"}
+        )

@@ -93,11 +93,15 @@ class AttentionCore(nn.Module):
       step_collections: non-trainable collections the core writes in a training forward
         pass (``deterministic=False``) for its :meth:`upkeep` to consume; a train step
         applies the model with them mutable and hands the result to the upkeep.
+      implementations: the values of ``function``'s ``implementation=`` argument
+        (``"xla"``, ``"pallas"``, ...) for a core with an ``implementation`` option;
+        checked when the core is built.
     """
 
     function: ClassVar[Callable[..., jax.Array] | None] = None
     takes_global_mask: ClassVar[bool] = False
     layer_options: ClassVar[tuple[str, ...]] = ()
+    implementations: ClassVar[tuple[str | None, ...]] = ()
     step_collections: ClassVar[tuple[str, ...]] = ()
 
     # ------------------------------------------------------------------ options
@@ -125,6 +129,12 @@ class AttentionCore(nn.Module):
             ) from None
 
     def __post_init__(self):
+        implementation = getattr(self, "implementation", None)
+        if implementation not in (*self.implementations, None):
+            raise ValueError(
+                f"{type(self).__name__}: implementation must be one of "
+                f"{self.implementations}, got {implementation!r}"
+            )
         self.check()
         super().__post_init__()
 

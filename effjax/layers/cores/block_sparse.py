@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax
 
-from effjax.attention import benchspec, block_sparse_attention, registry
+from effjax.attention import benchspec, block_sparse, block_sparse_attention, registry
 from effjax.layers.cores.base import AttentionCore, attention_rng
 
 
@@ -16,10 +16,16 @@ class BlockSparseCore(AttentionCore):
     ``scale``, and ``rng``: the random blocks' key. Without ``rng``, training
     (``deterministic=False``) draws a new pattern per call from the ``"attention"``
     stream and evaluation uses a fixed pattern per layer (see ``attention_rng``).
+
+    ``implementation`` (``"xla"`` or ``"pallas"``, the function's): splash attention's
+    masks are static, so with ``"pallas"`` the pattern is drawn once, at trace time, from
+    ``rng`` or else the layer's evaluation key: one fixed pattern per layer, in training
+    as in evaluation (BigBird's random blocks stop changing from step to step).
     """
 
     function = staticmethod(block_sparse_attention)
     layer_options = ("rng",)
+    implementations = block_sparse.IMPLEMENTATIONS
 
     block_size: int = 64
     num_random_blocks: int = 3
@@ -27,9 +33,16 @@ class BlockSparseCore(AttentionCore):
     per_head: bool = False
     scale: float | None = None
     rng: jax.Array | None = None
+    implementation: str | None = None
 
     def prepare(self, query, key, value, deterministic):
-        return {**self.function_options(), "rng": attention_rng(self, deterministic, self.rng)}
+        if self.implementation == "pallas":
+            # A concrete key (not traced under jit): the static per-layer pattern.
+            with jax.ensure_compile_time_eval():
+                rng = attention_rng(self, True, self.rng)
+        else:
+            rng = attention_rng(self, deterministic, self.rng)
+        return {**self.function_options(), "rng": rng}
 
 
 BENCH_OPTIONS = {"block_size": 64, "num_random_blocks": 3, "num_global_blocks": 2}

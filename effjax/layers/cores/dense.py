@@ -5,14 +5,16 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from effjax.attention import benchspec, dot_product_attention, registry
+from effjax.attention import benchspec, dense, dot_product_attention, registry
 from effjax.layers.cores.base import AttentionCore
 
 
 class DenseCore(AttentionCore):
     """:func:`~effjax.attention.dot_product_attention` in a layer.
 
-    Options: ``scale`` (default ``1/sqrt(H)``).
+    Options: ``scale`` (default ``1/sqrt(H)``), ``implementation`` (the function's:
+    ``"xla"``, ``"chunked"``, ``"pallas"``, ``"cudnn"``; None picks by backend).
+    Decoding always runs ``"xla"`` (the cache is a dense mask).
 
     Decoding cache (flax's names): ``cached_key``, ``cached_value`` ``[B, L, K, H]``
     with ``L`` the init input's length, and ``cached_mask`` bool ``[B, L]``, True at the
@@ -22,10 +24,14 @@ class DenseCore(AttentionCore):
     """
 
     function = staticmethod(dot_product_attention)
+    implementations = dense.IMPLEMENTATIONS
 
     scale: float | None = None
+    implementation: str | None = None
 
     def decode_step(self, query, key, value, kwargs, *, padding_mask=None):
+        # The cache is a dense mask: the function's default path (no implementation).
+        kwargs = {k: v for k, v in kwargs.items() if k != "implementation"}
         cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
         cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
         cached_mask = self.variable("cache", "cached_mask", jnp.zeros, key.shape[:2], bool)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from effjax.attention import benchspec, global_local_attention, registry
+from effjax.attention import benchspec, global_local, global_local_attention, registry
 from effjax.attention import masks as masks_lib
 from effjax.layers.cores.base import AttentionCore
 from effjax.layers.cores.local import BENCH_WINDOW, DEFAULT_WINDOW, window_pairs
@@ -19,7 +19,8 @@ class GlobalLocalCore(AttentionCore):
     ``scale``, ``block_size``, ``global_projections`` (False; True gives global tokens
     their own query/key/value projections, ``query_global``/``key_global``/
     ``value_global``, as Longformer's checkpoints have; see ``global_qkv`` of
-    :func:`~effjax.attention.global_local_attention`).
+    :func:`~effjax.attention.global_local_attention`), ``implementation`` (``"xla"``
+    or ``"pallas"``: splash attention, not causal; the function's).
 
     The global tokens are per-call data: the layer's ``global_mask`` bool ``[B, T]``
     argument. Without one no token is global (pure sliding window), as Longformer's
@@ -28,6 +29,7 @@ class GlobalLocalCore(AttentionCore):
 
     function = staticmethod(global_local_attention)
     takes_global_mask = True
+    implementations = global_local.IMPLEMENTATIONS
 
     window_size: int | tuple[int, int] = DEFAULT_WINDOW
     dilation: int = 1
@@ -35,6 +37,7 @@ class GlobalLocalCore(AttentionCore):
     scale: float | None = None
     block_size: int | None = None
     global_projections: bool = False
+    implementation: str | None = None
 
     layer_options = ("global_projections",)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from effjax.attention import benchspec, local_attention, registry
+from effjax.attention import benchspec, local, local_attention, registry
 from effjax.attention import masks as masks_lib
 from effjax.layers.cores.base import AttentionCore
 
@@ -22,7 +22,8 @@ class LocalCore(AttentionCore):
     """:func:`~effjax.attention.local_attention` in a layer.
 
     Options: ``window_size`` (``w`` or ``(left, right)``, default 256 = Longformer's
-    512-wide window), ``dilation`` (1), ``scale``, ``block_size`` (the function's).
+    512-wide window), ``dilation`` (1), ``scale``, ``block_size`` and
+    ``implementation`` (``"xla"`` or ``"pallas"``; the function's).
 
     Decoding cache: ``cached_key``, ``cached_value`` ``[B, L, K, H]`` hold the keys and
     values of the ``L = left * dilation`` positions before the next token (oldest
@@ -35,11 +36,13 @@ class LocalCore(AttentionCore):
     """
 
     function = staticmethod(local_attention)
+    implementations = local.IMPLEMENTATIONS
 
     window_size: int | tuple[int, int] = DEFAULT_WINDOW
     dilation: int = 1
     scale: float | None = None
     block_size: int | None = None
+    implementation: str | None = None
 
     def check(self):
         masks_lib.normalize_window(self.window_size)
