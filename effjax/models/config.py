@@ -93,6 +93,11 @@ def _check_scale_options(config) -> None:
         raise ValueError(f"num_experts must be >= 0, got {config.num_experts}")
     if not config.num_experts:
         return
+    if not config.feed_forward:
+        raise ValueError(
+            f"num_experts={config.num_experts} makes the feed-forward a mixture of experts; "
+            "feed_forward=False has none"
+        )
     if config.expert_top_k not in (1, 2) or config.expert_top_k > config.num_experts:
         raise ValueError(
             f"expert_top_k must be 1 or 2 and <= num_experts={config.num_experts}, "
@@ -142,6 +147,9 @@ class ModelConfig:
       expert_top_k: 1 (Switch) or 2 (GShard) experts per token.
       load_balancing_loss, router_z_loss: weights of the auxiliary losses added to the
         training loss (Fedus et al. 2021: 1e-2; Zoph et al. 2022: 1e-3).
+      feed_forward: False drops every block's feed-forward sub-layer (and its LayerNorm):
+        the all-attention layer of Sukhbaatar et al. 2019, where persistent memory
+        vectors (``attention="persistent_memory"``) take the feed-forward's place.
       remat: rematerialisation of each block in the backward pass: ``"none"``, ``"full"``
         (keep only the block's inputs) or ``"dots"`` (keep the outputs of matmuls without
         batch dimensions, the projections, and recompute the rest, attention scores
@@ -173,6 +181,7 @@ class ModelConfig:
     layer_attention_options: Sequence[Mapping[str, Any]] | None = None
     pad_token_id: int = 0
     ff_chunk_size: int | None = None
+    feed_forward: bool = True
     num_experts: int = 0
     expert_capacity_factor: float = 1.25
     expert_top_k: int = 1
@@ -233,6 +242,15 @@ class EncoderConfig(ModelConfig):
         values, so block ``k`` runs on ``T / 2^k`` positions; the encoder's output is
         the pooled sequence (classification). None = no pooling.
       pooling: ``"mean"`` (the paper's) or ``"max"``.
+      global_memory_tokens: ``G > 0`` learned vectors (param ``global_memory [G, D]``)
+        prepended to the embedded sequence as global tokens that attend to and are
+        attended by every token (ETC, Ainslie et al. 2020; BigBird's ITC, Zaheer et al.
+        2020), and removed from the output (still ``[B, T, D]``). With
+        ``attention="global_local"`` the layers' ``global_mask`` marks them, so a sliding
+        window plus G memory tokens connects every pair of tokens in two layers; under
+        variants that see every key (dense, kernel, low-rank) they are global anyway;
+        other fixed sparse patterns (local, block_sparse, lsh) treat them as G ordinary
+        tokens at the front. Not with ``block_sizes`` (pooling would mix them in).
 
     Example:
       >>> from effjax.models import EncoderConfig
@@ -251,10 +269,18 @@ class EncoderConfig(ModelConfig):
     gbst_downsample_rate: int = 2
     block_sizes: tuple[int, ...] | None = None
     pooling: str = "mean"
+    global_memory_tokens: int = 0
 
     def __post_init__(self):
         super().__post_init__()
-        _check_quantization(self, {"gbst_block_sizes": self.gbst_block_sizes})
+        _check_quantization(
+            self,
+            {
+                "gbst_block_sizes": self.gbst_block_sizes,
+                "global_memory_tokens": self.global_memory_tokens,
+            },
+        )
+        _check_global_memory(self)
         if self.gbst_block_sizes is not None:
             _check_gbst(self)
         if self.block_sizes is not None:
@@ -352,6 +378,17 @@ def _check_gbst(config: EncoderConfig) -> None:
         raise ValueError(
             "gbst_block_sizes pools the sequence before the layers; per-token global_mask "
             "of attention='global_local' would not match the pooled length"
+        )
+
+
+def _check_global_memory(config: EncoderConfig) -> None:
+    tokens = config.global_memory_tokens
+    if not isinstance(tokens, int) or tokens < 0:
+        raise ValueError(f"global_memory_tokens must be an int >= 0, got {tokens!r}")
+    if tokens and config.block_sizes is not None:
+        raise ValueError(
+            f"global_memory_tokens={tokens} does not combine with block_sizes="
+            f"{config.block_sizes} (Funnel pooling would average memory and tokens together)"
         )
 
 
@@ -584,8 +621,9 @@ def _check_reversible(config: DecoderConfig) -> None:
             "reversible=True runs one attention setup in every layer; "
             "layer_attention_options is not supported"
         )
-    if config.num_experts or config.remat != "none":
+    if config.num_experts or config.remat != "none" or not config.feed_forward:
         raise ValueError(
-            "reversible=True recomputes its blocks already and has no expert layers; "
-            f"got num_experts={config.num_experts}, remat={config.remat!r}"
+            "reversible=True recomputes its blocks already and pairs attention with a "
+            f"feed-forward; got num_experts={config.num_experts}, remat={config.remat!r}, "
+            f"feed_forward={config.feed_forward}"
         )

@@ -41,7 +41,8 @@ Dtype = Any
 
 
 class DecoderLayer(nn.Module):
-    """Pre-LN causal block ``[B, T, D] -> [B, T, D]``."""
+    """Pre-LN causal block ``[B, T, D] -> [B, T, D]``: ``x = x + Attn(LN(x))``, then
+    ``x = x + FF(LN(x))`` unless ``config.feed_forward`` is False."""
 
     config: DecoderConfig
     attention_options: Mapping[str, Any]
@@ -87,6 +88,8 @@ class DecoderLayer(nn.Module):
         else:
             h = attn(attention_norm(x), padding_mask=padding_mask, deterministic=deterministic)
         x = x + nn.Dropout(cfg.hidden_dropout_rate)(h, deterministic=deterministic)
+        if not cfg.feed_forward:  # the all-attention layer (Sukhbaatar et al. 2019)
+            return x
         h = norm("output_norm")(x)
         return x + apply_feed_forward(
             cfg, h, padding_mask, deterministic=deterministic, dtype=self.dtype

@@ -217,7 +217,8 @@ def funnel_pool(
 
 
 class EncoderLayer(nn.Module):
-    """Post-LN block: ``x = LN(x + Dropout(Attn(x))); x = LN(x + FF(x))``, ``[B, T, D]``."""
+    """Post-LN block: ``x = LN(x + Dropout(Attn(x))); x = LN(x + FF(x))``, ``[B, T, D]``
+    (only the first half when ``config.feed_forward`` is False)."""
 
     config: EncoderConfig
     attention_options: Mapping[str, Any]
@@ -248,6 +249,8 @@ class EncoderLayer(nn.Module):
         )
         h = nn.Dropout(cfg.hidden_dropout_rate)(h, deterministic=deterministic)
         x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="attention_norm")(x + h)
+        if not cfg.feed_forward:  # the all-attention layer (Sukhbaatar et al. 2019)
+            return x
         h = apply_feed_forward(cfg, x, padding_mask, deterministic=deterministic, dtype=self.dtype)
         return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="output_norm")(x + h)
 
@@ -288,6 +291,10 @@ class Encoder(nn.Module):
             self.pooler = model_dense(cfg, cfg.hidden_size, dtype=dtype)
         if cfg.gbst_block_sizes is not None:
             self.gbst = GBST(cfg.gbst_block_sizes, cfg.gbst_downsample_rate, dtype=dtype)
+        if cfg.global_memory_tokens:
+            self.global_memory = self.param(
+                "global_memory", _init(cfg), (cfg.global_memory_tokens, cfg.hidden_size)
+            )
 
     def __call__(
         self,
@@ -321,6 +328,9 @@ class Encoder(nn.Module):
         if self.config.gbst_block_sizes is not None:
             x, pooled_mask = self.gbst(x, padding_mask)
             padding_mask = None if padding_mask is None else pooled_mask
+        memory = self.config.global_memory_tokens
+        if memory:
+            x, padding_mask, global_mask = self._prepend_memory(x, padding_mask, global_mask)
         pooling_layers = self.config.funnel_pooling_layers
         for i, layer in enumerate(self.layers):
             kv = {}
@@ -336,9 +346,22 @@ class Encoder(nn.Module):
                 deterministic=deterministic,
                 **kv,
             )
+        x = x[:, memory:]
         if self.is_initializing() and self.config.add_pooler:
             self.pooled_output(x)  # creates the pooler's parameters at init
         return x
+
+    def _prepend_memory(self, x, padding_mask, global_mask):
+        """``[memory; x]`` with the G memory tokens real and global (ETC/BigBird)."""
+        (b, t), g = x.shape[:2], self.config.global_memory_tokens
+        memory = jnp.broadcast_to(self.global_memory.astype(x.dtype), (b, g, x.shape[-1]))
+        if padding_mask is not None:
+            padding_mask = jnp.concatenate([jnp.ones((b, g), bool), padding_mask], axis=1)
+        # numpy stays numpy: global_local counts a concrete mask's global tokens statically.
+        lib = np if global_mask is None or isinstance(global_mask, np.ndarray) else jnp
+        tokens = np.zeros((b, t), bool) if global_mask is None else global_mask
+        global_mask = lib.concatenate([np.ones((b, g), bool), tokens], axis=1)
+        return jnp.concatenate([memory, x], axis=1), padding_mask, global_mask
 
     def pooled_output(self, hidden: jax.Array) -> jax.Array:
         """BERT's pooler: ``tanh(Dense(hidden[:, 0]))``, ``[B, T, D] -> [B, D]``."""
