@@ -136,7 +136,9 @@ class SwitchFeedForward(nn.Module):
     ``[E, B, capacity, D]`` are constrained to be split over that mesh axis (run under
     ``jax.set_mesh(mesh)``, with the expert parameters, whose leading axis is ``E``,
     split over it too), so XLA sends each token to its expert's device and back; the
-    result equals the single-device one.
+    result equals the single-device one. Without ``expert_axis`` the activations carry
+    the logical axes ``("expert", "batch", ...)`` instead, which ``effjax train`` maps to
+    its mesh (effjax.train.sharding).
 
     Parameters: ``router/kernel [D, E]`` (float32), ``experts/intermediate/kernel
     [E, D, d_ff]`` and ``bias [E, d_ff]``, ``experts/output/kernel [E, d_ff, D]`` and
@@ -239,9 +241,11 @@ class SwitchFeedForward(nn.Module):
         return out
 
     def _expert_major(self, x: jax.Array) -> jax.Array:
-        """Splits ``[E, ...]`` over ``expert_axis`` (when set) so each device runs its experts."""
+        """Splits ``[E, B, C, D]`` over ``expert_axis`` (when set) so each device runs its
+        experts; otherwise the logical axes ``("expert", "batch")``, a no-op unless logical
+        axis rules are bound (``effjax train`` binds its mesh's)."""
         if self.expert_axis is None:
-            return x
+            return nn.with_logical_constraint(x, ("expert", "batch", None, None))
         return jax.lax.with_sharding_constraint(x, PartitionSpec(self.expert_axis))
 
     def _sow_losses(self, logits, probs, expert, kept, valid) -> None:

@@ -118,7 +118,8 @@ class RunConfig:
       log_every, eval_every, checkpoint_every: intervals in steps.
       eval_examples: examples of the validation split per evaluation (None: all).
       max_checkpoints: checkpoints kept.
-      mesh_data, mesh_model: device mesh shape (-1: all remaining devices).
+      mesh_data, mesh_model, mesh_expert: device mesh shape (``mesh_data=-1``: all
+        remaining devices); Switch experts are split over the ``"expert"`` axis.
       sharding: ``"data"`` (replicated parameters), ``"tensor"`` (parameters sharded
         over the model axis) or ``"sequence"`` (tensor + the batch's length axis).
       progress: show a progress bar.
@@ -137,6 +138,7 @@ class RunConfig:
     max_checkpoints: int = 3
     mesh_data: int = -1
     mesh_model: int = 1
+    mesh_expert: int = 1
     sharding: str = "data"
     progress: bool = True
 
@@ -177,6 +179,7 @@ RESUMABLE_CHANGES = frozenset(
         "run.max_checkpoints",
         "run.mesh_data",
         "run.mesh_model",
+        "run.mesh_expert",
         "run.sharding",
         "name",
     }

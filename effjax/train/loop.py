@@ -512,7 +512,7 @@ def train(
     check_workdir(workdir, config)
 
     tx = make_optimizer(config.optimizer, run.num_steps)
-    mesh = sharding.make_mesh(run.mesh_data, run.mesh_model)
+    mesh = sharding.make_mesh(run.mesh_data, run.mesh_model, expert=run.mesh_expert)
     rules = sharding.RULES[run.sharding]
     example = data.train_batch(0)
     abstract = jax.eval_shape(lambda b: init_state(model, tx, run.seed, b), example)
@@ -556,7 +556,7 @@ def train(
         shapes = tuple(sorted((k, v.shape) for k, v in batch.items()))
         if shapes not in compiled:
             compiled[shapes] = sharding.jit_sharded(
-                step_fn, state_sharding, sharding.batch_shardings(batch, mesh, rules)
+                step_fn, state_sharding, sharding.batch_shardings(batch, mesh, rules), rules
             )
         return compiled[shapes](state, batch)
 

@@ -11,6 +11,12 @@ one device (tests/train/test_sharding.py checks parameters and loss to 1e-5):
   parameter path is given logical axis names (``("embed", "heads", "kv")`` for a
   query kernel) by :data:`PARAM_LOGICAL_AXES`, and the rules map logical names to mesh
   axes. ``SEQUENCE_RULES`` also splits the batch's length axis over ``"model"``.
+* **Expert parallel** (same ``jit``): Switch experts (effjax.layers.SwitchFeedForward)
+  are split over the mesh axis ``"expert"`` (``make_mesh(expert=...)``, the run's
+  ``mesh_expert``): their parameters by their leading ``E`` axis, their expert-major
+  activations by the layer's logical constraint, which :func:`jit_sharded` binds to the
+  rules; XLA moves each token to its expert's device and back. The batch stays split
+  over ``"data"`` only.
 * **pmap** data parallel: :func:`pmap_train_step` with ``jax.lax.pmean`` of gradients.
 
 Multi-host (TPU pods, multi-node GPU): call ``jax.distributed.initialize()`` at the
@@ -25,7 +31,7 @@ Checkpoints go to storage every host can reach (GCS); orbax coordinates the writ
 Example:
   >>> mesh = make_mesh(data=-1, model=1)
   >>> mesh.axis_names
-  ('data', 'model')
+  ('data', 'model', 'expert')
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ Rules = Sequence[tuple[str, str | None]]
 #: and the MLP's hidden units are split, activations' feature axis is whole).
 TENSOR_RULES: Rules = (
     ("batch", "data"),
+    ("expert", "expert"),
     ("length", None),
     ("embed", None),
     ("heads", "model"),
@@ -55,13 +62,17 @@ TENSOR_RULES: Rules = (
 )
 #: As TENSOR_RULES, and the batch's length axis split over "model" too.
 SEQUENCE_RULES: Rules = (("length", "model"), *TENSOR_RULES[:1], *TENSOR_RULES[2:])
-#: Everything replicated but the batch.
-DATA_RULES: Rules = (("batch", "data"),)
+#: Everything replicated but the batch (and Switch experts, over "expert").
+DATA_RULES: Rules = (("batch", "data"), ("expert", "expert"))
 RULES = {"data": DATA_RULES, "tensor": TENSOR_RULES, "sequence": SEQUENCE_RULES}
 
 #: Parameter path (``"/"``-joined) pattern -> logical axes, first match wins. Names
 #: follow effjax.layers.MultiHeadAttention (query/key/value/out) and flax Dense/Embed.
 PARAM_LOGICAL_AXES: Sequence[tuple[str, tuple[str, ...]]] = (
+    (r"experts/intermediate/kernel$", ("expert", "embed", "mlp")),
+    (r"experts/intermediate/bias$", ("expert", "mlp")),
+    (r"experts/output/kernel$", ("expert", "mlp", "embed")),
+    (r"experts/output/bias$", ("expert", "embed")),
     (r"(query|key|value)/kernel$", ("embed", "heads", "kv")),
     (r"(query|key|value)/bias$", ("heads", "kv")),
     (r"attention/out/kernel$|/out/kernel$", ("heads", "kv", "embed")),
@@ -72,18 +83,28 @@ PARAM_LOGICAL_AXES: Sequence[tuple[str, tuple[str, ...]]] = (
 )
 
 
-def make_mesh(data: int = -1, model: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A ``("data", "model")`` mesh; ``-1`` takes the devices the other axis leaves.
+def make_mesh(
+    data: int = -1,
+    model: int = 1,
+    devices: Sequence[jax.Device] | None = None,
+    *,
+    expert: int = 1,
+) -> Mesh:
+    """A ``("data", "model", "expert")`` mesh; ``data=-1`` takes the devices the other
+    axes leave.
 
     Raises:
       ValueError: the shape does not match the number of devices.
     """
     devices = list(jax.devices() if devices is None else devices)
-    if data == -1:
-        data = len(devices) // model
-    if data * model != len(devices) or data <= 0 or model <= 0:
-        raise ValueError(f"mesh (data={data}, model={model}) does not fit {len(devices)} devices")
-    return Mesh(np.asarray(devices).reshape(data, model), ("data", "model"))
+    if data == -1 and model > 0 and expert > 0:
+        data = len(devices) // (model * expert)
+    if data * model * expert != len(devices) or min(data, model, expert) <= 0:
+        raise ValueError(
+            f"mesh (data={data}, model={model}, expert={expert}) does not fit "
+            f"{len(devices)} devices"
+        )
+    return Mesh(np.asarray(devices).reshape(data, model, expert), ("data", "model", "expert"))
 
 
 def param_logical_axes(name: str, ndim: int, patterns=PARAM_LOGICAL_AXES) -> tuple | None:
@@ -152,14 +173,33 @@ def batch_shardings(batch: dict[str, Any], mesh: Mesh, rules: Rules) -> dict[str
     }
 
 
-def jit_sharded(step: Callable, state_sharding: Any, batch_sharding: Any) -> Callable:
-    """``step(state, batch) -> (state, metrics)`` compiled over a mesh with fixed shardings."""
-    return jax.jit(
+def jit_sharded(
+    step: Callable,
+    state_sharding: Any,
+    batch_sharding: Any,
+    rules: Rules | None = None,
+) -> Callable:
+    """``step(state, batch) -> (state, metrics)`` compiled over a mesh with fixed shardings.
+
+    With ``rules``, the step is traced under them and the mesh of ``state_sharding``
+    (``nn.logical_axis_rules``, ``jax.set_mesh``), so layers' logical sharding
+    constraints (Switch experts' ``"expert"`` axis) take effect; without, they are no-ops.
+    """
+    compiled = jax.jit(
         step,
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, None),
         donate_argnums=0,
     )
+    if rules is None:
+        return compiled
+    mesh = jax.tree.leaves(state_sharding)[0].mesh
+
+    def run(state, batch):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+            return compiled(state, batch)
+
+    return run
 
 
 def pmap_train_step(step: Callable, axis_name: str = "batch") -> Callable:

@@ -1,7 +1,6 @@
 """The train loop carries the collections attention cores write in training: routing's
 k-means centroids move under ``effjax train`` by the paper's moving average."""
 
-import dataclasses
 from pathlib import Path
 
 import jax
@@ -9,7 +8,8 @@ import numpy as np
 
 from effjax.layers.cores import ROUTING_CENTROIDS
 from effjax.train import loop, tasks
-from effjax.train.config import RunConfig, load_config
+from effjax.train.config import load_config
+from tests.train._tiny import tiny_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,12 +19,7 @@ def _unit(x):
 
 
 def test_routing_centroids_move_by_the_moving_average_under_effjax_train(tmp_path):
-    smoke = load_config(ROOT / "configs/smoke_routing.py")
-    listops = dataclasses.replace(smoke.data.listops, num_train=8, num_validation=8, num_test=8)
-    config = smoke.replace(
-        data=dataclasses.replace(smoke.data, listops=listops),
-        run=RunConfig(batch_size=8, num_steps=1, eval_examples=8, progress=False),
-    )
+    config = tiny_run(load_config(ROOT / "configs/smoke_routing.py"))
     model, data = tasks.build_model(config), tasks.build_data(config)
     result = loop.train(config, tmp_path, model=model, data=data, loss_fn=tasks.loss_for(config))
     moved = result["state"].collections[ROUTING_CENTROIDS]["encoder"]["layer_0"]["attention"]

@@ -1,5 +1,8 @@
 """On 8 simulated CPU devices a sharded or pmap step equals the single-device step."""
 
+import json
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +11,11 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from effjax.models import EncoderConfig, EncoderForSequenceClassification
-from effjax.train import loop, sharding
+from effjax.train import loop, sharding, tasks
+from effjax.train.config import load_config
+from tests.train._tiny import tiny_run
+
+ROOT = Path(__file__).resolve().parents[2]
 
 CONFIG = EncoderConfig(
     vocab_size=24,
@@ -112,8 +119,46 @@ def test_pmap_step_equals_single_device(reference):
     _close(sharding.unreplicate(replicated).params, expected_state.params)
 
 
+def test_expert_sharded_step_equals_single_device(reference):
+    _, tx, _, batches, _ = reference
+    model = EncoderForSequenceClassification(CONFIG.replace(num_experts=4), num_labels=5)
+    state = loop.init_state(model, tx, seed=0, batch=batches[0])
+    expected_state, expected_losses = _single_device_run(model, tx, state, batches)
+
+    mesh = sharding.make_mesh(2, 1, expert=4)
+    rules = sharding.DATA_RULES
+    state_sharding = sharding.state_shardings(state, tx, mesh, rules)
+    batch_sharding = sharding.batch_shardings(batches[0], mesh, rules)
+    step = sharding.jit_sharded(
+        loop.make_train_step(model, tx, seed=0), state_sharding, batch_sharding, rules
+    )
+    sharded = jax.device_put(jax.tree.map(np.asarray, state), state_sharding)  # donated below
+    losses = []
+    for batch in batches:
+        sharded, metrics = step(sharded, jax.device_put(batch, batch_sharding))
+        losses.append(float(metrics["loss"]))
+
+    kernel = sharded.params["encoder"]["layer_0"]["feed_forward"]["experts"]["output"]["kernel"]
+    assert kernel.sharding.spec == PartitionSpec("expert", None, None)
+    assert kernel.addressable_shards[0].data.shape == (1, 64, 32)  # one expert per device
+    np.testing.assert_allclose(losses, expected_losses, rtol=1e-5)
+    _close(sharded.params, expected_state.params)
+
+
+def test_effjax_train_runs_the_moe_config_with_experts_over_the_expert_axis(tmp_path):
+    config = tiny_run(load_config(ROOT / "configs/smoke_moe.py"))
+    assert config.run.mesh_expert == 4  # 4 experts on 4 of the 8 devices
+    result = loop.train(config, tmp_path, model=tasks.build_model(config),
+                        data=tasks.build_data(config), loss_fn=tasks.loss_for(config))  # fmt: skip
+    experts = result["state"].params["encoder"]["layer_0"]["feed_forward"]["experts"]
+    assert experts["intermediate"]["kernel"].sharding.spec == PartitionSpec("expert", None, None)
+    record = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0.0 <= record["train/moe/tokens_dropped"] < 1.0
+    assert record["train/moe/aux_loss"] > 0.0  # the weighted auxiliary losses were added
+
+
 def test_bad_mesh_and_indivisible_parameters():
-    with pytest.raises(ValueError, match=r"mesh \(data=3, model=2\) does not fit 8 devices"):
+    with pytest.raises(ValueError, match=r"mesh \(data=3, model=2, expert=1\) does not fit 8"):
         sharding.make_mesh(3, 2)
     mesh = sharding.make_mesh(1, 8)
     params = {"attention": {"query": {"kernel": jnp.zeros((32, 4, 8))}}}
