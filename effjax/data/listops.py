@@ -146,6 +146,16 @@ def tokenize(source: str) -> list[int]:
         raise ValueError(f"unknown ListOps token {error.args[0]!r} in {source[:80]!r}") from None
 
 
+def detokenize(token_ids: Sequence[int]) -> str:
+    """Token ids -> the space-separated source (padding dropped); inverts :func:`tokenize`.
+
+    Example:
+      >>> detokenize(tokenize("[SM 4 [MAX 2 9 ] 8 ]"))
+      '[SM 4 [MAX 2 9 ] 8 ]'
+    """
+    return " ".join(VOCAB[i] for i in token_ids if i != PAD_ID)
+
+
 def evaluate(token_ids: Sequence[int]) -> int:
     """The value of a tokenized expression (padding ignored), by a stack machine.
 

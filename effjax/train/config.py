@@ -26,7 +26,14 @@ from typing import Any
 
 from effjax.data.listops import ListOpsSpec
 
-DATA_KINDS = ("listops", "associative_recall", "text", "repeated_blocks", "text_lm")
+DATA_KINDS = (
+    "listops",
+    "listops_bytes",
+    "associative_recall",
+    "text",
+    "repeated_blocks",
+    "text_lm",
+)
 #: Kinds trained as language models (a DecoderConfig model, consecutive segments).
 LM_DATA_KINDS = ("repeated_blocks", "text_lm")
 
@@ -36,14 +43,16 @@ class DataConfig:
     """What the model is trained on.
 
     Attributes:
-      kind: ``"listops"`` (generated, ``listops`` spec), ``"associative_recall"``
+      kind: ``"listops"`` (generated, ``listops`` spec), ``"listops_bytes"`` (the same
+        expressions as UTF-8 bytes of their source text, ``"[MAX 4 3 ]"``, for byte-level
+        models such as Charformer's GBST encoder), ``"associative_recall"``
         (generated, ``recall_*``), or ``"text"`` (byte or tokenizer classification of
         local files under ``path``); language modelling over consecutive segments
         (effjax.data.LanguageModelData; the model is a ``DecoderConfig``):
         ``"repeated_blocks"`` (generated, ``repeat_*``: random blocks each written
         several times, effjax.data.repeated_blocks) or ``"text_lm"`` (the bytes of
         ``path/<split>.txt`` for the splits train, validation and test).
-      listops: the ListOps generator's spec (kind "listops").
+      listops: the ListOps generator's spec (kinds "listops" and "listops_bytes").
       cache_dir: where generated datasets are cached (``datasets.save_to_disk``).
       path: root of a text dataset: one sub-directory per split holding one
         sub-directory per class (kind "text").

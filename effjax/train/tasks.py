@@ -111,16 +111,25 @@ def loss_for(config: ExperimentConfig) -> LossFn:
     return language_model_loss if config.data.kind in LM_DATA_KINDS else classification_loss
 
 
-def _listops_splits(config: ExperimentConfig) -> dict:
-    cache = Path(config.data.cache_dir).expanduser()
-    dataset = listops.load_listops(config.data.listops, cache)
+def _listops(config: ExperimentConfig, encode) -> dict:
+    """The generated ListOps splits with every expression's token ids ``encode``-d."""
+    dataset = listops.load_listops(config.data.listops, Path(config.data.cache_dir).expanduser())
     return {
-        split: (
-            [[LISTOPS_CLS_ID, *ids] for ids in dataset[split]["input_ids"]],
-            dataset[split]["label"],
-        )
+        split: ([encode(ids) for ids in dataset[split]["input_ids"]], dataset[split]["label"])
         for split in listops.SPLITS
     }
+
+
+def _listops_splits(config: ExperimentConfig) -> dict:
+    return _listops(config, lambda ids: [LISTOPS_CLS_ID, *ids])
+
+
+def _listops_byte_splits(config: ExperimentConfig) -> dict:
+    """ListOps as byte-level text: each expression's source, bytes + 1 (0 = padding)."""
+    length = config.data.max_length
+    return _listops(
+        config, lambda ids: text.encode_bytes(listops.detokenize(ids), max_length=length)
+    )
 
 
 def _recall_splits(config: ExperimentConfig) -> dict:
@@ -181,6 +190,7 @@ def build_data(config: ExperimentConfig) -> ClassificationData | LanguageModelDa
         )
     builders = {
         "listops": _listops_splits,
+        "listops_bytes": _listops_byte_splits,
         "associative_recall": _recall_splits,
         "text": _text_splits,
     }

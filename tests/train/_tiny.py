@@ -63,13 +63,14 @@ def tiny_config(**run) -> ExperimentConfig:
     )
 
 
-def tiny_run(config: ExperimentConfig, num_steps: int = 1, batch_size: int = 8):
-    """A packaged ListOps config cut to ``num_steps`` steps on 8-example splits (cheap to
-    generate, to evaluate, and to compile once)."""
+def tiny_run(config: ExperimentConfig, num_steps: int = 1, batch_size: int = 8, **run):
+    """A packaged ListOps config cut to ``num_steps`` steps of ``batch_size`` examples,
+    8-example evaluation splits (cheap to generate, to evaluate, and to compile once)."""
     listops = dataclasses.replace(
-        config.data.listops, num_train=batch_size, num_validation=8, num_test=8
+        config.data.listops, num_train=batch_size * num_steps, num_validation=8, num_test=8
     )
     run = dataclasses.replace(
-        config.run, batch_size=batch_size, num_steps=num_steps, eval_examples=8, progress=False
-    )
+        config.run, batch_size=batch_size, num_steps=num_steps, eval_examples=8,
+        progress=False, **run,
+    )  # fmt: skip
     return config.replace(data=dataclasses.replace(config.data, listops=listops), run=run)
