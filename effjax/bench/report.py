@@ -113,7 +113,8 @@ def _table(records: list[dict], kind: str, mode: str, peak_flops: float | None) 
     head = "| variant | " + " | ".join(f"T={t}" for t in lens) + " |"
     lines = [
         f"### {kind}, {mode}: time ms (speed-up vs {_BASELINE_NAMES[kind]}) / compiled MB"
-        + (" / % of matmul peak" if kind == "attention" else ""),
+        + (" / % of matmul peak" if kind == "attention" else "")
+        + (" / GFLOP (XLA's count)" if kind == "training" else ""),
         "",
         head,
         "|---" * (len(lens) + 1) + "|",
@@ -130,6 +131,8 @@ def _table(records: list[dict], kind: str, mode: str, peak_flops: float | None) 
             cell += f" / {_fmt_mb(r)}"
             if frac is not None:
                 cell += f" / {100 * frac:.2g}%"
+            if kind == "training" and r and r.get("flops"):
+                cell += f" / {r['flops'] / 1e9:.3g}"
             cells.append(cell)
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     return [*lines, ""]

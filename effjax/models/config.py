@@ -242,6 +242,12 @@ class EncoderConfig(ModelConfig):
         values, so block ``k`` runs on ``T / 2^k`` positions; the encoder's output is
         the pooled sequence (classification). None = no pooling.
       pooling: ``"mean"`` (the paper's) or ``"max"``.
+      upsample_layers: Funnel-Transformer's decoder (Dai et al. 2020, Sec. 2.3) for
+        token-level outputs: ``L > 0`` repeats every vector of the last block
+        ``2^(blocks - 1)`` times (cut to ``T``), adds the first block's output as a
+        residual and runs ``L`` more layers (``upsample_layer_<j>``) over the full
+        length; the encoder's output is then ``[B, T, D]`` again (masked-LM works).
+        Needs ``block_sizes``; 0 = no decoder.
       global_memory_tokens: ``G > 0`` learned vectors (param ``global_memory [G, D]``)
         prepended to the embedded sequence as global tokens that attend to and are
         attended by every token (ETC, Ainslie et al. 2020; BigBird's ITC, Zaheer et al.
@@ -270,6 +276,7 @@ class EncoderConfig(ModelConfig):
     block_sizes: tuple[int, ...] | None = None
     pooling: str = "mean"
     global_memory_tokens: int = 0
+    upsample_layers: int = 0
 
     def __post_init__(self):
         super().__post_init__()
@@ -281,6 +288,7 @@ class EncoderConfig(ModelConfig):
             },
         )
         _check_global_memory(self)
+        _check_upsampling(self)
         if self.gbst_block_sizes is not None:
             _check_gbst(self)
         if self.block_sizes is not None:
@@ -389,6 +397,17 @@ def _check_global_memory(config: EncoderConfig) -> None:
         raise ValueError(
             f"global_memory_tokens={tokens} does not combine with block_sizes="
             f"{config.block_sizes} (Funnel pooling would average memory and tokens together)"
+        )
+
+
+def _check_upsampling(config: EncoderConfig) -> None:
+    layers = config.upsample_layers
+    if not isinstance(layers, int) or layers < 0:
+        raise ValueError(f"upsample_layers must be an int >= 0, got {layers!r}")
+    if layers and (config.block_sizes is None or len(config.block_sizes) < 2):
+        raise ValueError(
+            f"upsample_layers={layers} upsamples Funnel's pooled sequence; block_sizes="
+            f"{config.block_sizes} must have two blocks or more"
         )
 
 

@@ -291,6 +291,11 @@ class Encoder(nn.Module):
             self.pooler = model_dense(cfg, cfg.hidden_size, dtype=dtype)
         if cfg.gbst_block_sizes is not None:
             self.gbst = GBST(cfg.gbst_block_sizes, cfg.gbst_downsample_rate, dtype=dtype)
+        # Funnel's decoder runs at full length, like the first block: its options.
+        self.upsample = [
+            EncoderLayer(cfg, cfg.options_for_layer(0), dtype=dtype, name=f"upsample_layer_{j}")
+            for j in range(cfg.upsample_layers)
+        ]
         if cfg.global_memory_tokens:
             self.global_memory = self.param(
                 "global_memory", _init(cfg), (cfg.global_memory_tokens, cfg.hidden_size)
@@ -306,7 +311,7 @@ class Encoder(nn.Module):
         deterministic: bool = True,
     ) -> jax.Array:
         """Last hidden states ``[B, T, D]`` (``[B, ceil(T / d_s), D]`` with GBST, pooled
-        further by every Funnel block).
+        further by every Funnel block unless ``upsample_layers`` brings them back).
 
         Args:
           input_ids: int ``[B, T]``.
@@ -332,9 +337,11 @@ class Encoder(nn.Module):
         if memory:
             x, padding_mask, global_mask = self._prepend_memory(x, padding_mask, global_mask)
         pooling_layers = self.config.funnel_pooling_layers
+        first_block = None
         for i, layer in enumerate(self.layers):
             kv = {}
             if i in pooling_layers:  # Funnel: pooled queries attend to the unpooled sequence
+                first_block = (x, padding_mask) if first_block is None else first_block
                 kv = {"inputs_kv": x, "kv_padding_mask": padding_mask}
                 x, padding_mask = funnel_pool(x, padding_mask, self.config.pooling)
             x = call_block(
@@ -347,8 +354,20 @@ class Encoder(nn.Module):
                 **kv,
             )
         x = x[:, memory:]
+        if self.upsample:
+            x = self._upsample(x, *first_block, deterministic=deterministic)
         if self.is_initializing() and self.config.add_pooler:
             self.pooled_output(x)  # creates the pooler's parameters at init
+        return x
+
+    def _upsample(self, x, first_block, padding_mask, *, deterministic: bool) -> jax.Array:
+        """Funnel-Transformer's decoder (Dai et al. 2020, Sec. 2.3): each vector of the last
+        block repeated ``2^(blocks - 1)`` times (``[B, ~T / 2^k, D] -> [B, T, D]``), plus
+        the first block's output ``first_block [B, T, D]``, through the upsample layers."""
+        factor = 2 ** (len(self.config.block_sizes) - 1)
+        x = jnp.repeat(x, factor, axis=1)[:, : first_block.shape[1]] + first_block
+        for layer in self.upsample:
+            x = call_block(self.config, layer, x, padding_mask, deterministic=deterministic)
         return x
 
     def _prepend_memory(self, x, padding_mask, global_mask):
@@ -408,10 +427,12 @@ class EncoderForMaskedLM(nn.Module):
     ) -> jax.Array:
         cfg = self.config
         check_param_kinds(self)
-        if cfg.gbst_block_sizes is not None or cfg.block_sizes is not None:
+        pools = cfg.block_sizes is not None and not cfg.upsample_layers
+        if cfg.gbst_block_sizes is not None or pools:
             raise ValueError(
                 "a masked-LM head needs one output per input token; gbst_block_sizes and "
-                "block_sizes pool the sequence (use EncoderForSequenceClassification)"
+                "block_sizes without upsample_layers pool the sequence (use "
+                "EncoderForSequenceClassification)"
             )
         encoder = Encoder(self.config, dtype=self.dtype, name="encoder")
         hidden = encoder(

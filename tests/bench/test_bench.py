@@ -225,6 +225,20 @@ def test_training_rows_run_memory_switches_beside_their_plain_model():
     assert index[("training", "encoder_bf16", "fwd_bwd", 8)]["dtype"] == "bfloat16"
 
 
+def test_funnel_training_rows_count_fewer_flops_than_the_equal_depth_encoder():
+    from effjax.bench import training
+
+    config = _one_shot_config(seq_len=8, layers=True, training_layers=2)
+    variants = ("encoder", "encoder_funnel", "encoder_funnel_upsample")
+    rows = {r["variant"]: r for r in training.training_records(config, {}, variants)}
+    assert rows["encoder_funnel"]["options"]["block_sizes"] == (1, 1)
+    flops = {v: rows[v]["flops"] for v in variants}
+    # The second block runs on 4 of the 8 positions; the decoder adds 2 full-length layers.
+    assert flops["encoder_funnel"] < flops["encoder"] < flops["encoder_funnel_upsample"]
+    assert all(r["status"] == "ok" and r["time_s"] > 0 for r in rows.values())
+    assert training.funnel_blocks(12) == (4, 4, 4) and training.funnel_blocks(7) == (3, 2, 2)
+
+
 @pytest.mark.slow
 def test_peers_run_hugging_face_models_beside_effjax(tmp_path):
     pytest.importorskip("torch")

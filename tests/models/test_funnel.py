@@ -57,3 +57,41 @@ def test_funnel_rejects_block_sizes_that_do_not_sum_to_the_layers():
         tiny_config(num_layers=3, block_sizes=(1, 1))
     with pytest.raises(ValueError, match="pooling"):
         tiny_config(num_layers=2, block_sizes=(1, 1), pooling="sum")
+
+
+def test_upsampling_decoder_repeats_the_last_block_and_adds_the_first():
+    config = tiny_config(num_layers=3, block_sizes=(1, 1, 1), upsample_layers=1,
+                         hidden_dropout_rate=0.0)  # fmt: skip
+    ids = random_ids(config, 2, 7)
+    mask = right_padding([7, 3], 7).astype(bool)
+    model = Encoder(config)
+    params = jax.jit(model.init)(jax.random.key(0), ids, mask)["params"]
+    out = jax.jit(model.apply)({"params": params}, ids, mask)
+    assert out.shape == (2, 7, config.hidden_size)  # token level again
+
+    layer = EncoderLayer(config, config.attention_options)
+    run = lambda name, x, m, **kv: layer.apply(  # noqa: E731
+        {"params": params[name]}, x, m, deterministic=True, **kv
+    )
+    x = model.apply(
+        {"params": params},
+        method=lambda m: m.embeddings(ids, jnp.zeros_like(ids), deterministic=True),
+    )
+    first = run("layer_0", x, mask)
+    x, m = first, mask
+    for i in (1, 2):  # 7 -> 4 -> 2 positions
+        pooled, pooled_mask = _numpy_pool(np.asarray(x), np.asarray(m), "mean")
+        x = run(f"layer_{i}", jnp.asarray(pooled), pooled_mask, inputs_kv=x, kv_padding_mask=m)
+        m = pooled_mask
+    # Token t reads pooled position t // 4 of the last block.
+    up = np.asarray(x)[:, np.arange(7) // 4] + np.asarray(first)
+    want = run("upsample_layer_0", jnp.asarray(up), mask)
+    real = mask[..., None]
+    np.testing.assert_allclose(np.where(real, out, 0), np.where(real, want, 0), atol=1e-5)
+
+
+def test_upsampling_needs_two_funnel_blocks():
+    with pytest.raises(ValueError, match="upsample_layers=1 upsamples"):
+        tiny_config(num_layers=2, upsample_layers=1)
+    with pytest.raises(ValueError, match="upsample_layers must be an int >= 0"):
+        tiny_config(num_layers=2, block_sizes=(1, 1), upsample_layers=-1)
