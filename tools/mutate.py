@@ -1,8 +1,9 @@
 """Mutation testing: does the default (not slow) test suite notice small bugs?
 
-Each mutation below is a one-spot edit of ``effjax/attention`` or ``effjax/compress``
-that breaks a documented property (an exact text, found exactly once, and its
-replacement). The tool copies the working tree to a scratch directory per
+Each mutation below is a one-spot edit of ``effjax/attention``, ``effjax/compress``,
+the int8 arrays of ``effjax/layers/quantized.py`` or the decoding caches of
+``effjax/layers/cores`` that breaks a documented property (an exact text, found
+exactly once, and its replacement). The tool copies the working tree to a scratch directory per
 mutation, applies it there (your tree is never touched), and runs the not-slow
 tests named beside it (files or test ids, to keep each run short). A mutation the
 tests pass with is a *survivor*: a property nothing checks.
@@ -12,6 +13,7 @@ Usage::
   python tools/mutate.py              # every mutation; exit 1 on a survivor
   python tools/mutate.py --list       # names only
   python tools/mutate.py lsh_bucket_xR_only performer_constant_norms
+  python tools/mutate.py --file effjax/attention/lsh.py   # the mutations of one file
   python tools/mutate.py --jobs 2     # two mutations at a time
   make mutate
 
@@ -36,7 +38,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ATTN, COMPRESS = "effjax/attention", "effjax/compress"
-T_ATTN, T_COMPRESS = "tests/attention", "tests/compress"
+CORES = "effjax/layers/cores"
+T_ATTN, T_COMPRESS, T_LAYERS = "tests/attention", "tests/compress", "tests/layers"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,6 +159,132 @@ MUTATIONS = (
         (f"{T_ATTN}/test_dense.py::JaxArgumentsTest",),
     ),
     Mutation(
+        "dense_local_window_off_by_one",  # the O(T w) path sees one key too many on the left
+        f"{ATTN}/dense.py",
+        "window=(left, 0 if call.is_causal else right),",
+        "window=(left + 1, 0 if call.is_causal else right),",
+        (f"{T_ATTN}/test_dense.py::DifferencesFromJaxTest",),
+    ),
+    Mutation(
+        "dense_window_mask_off_by_one",  # the dense path (with a mask or bias) likewise
+        f"{ATTN}/dense.py",
+        "window = masks_lib.window_mask(dims.q_len, dims.kv_len, self.window)",
+        "window = masks_lib.window_mask(dims.q_len, dims.kv_len, (self.window[0] + 1, 0))",
+        (f"{T_ATTN}/test_dense.py::JaxArgumentsTest",),
+    ),
+    Mutation(
+        "dense_key_value_seq_lengths_ignored",
+        f"{ATTN}/dense.py",
+        "    if kv_lengths is not None:\n        key_valid",
+        "    if False:\n        key_valid",
+        (f"{T_ATTN}/test_dense.py::DifferencesFromJaxTest",),
+    ),
+    Mutation(
+        "lsh_padded_keys_keep_their_bucket",  # padding content moves real keys between chunks
+        f"{ATTN}/lsh.py",
+        "return jnp.where(real, buckets, num_buckets)",
+        "return buckets",
+        (f"{T_ATTN}/test_lsh.py::test_padding_content_changes_no_real_output",),
+    ),
+    Mutation(
+        "lsh_causal_not_strict_by_default",  # the paper's layout: later tokens move chunks
+        f"{ATTN}/lsh.py",
+        "strict = is_causal and strict_causal and num_chunks > 1",
+        "strict = is_causal and not strict_causal and num_chunks > 1",
+        (f"{T_ATTN}/test_lsh.py::test_causal_outputs_do_not_depend_on_later_tokens",),
+    ),
+    Mutation(
+        "lsh_strict_looks_back_into_another_bucket",
+        f"{ATTN}/lsh.py",
+        "look_back = (jnp.arange(total) > 0).reshape((1, 1, 1, total)) & ~first",
+        "look_back = (jnp.arange(total) > 0).reshape((1, 1, 1, total))",
+        (f"{T_ATTN}/test_lsh.py",),
+    ),
+    Mutation(
+        "routing_padded_keys_seen",
+        f"{ATTN}/routing.py",
+        "mask = mask & key_real[:, :, :, None, :]",
+        "mask = mask",
+        (f"{T_ATTN}/test_routing.py",),
+    ),
+    Mutation(
+        "routing_causal_padded_keys_keep_their_cluster",
+        f"{ATTN}/routing.py",
+        "k_cluster = jnp.where(padding_mask[:, None], k_cluster, num_clusters)",
+        "k_cluster = k_cluster",
+        (f"{T_ATTN}/test_routing.py",),
+    ),
+    Mutation(
+        "routing_causal_window_ignores_clusters",
+        f"{ATTN}/routing.py",
+        "mask = in_range & (same == q_cluster[..., None])",
+        "mask = in_range",
+        (f"{T_ATTN}/test_routing.py",),
+    ),
+    Mutation(
+        "sinkhorn_causal_block_sorted_with_itself",  # block i's own future in its partner
+        f"{ATTN}/sinkhorn.py",
+        "block_mask = jnp.asarray(np.tri(num_blocks, k=-1, dtype=bool))",
+        "block_mask = jnp.asarray(np.tri(num_blocks, k=0, dtype=bool))",
+        (f"{T_ATTN}/test_sinkhorn.py",),
+    ),
+    Mutation(
+        "sinkhorn_own_block_not_causal",
+        f"{ATTN}/sinkhorn.py",
+        "own = own & jnp.asarray(np.tri(block_size, dtype=bool))[None, None]",
+        "own = own",
+        (f"{T_ATTN}/test_sinkhorn.py",),
+    ),
+    Mutation(
+        "sinkhorn_padding_ignored",
+        f"{ATTN}/sinkhorn.py",
+        "        valid = padding_mask\n",
+        "        valid = valid\n",
+        (f"{T_ATTN}/test_sinkhorn.py",),
+    ),
+    Mutation(
+        "global_local_unused_slot_written",  # fewer flags than slots: a token overwritten
+        f"{ATTN}/global_local.py",
+        "target = jnp.where(slot_used, slot_pos, dims.q_len)",
+        "target = slot_pos",
+        (f"{T_ATTN}/test_global_local.py",),
+    ),
+    Mutation(
+        "traced_is_causal_not_refused_in_gaussian",
+        f"{ATTN}/gaussian.py",
+        '    is_causal = _common.check_static_bool("is_causal", is_causal)\n',
+        "",
+        (f"{T_ATTN}/test_contract.py::test_a_traced_is_causal_asks_for_a_static_bool",),
+    ),
+    Mutation(
+        "decode_cache_overflow_one_late",  # the first token past the cache is not poisoned
+        f"{CORES}/base.py",
+        "return start, start + num_new > length.value",
+        "return start, start + num_new > length.value + 1",
+        (f"{T_LAYERS}/test_cores.py::test_a_full_decoding_cache_fails_loudly",),
+    ),
+    Mutation(
+        "dense_decode_not_poisoned",
+        f"{CORES}/dense.py",
+        "return self.poison_if_full(out, full)",
+        "return out",
+        (f"{T_LAYERS}/test_cores.py::test_a_full_decoding_cache_fails_loudly",),
+    ),
+    Mutation(
+        "local_decode_not_poisoned",
+        f"{CORES}/local.py",
+        "return self.poison_if_full(out, full)",
+        "return out",
+        (f"{T_LAYERS}/test_cores.py::test_a_full_decoding_cache_fails_loudly",),
+    ),
+    Mutation(
+        "kernel_decode_not_poisoned",
+        f"{CORES}/kernel.py",
+        "return self.poison_if_full(out, position[1])",
+        "return out",
+        (f"{T_LAYERS}/test_cores.py::test_a_full_decoding_cache_fails_loudly",),
+    ),
+    Mutation(
         "empty_keys_not_handled",
         f"{ATTN}/_common.py",
         "return self.q_len == 0 or self.kv_len == 0",
@@ -181,6 +310,27 @@ MUTATIONS = (
         f"{COMPRESS}/quantize.py",
         "return 2 if is_head_projection and leaf.ndim == 3 else 1",
         "return 1",
+        (f"{T_COMPRESS}/test_quantize.py",),
+    ),
+    Mutation(
+        "int8_scale_per_input_channel",  # max |w| over the output axes instead of the inputs
+        "effjax/layers/quantized.py",
+        "reduce_axes = tuple(range(num_stacked_axes, x.ndim - num_output_axes))",
+        "reduce_axes = tuple(range(x.ndim - num_output_axes, x.ndim))",
+        (f"{T_COMPRESS}/test_quantize.py",),
+    ),
+    Mutation(
+        "int8_experts_share_scales",  # [E, D, F]: F scales shared by the E experts
+        f"{COMPRESS}/_tree.py",
+        "return blocks + int(experts)",
+        "return blocks",
+        (f"{T_COMPRESS}/test_quantize.py",),
+    ),
+    Mutation(
+        "int8_reversible_blocks_share_scales",  # [L, ...]: one set of scales for all blocks
+        f"{COMPRESS}/_tree.py",
+        "return blocks + int(experts)",
+        "return int(experts)",
         (f"{T_COMPRESS}/test_quantize.py",),
     ),
     Mutation(
@@ -299,18 +449,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", help="mutations to run (default: all)")
     parser.add_argument("--list", action="store_true", help="print the mutation names and exit")
+    parser.add_argument(
+        "--file", action="append", default=[], help="only mutations of this file (repeatable)"
+    )
     parser.add_argument("--jobs", type=int, default=1, help="mutations run at once")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per test run")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
     args = parser.parse_args(argv)
     by_name = {m.name: m for m in MUTATIONS}
-    if args.list:
-        print("\n".join(by_name))
-        return 0
     unknown = [n for n in args.names if n not in by_name]
     if unknown:
         parser.error(f"unknown mutations {unknown}; known: {', '.join(by_name)}")
     chosen = [by_name[n] for n in args.names] if args.names else list(MUTATIONS)
+    if args.file:
+        paths = {m.path for m in MUTATIONS}
+        missing = [f for f in args.file if f not in paths]
+        if missing:
+            parser.error(f"no mutation of {missing}; mutated files: {', '.join(sorted(paths))}")
+        chosen = [m for m in chosen if m.path in args.file]
+    if args.list:
+        print("\n".join(m.name for m in chosen))
+        return 0
     files = _tree_files(ROOT)
 
     if not args.no_baseline:

@@ -19,6 +19,7 @@ import numpy as np
 from effjax.attention.helpers import (  # noqa: F401
     MASK_VALUE,
     check_positive,
+    check_static_bool,
     check_static_int,
     gather_rows,
     masked_softmax,

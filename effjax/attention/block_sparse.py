@@ -239,6 +239,7 @@ def block_sparse_attention(
       >>> block_sparse_attention(q, k, v, rng=jax.random.key(0), block_size=32).shape
       (1, 500, 4, 8)
     """
+    is_causal = _common.check_static_bool("is_causal", is_causal)
     dims = _common.check_qkv(query, key, value)
     _common.check_self_attention("block_sparse_attention", query, key, dims)
     padding_mask = _common.check_padding_mask(padding_mask, dims)
@@ -336,6 +337,7 @@ def block_sparse_mask(
       >>> m.shape, bool(m[0].all()), bool(m[:, 0].all())
       ((256, 256), True, True)
     """
+    is_causal = _common.check_static_bool("is_causal", is_causal)
     b = _common.check_positive("block_size", block_size)
     r = _common.check_static_int("num_random_blocks", num_random_blocks)
     num_blocks = -(-seq_len // b)

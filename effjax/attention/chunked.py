@@ -247,6 +247,7 @@ def chunked_attention(
       >>> bool(jnp.allclose(out, dot_product_attention(q, k, v, is_causal=True), atol=1e-5))
       True
     """
+    is_causal = _common.check_static_bool("is_causal", is_causal)
     dims = _common.check_qkv(query, key, value)
     padding_mask = _common.check_padding_mask(padding_mask, dims)
     if dims.empty:
@@ -293,7 +294,7 @@ def chunked_attention_with_lse(
     bq = _block_size("block_q", block_q, t, DEFAULT_BLOCK_Q)
     bk = _block_size("block_k", block_k, s, DEFAULT_BLOCK_K)
     nq, nk = -(-t // bq), -(-s // bk)
-    blocks = _Blocks(t, s, bq, bk, nq, nk, bool(is_causal))
+    blocks = _Blocks(t, s, bq, bk, nq, nk, _common.check_static_bool("is_causal", is_causal))
     dtype = jnp.promote_types(jnp.result_type(query, key, value), jnp.float32)
     q = _common.pad_axis(query.astype(dtype) * jnp.asarray(scale, dtype), 1, nq * bq)
     k = _common.pad_axis(key.astype(dtype), 1, nk * bk)

@@ -184,7 +184,7 @@ def _prepare(
         mask=mask,
         key_valid=key_valid,
         query_valid=query_valid,
-        is_causal=bool(is_causal),
+        is_causal=_common.check_static_bool("is_causal", is_causal),
         window=window,
         scale=_common.resolve_scale(scale, dims.head_dim),
     )
@@ -397,6 +397,7 @@ def dot_product_attention(
       >>> out.shape, lse.shape
       ((16, 4, 8), (16, 4))
     """
+    is_causal = _common.check_static_bool("is_causal", is_causal)
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
     if implementation == "cudnn":

@@ -102,6 +102,7 @@ def gaussian_attention(
       >>> out[0, :, 0, 0].tolist()  # each token takes the previous one
       [0.0, 0.0, 1.0, 2.0, 3.0, 4.0]
     """
+    is_causal = _common.check_static_bool("is_causal", is_causal)
     del scale
     dims = _common.check_qkv(query, key, value)
     padding_mask = _common.check_padding_mask(padding_mask, dims)

@@ -201,6 +201,7 @@ def global_local_attention(
       >>> global_local_attention(q, k, v, window_size=8, global_mask=g).shape
       (1, 64, 4, 8)
     """
+    is_causal = _common.check_static_bool("is_causal", is_causal)
     dims = _common.check_qkv(query, key, value)
     _common.check_self_attention("global_local_attention", query, key, dims)
     padding_mask = _common.check_padding_mask(padding_mask, dims)
@@ -280,6 +281,7 @@ def global_local_mask(
       >>> global_local_mask(g, (1, 0))[0, 0].astype(int).tolist()
       [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 1, 1]]
     """
+    is_causal = _common.check_static_bool("is_causal", is_causal)
     global_mask = jnp.asarray(global_mask)
     if global_mask.ndim != 2 or global_mask.dtype != jnp.bool_:
         raise ValueError(

@@ -2,8 +2,9 @@
 
 Everything here is pure numpy/JAX (no Flax) and safe to use from any package:
 
-* :func:`check_static_int`, :func:`check_positive`: validate static int options
-  (ValueError naming the option; a traced value is refused with the fix).
+* :func:`check_static_int`, :func:`check_positive`, :func:`check_static_bool`:
+  validate static int options and flags (ValueError naming the option; a traced value
+  is refused with the fix).
 * :func:`round_up`, :func:`pad_axis`: pad a length to a block or chunk size.
 * :func:`masked_softmax` and :data:`MASK_VALUE`: float32 softmax with a finite
   fill, so fully-masked rows give zeros (never NaN), forward and backward.
@@ -30,21 +31,43 @@ import numpy as np
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 
+def _refuse_traced(name: str, value, kind: str) -> None:
+    """ValueError with the fix when ``value`` is traced (an argument of a jitted function):
+    static options choose shapes and code paths, so they must be known at trace time."""
+    if isinstance(value, jax.core.Tracer):
+        raise ValueError(
+            f"{name} must be a static Python {kind}, got a traced value "
+            f"({type(value).__name__}); under jax.jit pass it in static_argnames or close over it"
+        )
+
+
 def check_static_int(name: str, value: int, minimum: int = 0) -> int:
     """``value`` as a Python int ``>= minimum``, else ValueError naming ``name``.
 
     A traced value (an argument of a jitted function) is refused with the fix, since
     such options set shapes and must be known at trace time.
     """
-    if isinstance(value, jax.core.Tracer):
-        raise ValueError(
-            f"{name} must be a static Python int, got a traced value ({type(value).__name__}); "
-            f"under jax.jit pass it in static_argnames or close over it"
-        )
+    _refuse_traced(name, value, "int")
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
         bound = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise ValueError(f"{name} must be {bound}, got {value!r}")
     return int(value)
+
+
+def check_static_bool(name: str, value: bool) -> bool:
+    """``value`` as a Python bool, else ValueError naming ``name``.
+
+    For flags such as ``is_causal`` that choose the computation: a traced value (an
+    argument of a jitted function) is refused with the fix instead of JAX's
+    ``TracerBoolConversionError`` from deep inside the variant.
+
+    >>> check_static_bool("is_causal", True)
+    True
+    """
+    _refuse_traced(name, value, "bool")
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
 
 
 def check_positive(name: str, value: int) -> int:

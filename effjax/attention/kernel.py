@@ -296,6 +296,7 @@ def performer_attention(
       >>> performer_attention(q, k, v, features=w, is_causal=True).shape
       (1, 128, 4, 16)
     """
+    is_causal = _common.check_static_bool("is_causal", is_causal)
     dims = _common.check_qkv(query, key, value)
     padding_mask = _common.check_padding_mask(padding_mask, dims)
     chunk_size = _common.check_positive("chunk_size", chunk_size)
@@ -344,6 +345,7 @@ def linear_attention(
       >>> linear_attention(q, k, v, is_causal=True).shape
       (1, 128, 4, 16)
     """
+    is_causal = _common.check_static_bool("is_causal", is_causal)
     dims = _common.check_qkv(query, key, value)
     padding_mask = _common.check_padding_mask(padding_mask, dims)
     chunk_size = _common.check_positive("chunk_size", chunk_size)

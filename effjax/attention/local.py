@@ -219,6 +219,7 @@ def local_attention(
       >>> local_attention(q, k, v, window_size=(16, 0)).shape
       (1, 100, 4, 8)
     """
+    is_causal = _common.check_static_bool("is_causal", is_causal)
     dims = _common.check_qkv(query, key, value)
     padding_mask = _common.check_padding_mask(padding_mask, dims)
     left, right = masks_lib.normalize_window(window_size)
@@ -263,6 +264,7 @@ def local_mask(
       >>> local_mask(4, 4, (1, 0)).astype(int).tolist()
       [[1, 0, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1]]
     """
+    is_causal = _common.check_static_bool("is_causal", is_causal)
     return masks_lib.window_mask(
         q_len, kv_len, window_size, dilation=_check_dilation(dilation), is_causal=is_causal
     )

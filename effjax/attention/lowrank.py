@@ -78,6 +78,7 @@ def linformer_attention(
       >>> linformer_attention(q, k, v, proj_k=e, proj_v=e).shape
       (1, 512, 4, 16)
     """
+    is_causal = _common.check_static_bool("is_causal", is_causal)
     dims = _common.check_qkv(query, key, value)
     if is_causal:
         raise ValueError(

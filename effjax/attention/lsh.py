@@ -369,6 +369,7 @@ def lsh_attention(
       >>> out.shape
       (1, 64, 2, 8)
     """
+    is_causal = _common.check_static_bool("is_causal", is_causal)
     num_hashes = _common.check_positive("num_hashes", num_hashes)
     chunk_size = _common.check_positive("chunk_size", chunk_size)
     num_buckets = _check_num_buckets(num_buckets)

@@ -70,6 +70,7 @@ def persistent_memory_attention(
       ...                             is_causal=True).shape
       (2, 16, 4, 8)
     """
+    is_causal = _common.check_static_bool("is_causal", is_causal)
     dims = _common.check_qkv(query, key, value)
     padding_mask = _common.check_padding_mask(padding_mask, dims)
     memory_key = _check_memory("memory_key", memory_key, dims.num_kv_heads, dims.head_dim, "H")

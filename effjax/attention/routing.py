@@ -243,6 +243,7 @@ def routing_attention(
       >>> routing_attention(q, k, v, centroids=mu, is_causal=True).shape
       (1, 64, 2, 8)
     """
+    is_causal = _common.check_static_bool("is_causal", is_causal)
     dims, key_n, value_n = _per_query_head(query, key, value)
     _common.check_self_attention("routing_attention", query, key, dims)
     padding_mask = _common.check_padding_mask(padding_mask, dims)

@@ -193,6 +193,7 @@ def sinkhorn_attention(
       >>> sinkhorn_attention(q, k, v, block_size=8, is_causal=True).shape
       (1, 50, 2, 8)
     """
+    is_causal = _common.check_static_bool("is_causal", is_causal)
     dims = _common.check_qkv(query, key, value)
     _common.check_self_attention("sinkhorn_attention", query, key, dims)
     padding_mask = _common.check_padding_mask(padding_mask, dims)

@@ -170,6 +170,7 @@ def synthesizer_attention(
       >>> synthesizer_attention(q, k, v, synthetic_logits=b, is_causal=True).shape
       (1, 6, 2, 4)
     """
+    is_causal = _common.check_static_bool("is_causal", is_causal)
     _common.check_qkv(query, key, value)
     if isinstance(dot_product_weight, (int, float)) and dot_product_weight < 0:
         raise ValueError(f"dot_product_weight must be >= 0, got {dot_product_weight!r}")

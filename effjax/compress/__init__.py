@@ -37,6 +37,7 @@ from effjax.compress.quantize import (
     fake_quant,
     fake_quant_params,
     kernel_output_axes,
+    kernel_stacked_axes,
     quantize_params,
 )
 from effjax.compress.structured import (
@@ -73,6 +74,7 @@ __all__ = [
     "keep_masks",
     "keep_top",
     "kernel_output_axes",
+    "kernel_stacked_axes",
     "magnitude_masks",
     "make_distill_step",
     "make_prune_step",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -25,18 +26,43 @@ def path_names(path: tuple[Any, ...]) -> Path:
     return tuple(names)
 
 
+def kernel_stacked_axes(path: Path, leaf: jax.Array) -> int:
+    """How many leading axes of a parameter stack independent copies of it.
+
+    One for each ``effjax.layers.ReversibleStack`` above it (its ``"layers"`` parameter
+    holds the ``"f"``/``"g"`` trees of every block stacked as ``[L, ...]``) and one for
+    the expert parameters of ``effjax.layers.SwitchFeedForward`` (``experts/intermediate``
+    and ``experts/output``: ``kernel [E, D_in, D_out]``, ``bias [E, D_out]``). Each copy
+    is a layer of its own: it gets its own int8 scales and counts as the matrix (or
+    vector) it stacks.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> kernel_stacked_axes(("ff", "experts", "intermediate", "kernel"), jnp.zeros((4, 8, 16)))
+      1
+      >>> kernel_stacked_axes(("layers", "layers", "g", "norm", "scale"), jnp.zeros((2, 8)))
+      1
+    """
+    del leaf
+    blocks = sum(a == "layers" and b in ("f", "g") for a, b in itertools.pairwise(path))
+    experts = len(path) >= 3 and path[-3] == "experts" and path[-2] in ("intermediate", "output")
+    return blocks + int(experts)
+
+
 def is_weight_matrix(path: Path, leaf: jax.Array) -> bool:
-    """The default filter: floating arrays with ``ndim >= 2`` (kernels, embeddings).
+    """The default filter: floating arrays with ``ndim >= 2`` (kernels, embeddings),
+    not counting the axes that stack copies of a layer (:func:`kernel_stacked_axes`).
 
     Biases, norm scales and other vectors are left alone, as in Han et al. (2015)
     and Zhu & Gupta (2017); that includes the ``bias [N, H]`` of an attention
-    projection (``DenseGeneral`` with ``features=(N, H)``), a vector laid out per head.
+    projection (``DenseGeneral`` with ``features=(N, H)``), a vector laid out per head,
+    and the ``[L, D]`` norm scales of a reversible stack.
     """
     is_bias = bool(path) and path[-1] == "bias"
     return (
         not is_bias
         and hasattr(leaf, "ndim")
-        and leaf.ndim >= 2
+        and leaf.ndim - kernel_stacked_axes(path, leaf) >= 2
         and jnp.issubdtype(leaf.dtype, jnp.floating)
     )
 

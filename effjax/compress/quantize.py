@@ -5,7 +5,9 @@ Post-training: :func:`quantize_params` turns the selected float leaves into
 scales, ``scale = max|w| / 127``), :func:`dequantize_params` turns them back. The
 output channels are those of the layer: the last axis of a Dense kernel ``[in, out]``,
 the last two of an attention projection ``DenseGeneral`` kernel ``[D, N, H]``
-(:func:`kernel_output_axes`).
+(:func:`kernel_output_axes`), each expert's own for the stacked expert kernels
+``[E, D, F]`` of a mixture of experts and each block's own for the ``[L, ...]``
+kernels of a reversible stack (:func:`kernel_stacked_axes`).
 The int8 tree is an ordinary pytree: orbax saves it as int8 arrays, about a
 quarter of the float32 checkpoint.
 
@@ -27,7 +29,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from effjax.compress._tree import FilterFn, Path, path_names, selection
+from effjax.compress._tree import FilterFn, Path, kernel_stacked_axes, path_names, selection
 from effjax.layers.quantized import (
     QuantizedArray,
     quantize_array,
@@ -51,7 +53,9 @@ def kernel_output_axes(path: Path, leaf: jax.Array) -> int:
 
     2 for a 3-d ``kernel`` of a ``query``/``key``/``value`` projection (``[D, N, H]``: one
     channel per head and head dimension); 1 for everything else (Dense ``[in, out]``,
-    the attention output ``[N, H, D]``, embedding tables ``[V, D]``).
+    the attention output ``[N, H, D]``, embedding tables ``[V, D]``). Leading axes that
+    stack copies of the kernel (:func:`kernel_stacked_axes`) are not counted:
+    ``[L, D, N, H]`` in a reversible stack is a projection too.
 
     Example:
       >>> import jax.numpy as jnp
@@ -61,7 +65,8 @@ def kernel_output_axes(path: Path, leaf: jax.Array) -> int:
       1
     """
     is_head_projection = len(path) >= 2 and path[-1] == "kernel" and path[-2] in _HEAD_PROJECTIONS
-    return 2 if is_head_projection and leaf.ndim == 3 else 1
+    layer_ndim = leaf.ndim - kernel_stacked_axes(path, leaf)
+    return 2 if is_head_projection and layer_ndim == 3 else 1
 
 
 def _map_chosen(fn, params: Any, filter_fn: FilterFn | None, caller: str) -> Any:
@@ -77,6 +82,7 @@ def quantize_params(
     *,
     filter_fn: FilterFn | None = None,
     output_axes: OutputAxesFn = kernel_output_axes,
+    stacked_axes: OutputAxesFn = kernel_stacked_axes,
 ) -> Any:
     """int8-quantizes the leaves chosen by ``filter_fn`` (default: float arrays with ndim >= 2).
 
@@ -85,10 +91,12 @@ def quantize_params(
       filter_fn: ``(path: tuple[str, ...], leaf) -> bool``.
       output_axes: ``(path, leaf) -> int``, the number of trailing output axes of a leaf
         (one scale per output channel); default :func:`kernel_output_axes`.
+      stacked_axes: ``(path, leaf) -> int``, the number of leading axes that stack
+        independent kernels (each its own scales); default :func:`kernel_stacked_axes`.
 
     Returns:
-      The same structure with each chosen leaf ``w [in..., out...]`` replaced by
-      ``QuantizedArray(values=int8 [in..., out...], scale=float32 [1, ..., 1, out...])``;
+      The same structure with each chosen leaf ``w [stack..., in..., out...]`` replaced by
+      ``QuantizedArray(values=int8 like w, scale=float32 [stack..., 1, ..., 1, out...])``;
       other leaves unchanged. ``|w - values * scale| <= scale / 2`` element-wise.
 
     Example:
@@ -99,7 +107,7 @@ def quantize_params(
       (dtype('int8'), dtype('float32'))
     """
     return _map_chosen(
-        lambda path, leaf: quantize_array(leaf, output_axes(path, leaf)),
+        lambda path, leaf: quantize_array(leaf, output_axes(path, leaf), stacked_axes(path, leaf)),
         params,
         filter_fn,
         "quantize_params",
@@ -147,6 +155,7 @@ def fake_quant_params(
     *,
     filter_fn: FilterFn | None = None,
     output_axes: OutputAxesFn = kernel_output_axes,
+    stacked_axes: OutputAxesFn = kernel_stacked_axes,
 ) -> Any:
     """:func:`fake_quant` on the leaves :func:`quantize_params` would quantize (for QAT),
     with the same per-output-channel scales.
@@ -156,7 +165,8 @@ def fake_quant_params(
     """
 
     def one(path, leaf):
-        scale = jax.lax.stop_gradient(quantize_array(leaf, output_axes(path, leaf)).scale)
+        quantized = quantize_array(leaf, output_axes(path, leaf), stacked_axes(path, leaf))
+        scale = jax.lax.stop_gradient(quantized.scale)
         return fake_quant(leaf, scale)
 
     return _map_chosen(one, params, filter_fn, "fake_quant_params")

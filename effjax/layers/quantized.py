@@ -68,13 +68,18 @@ def quantize_with_scale(x: jax.Array, scale: jax.Array) -> jax.Array:
     return jnp.clip(q, -INT8_MAX, INT8_MAX).astype(jnp.int8)
 
 
-def quantize_array(x: jax.Array, num_output_axes: int = 1) -> QuantizedArray:
-    """Symmetric per-output-channel int8 quantization of ``x [in..., out...]``.
+def quantize_array(
+    x: jax.Array, num_output_axes: int = 1, num_stacked_axes: int = 0
+) -> QuantizedArray:
+    """Symmetric per-output-channel int8 quantization of ``x [stack..., in..., out...]``.
 
     The output channels are the last ``num_output_axes`` axes: 1 for a Dense kernel
     ``[in, out]``, 2 for a ``DenseGeneral`` kernel ``[D, N, H]`` with ``features=(N, H)``
-    (``N * H`` channels, one per head and head dimension). One scale per channel is
-    ``max |x|`` over the input axes ``/ 127``.
+    (``N * H`` channels, one per head and head dimension). The first
+    ``num_stacked_axes`` axes stack independent kernels (experts ``[E, D, F]``, the
+    blocks of a reversible stack ``[L, ...]``), each with its own channels: ``E * F``
+    scales for ``[E, D, F]``. One scale per channel is ``max |x|`` over the input axes
+    ``/ 127``.
 
     Example:
       >>> import jax.numpy as jnp
@@ -86,11 +91,12 @@ def quantize_array(x: jax.Array, num_output_axes: int = 1) -> QuantizedArray:
       ...          <= qa.scale / 2))
       True
     """
-    if not 1 <= num_output_axes <= x.ndim:
+    if not (num_output_axes >= 1 and 0 <= num_stacked_axes <= x.ndim - num_output_axes):
         raise ValueError(
-            f"num_output_axes={num_output_axes} must be in [1, x.ndim] for x of shape {x.shape}"
+            f"num_output_axes={num_output_axes} must be >= 1 and num_stacked_axes="
+            f"{num_stacked_axes} >= 0, together at most x.ndim, for x of shape {x.shape}"
         )
-    reduce_axes = tuple(range(x.ndim - num_output_axes))
+    reduce_axes = tuple(range(num_stacked_axes, x.ndim - num_output_axes))
     absmax = jnp.max(jnp.abs(x.astype(jnp.float32)), axis=reduce_axes, keepdims=True)
     scale = symmetric_scale(absmax)
     return QuantizedArray(quantize_with_scale(x, scale), scale)

@@ -96,3 +96,20 @@ def test_a_traced_global_bound_asks_for_a_static_int():
                 q, q, q, window_size=2, global_mask=g, max_global_tokens=m
             )
         )(1)
+
+
+BUILT_IN = [n for n in ea.available() if ea.get(n).__module__.startswith("effjax.attention")]
+
+
+def test_every_built_in_variant_is_checked_for_a_traced_flag():
+    # The parametrisation below is read off the registry: a new built-in is covered.
+    assert {"dense", "local", "linear", "gaussian", "sinkhorn"} <= set(BUILT_IN)
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_a_traced_is_causal_asks_for_a_static_bool(name):
+    options = suite.spec_for(name).options(RNG, suite.Shape(1, 8, 2, 4))
+    q = jnp.ones((1, 8, 2, 4))
+    message = r"is_causal must be a static Python bool.*static_argnames"
+    with pytest.raises(ValueError, match=message):
+        jax.jit(lambda c: ea.get(name)(q, q, q, is_causal=c, **options))(True)

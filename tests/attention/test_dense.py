@@ -447,6 +447,18 @@ class JaxArgumentsTest(parameterized.TestCase):
             atol=1e-6,
         )
 
+    def test_local_window_with_a_bias_is_the_same_window_on_the_dense_path(self):
+        # A bias sends the window to the dense [T, S] path (without one: the O(T w) path).
+        bias = jax.random.normal(jax.random.key(26), (5, 5))
+        for window in ((2, 1), (0, 3)):
+            np.testing.assert_allclose(
+                dot_product_attention(self.q, self.k, self.v, bias, local_window_size=window),
+                jax.nn.dot_product_attention(
+                    self.q, self.k, self.v, bias, local_window_size=window
+                ),
+                atol=1e-6,
+            )
+
     def test_query_seq_lengths_zero_the_rows_after_them(self):
         lengths = jnp.array([2, 5], jnp.int32)
         got = dot_product_attention(self.q, self.k, self.v, query_seq_lengths=lengths)

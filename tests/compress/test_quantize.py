@@ -127,3 +127,68 @@ def test_one_scale_per_output_channel_as_each_attention_projection_defines_it(ra
     # QAT rounds onto the same grid.
     faked = fake_quant_params(params)["query"]["kernel"]
     np.testing.assert_allclose(faked, q["query"]["kernel"].dequantize(), atol=1e-7)
+
+
+def _relative_rms(w, approx, axis):
+    return np.sqrt(np.sum((w - approx) ** 2, axis=axis) / np.sum(w**2, axis=axis))
+
+
+def test_stacked_expert_kernels_get_one_scale_per_expert_and_output_channel(random_init):
+    # SwitchFeedForward stacks E Dense kernels: intermediate [E, D, F], output [E, F, D].
+    from effjax.layers import SwitchFeedForward
+
+    params = random_init(SwitchFeedForward(num_experts=3, d_ff=8), jnp.zeros((1, 4, 6)))
+    experts = params["experts"]
+    loud = jnp.array([1.0, 100.0, 1.0])[:, None, None]  # expert 1 is 100x larger
+    experts["intermediate"]["kernel"] = experts["intermediate"]["kernel"] * loud
+    q = quantize_params(params)
+    for name, channels in (("intermediate", (3, 1, 8)), ("output", (3, 1, 6))):
+        w = np.asarray(experts[name]["kernel"])
+        qk = q["experts"][name]["kernel"]
+        want = np.max(np.abs(w), axis=1, keepdims=True) / 127  # E * F scales
+        assert qk.scale.shape == channels
+        np.testing.assert_allclose(qk.scale, want, rtol=1e-6)
+        assert np.all(np.abs(w - np.asarray(qk.dequantize())) <= want / 2 + 1e-7)
+        assert not isinstance(q["experts"][name]["bias"], QuantizedArray)  # [E, F] biases
+    # Per expert, the error stays that of an int8 grid on the expert's own range; with
+    # scales shared across experts, the quiet experts' weights round to (almost) zero.
+    w = np.asarray(experts["intermediate"]["kernel"])
+    own = _relative_rms(w, np.asarray(q["experts"]["intermediate"]["kernel"].dequantize()), (1, 2))
+    shared = quantize_params(params, stacked_axes=lambda path, leaf: 0)
+    mixed = _relative_rms(
+        w, np.asarray(shared["experts"]["intermediate"]["kernel"].dequantize()), (1, 2)
+    )
+    assert np.all(own < 0.01)
+    assert mixed[0] > 0.3 and mixed[2] > 0.3
+
+
+def test_reversible_stack_kernels_get_one_scale_per_block(random_init):
+    # ReversibleStack stacks each block's parameters along a leading layer axis L.
+    from effjax.models import DecoderConfig, DecoderLM
+
+    config = DecoderConfig(
+        vocab_size=32, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
+        reversible=True, max_position_embeddings=16,
+    )  # fmt: skip
+    params = random_init(DecoderLM(config), jnp.zeros((1, 8), jnp.int32))
+    blocks = params["layers"]["layers"]
+    blocks["f"]["attention"]["query"]["kernel"] *= jnp.array([1.0, 100.0])[:, None, None, None]
+    q = quantize_params(params)["layers"]["layers"]
+    kernels = {
+        ("f", "attention", "query"): ((2, 1, 2, 4), (1,)),  # [L, D, N, H]: L * N * H scales
+        ("f", "attention", "out"): ((2, 1, 1, 8), (1, 2)),  # [L, N, H, D]: L * D
+        ("g", "feed_forward", "intermediate"): ((2, 1, 32), (1,)),  # [L, D, F]: L * F
+    }
+    for (branch, module, name), (shape, input_axes) in kernels.items():
+        w = np.asarray(blocks[branch][module][name]["kernel"])
+        qk = q[branch][module][name]["kernel"]
+        assert qk.scale.shape == shape
+        np.testing.assert_allclose(qk.scale, np.max(np.abs(w), input_axes, keepdims=True) / 127)
+    w = np.asarray(blocks["f"]["attention"]["query"]["kernel"])
+    error = _relative_rms(
+        w, np.asarray(q["f"]["attention"]["query"]["kernel"].dequantize()), (1, 2, 3)
+    )
+    assert np.all(error < 0.01)  # block 0 is not quantized on block 1's 100x range
+    # [L, D] norm scales and biases are vectors of each block: left float.
+    assert not isinstance(q["g"]["output_norm"]["scale"], QuantizedArray)
+    assert not isinstance(q["f"]["attention"]["query"]["bias"], QuantizedArray)
