@@ -308,7 +308,7 @@ MUTATIONS = (
     Mutation(
         "int8_scale_per_last_axis",  # [D, N, H] kernels get H scales instead of N*H
         f"{COMPRESS}/quantize.py",
-        "return 2 if is_head_projection and leaf.ndim == 3 else 1",
+        "return 2 if is_head_projection and layer_ndim == 3 else 1",
         "return 1",
         (f"{T_COMPRESS}/test_quantize.py",),
     ),
