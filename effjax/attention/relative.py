@@ -91,6 +91,7 @@ def relative_position_attention(
     content_bias: jax.Array,
     position_bias: jax.Array,
     padding_mask: jax.Array | None = None,
+    mask: jax.Array | None = None,
     is_causal: bool = False,
     scale: float | None = None,
 ) -> jax.Array:
@@ -104,6 +105,8 @@ def relative_position_attention(
         ``l`` is distance ``S - 1 - l`` (:func:`relative_distances`).
       content_bias: ``u [N, H]``; position_bias: ``v [N, H]``.
       padding_mask: bool ``[B, S]``, True = a real key (empty memory slots are False).
+      mask: bool, broadcastable to ``[B, N, T, S]``, True = may attend (a decoding
+        cache's causal mask, where the queries do not sit at the keys' end).
       is_causal: query ``i`` sees keys ``j <= i + S - T`` (all memory, and the segment's
         tokens up to itself).
       scale: default ``1/sqrt(H)``.
@@ -135,6 +138,7 @@ def relative_position_attention(
         key,
         value,
         bias=bias,
+        mask=mask,
         padding_mask=padding_mask,
         is_causal=is_causal,
         scale=scale,

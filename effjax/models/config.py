@@ -473,7 +473,8 @@ class DecoderConfig(ModelConfig):
         Vaswani et al. 2017; lets a one-layer model attend by relative offset) or
         ``"relative"`` (no position embeddings; every layer scores the distance between
         query and key with Transformer-XL's ``r``, ``u``, ``v`` terms,
-        effjax.layers.RelativePositionCore; dense attention only, no cached decoding).
+        effjax.layers.RelativePositionCore; dense attention only; cached decoding
+        attends over the whole sequence with a full key/value cache).
         Default (None): ``"relative"`` when ``mem_len > 0``, else ``"learned"``.
       mem_len: Transformer-XL's segment recurrence (Dai et al. 2019): ``M > 0`` keeps,
         per layer, the inputs of the last ``M`` positions of earlier segments in the

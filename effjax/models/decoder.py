@@ -178,7 +178,10 @@ class DecoderLM(nn.Module):
     With ``config.mem_len = M > 0`` it is Transformer-XL (Dai et al. 2019): every layer
     attends from the segment to ``[memory; segment]`` with relative positions
     (effjax.layers.RelativePositionCore) and keeps its inputs of the last ``M`` positions
-    in the ``"memory"`` collection (effjax.models.SegmentMemory); with
+    in the ``"memory"`` collection (effjax.models.SegmentMemory). With ``decode=True``
+    the layers read no memory: the relative core's key/value cache holds every earlier
+    token (the whole sequence is one segment), so :func:`generate` equals greedy
+    re-forwarding of the growing sequence. With
     ``config.compressed_mem_len`` it is the Compressive Transformer (Rae et al. 2020),
     whose attention-reconstruction losses go to the ``"compression_losses"``
     collection when it is mutable. Feed consecutive segments and carry the memory::
@@ -241,11 +244,6 @@ class DecoderLM(nn.Module):
         check_param_kinds(self)
         if cfg.reversible:
             _check_reversible_call(self.decode, attention_mask)
-        if self.decode and cfg.positions == "relative":
-            raise ValueError(
-                "DecoderConfig(positions='relative') (Transformer-XL) has no cached decoding; "
-                "decode=True and generate need learned or sinusoidal positions"
-            )
         padding_mask = padding_mask_from(input_ids, attention_mask, cfg)
         dtype = cfg.compute_dtype(self.dtype)
         embed = embedding_layer(
@@ -382,7 +380,9 @@ def generate(
     float rounding of near-ties). The pad ids are irrelevant; they stay in the output,
     whose row ``b`` is its padded prompt followed by its ``max_new_tokens`` new tokens.
     This works with every attention core that has a decoding cache (dense's full KV
-    cache, local's rolling window, Performer/linear's recurrent state).
+    cache, local's rolling window, Performer/linear's recurrent state) and with relative
+    positions (Transformer-XL's core keeps the full KV cache; a ``"memory"`` collection
+    in ``variables`` is not read, the cache already holds every earlier token).
 
     Args:
       model: a :class:`DecoderLM` (not reversible).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -51,8 +53,18 @@ class DenseCore(AttentionCore):
         query_pos = index + jnp.arange(query.shape[1])
         causal = jnp.arange(cached_key.value.shape[1])[None, :] <= query_pos[:, None]
         mask = causal[None, None] & cached_mask.value[:, None, None, :]
-        out = attend(query, cached_key.value, cached_value.value, mask=mask, **kwargs)
+        options = self.cached_options(kwargs, query, index, cached_key.value.shape[1])
+        out = attend(query, cached_key.value, cached_value.value, mask=mask, **options)
         return self.poison_if_full(out, full)
+
+    def cached_options(
+        self, kwargs: dict[str, Any], query: jax.Array, index: jax.Array, cache_length: int
+    ) -> dict[str, Any]:
+        """The function's keyword arguments for the ``T`` queries of ``query [B, T, N, H]``
+        at cache positions ``index .. index + T - 1`` against all ``cache_length`` cached
+        keys (``kwargs`` were prepared for the ``T`` new keys alone). Default: ``kwargs``;
+        a subclass whose arguments depend on positions overrides it."""
+        return kwargs
 
 
 #: Every query scores every key.
