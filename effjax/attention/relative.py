@@ -94,6 +94,7 @@ def relative_position_attention(
     mask: jax.Array | None = None,
     is_causal: bool = False,
     scale: float | None = None,
+    implementation: str | None = None,
 ) -> jax.Array:
     """Transformer-XL attention ``softmax(scale * A) V`` with the relative score ``A`` of the
     module docstring (Dai et al. 2019, Sec. 3.3 and Appendix B).
@@ -110,6 +111,8 @@ def relative_position_attention(
       is_causal: query ``i`` sees keys ``j <= i + S - T`` (all memory, and the segment's
         tokens up to itself).
       scale: default ``1/sqrt(H)``.
+      implementation: :func:`dot_product_attention`'s (the position terms are a dense
+        bias, so None runs ``"xla"``).
 
     Returns:
       ``[B, T, N, H]``, ``value.dtype``. Equal to :func:`dot_product_attention` of
@@ -142,4 +145,5 @@ def relative_position_attention(
         padding_mask=padding_mask,
         is_causal=is_causal,
         scale=scale,
+        implementation=implementation,
     )

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from effjax.layers import RelativePositionCore
 from effjax.models import (
     COMPRESSION_LOSSES,
     MEMORY,
@@ -277,3 +278,10 @@ def test_segment_length_must_be_a_multiple_of_the_compression_rate():
     cfg = COMPRESSIVE.replace(compression_rate=3)
     with pytest.raises(ValueError, match=r"segment length T=4 .* multiple of compression_rate=3"):
         DecoderLM(cfg).init(jax.random.key(0), TOKENS[:, :T])
+
+
+def test_the_relative_core_runs_only_xla():
+    # Its position terms are a dense bias: the kernels without a bias path do not apply.
+    assert RelativePositionCore(implementation="xla").implementation == "xla"
+    with pytest.raises(ValueError, match=r"implementation must be one of \('xla',\), got 'pallas'"):
+        RelativePositionCore(implementation="pallas")

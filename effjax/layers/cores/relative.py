@@ -34,7 +34,8 @@ class RelativePositionCore(DenseCore):
     Params: ``position_kernel`` ``W_R [N*H, N, H]`` projecting the sinusoidal distance
     embeddings ``R [S + T - 1, N*H]`` to ``r``, ``content_bias`` ``u [N, H]`` and
     ``position_bias`` ``v [N, H]``. None depends on the sequence or memory length, so a
-    model trained with one memory length runs with another. Options: ``scale``.
+    model trained with one memory length runs with another. Options: ``scale``,
+    ``implementation`` (``"xla"`` only: the position terms are a dense bias).
     Keys may be longer than queries (``S = M + T``: a memory of ``M`` earlier positions
     before the segment); query ``i`` sits at key position ``i + S - T``.
 
@@ -55,6 +56,7 @@ class RelativePositionCore(DenseCore):
     """
 
     function = staticmethod(relative_position_attention)
+    implementations = ("xla",)
 
     def prepare(self, query, key, value, deterministic):
         heads, head_dim = query.shape[2:]
