@@ -277,8 +277,9 @@ def _chunk_attention(
         unsigned = jnp.uint16 if gap.dtype == jnp.int16 else jnp.uint32
         count = jnp.sum((gap.astype(unsigned) <= 1).astype(jnp.int32), axis=-1)
         logits = logits - jnp.log(jnp.maximum(count, 1).astype(jnp.float32))
-    weights, lse = _blockwise.softmax_with_lse(logits, mask)
-    return jnp.einsum("zmd,zdh->zmh", weights, v.astype(jnp.float32)), lse
+    unnormalised, inverse, lse = _blockwise.unnormalised_softmax(logits, mask)
+    out = jnp.einsum("zmd,zdh->zmh", unnormalised, v.astype(jnp.float32))
+    return out * inverse[..., None], lse
 
 
 def _map_over_blocks(fn, num_blocks: int, *args):
