@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +137,35 @@ def measure_python(
     except Exception as err:
         return Measurement("oom" if _is_oom(err) else "error", error=str(err)[:500])
     return Measurement("ok", statistics.median(times), min(times))
+
+
+def spread(times: Sequence[float]) -> dict[str, Any]:
+    """Every sample (``times_s``) and their quartiles and maximum (``time_s_q1``,
+    ``time_s_q3``, ``time_s_max``; None without samples), for records that keep the spread.
+
+    Example:
+      >>> spread([4.0, 1.0, 3.0, 2.0, 5.0])["time_s_q3"]
+      4.0
+    """
+    if not times:
+        return {"times_s": [], "time_s_q1": None, "time_s_q3": None, "time_s_max": None}
+    q1, q3 = np.percentile(times, [25, 75])
+    return {
+        "times_s": list(times),
+        "time_s_q1": float(q1),
+        "time_s_q3": float(q3),
+        "time_s_max": max(times),
+    }
+
+
+def sample_measurement(
+    status: str, times: Sequence[float], peak_bytes: int | None = None, error: str | None = None
+) -> Measurement:
+    """A :class:`Measurement` of samples timed elsewhere (a worker process): their median
+    and minimum when ``status`` is "ok"."""
+    if status != "ok":
+        return Measurement(status, peak_bytes=peak_bytes, error=error)
+    return Measurement("ok", statistics.median(times), min(times), peak_bytes)
 
 
 def matmul_peak_flops(dtype: jnp.dtype, *, size: int | None = None) -> float:

@@ -8,7 +8,8 @@ d_ff = 4 D) per registered variant, against the same layer on
 block_sparse vs original_full, Longformer window 512 vs 4, Reformer LSH vs full),
 each a one-layer PyTorch model built from its transformers config class, beside a
 one-layer effjax encoder of the same sizes and attention settings, timed in the same
-run (inference, batch ``B``, as the classic benchmark did).
+run (inference, batch ``B``, as the classic benchmark did): effjax.bench.peers times
+each framework in its own process.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import jax
 import jax.numpy as jnp
 
 from effjax.attention import registry
-from effjax.bench import measure as measure_lib
 from effjax.bench import runner, suite
 
 _HOOK_OPTIONS = ("rng", "features", "proj_k", "proj_v")
@@ -213,15 +213,22 @@ def _effjax_encoder_config(hf_config, attention: str, options: dict[str, Any]):
     )
 
 
-def _effjax_program(hf_config, attention: str, options: dict[str, Any], ids: jax.Array):
+def effjax_peer_program(
+    hf_config, attention: str, options: dict[str, Any], seq_len: int, batch: int
+) -> tuple[Callable, tuple]:
+    """``(program, args)``: the one-layer effjax encoder facing ``hf_config``'s model, on
+    random token ids ``[batch, seq_len]``."""
     from effjax.models import Encoder
 
     model = Encoder(_effjax_encoder_config(hf_config, attention, options))
+    ids = jax.random.randint(jax.random.key(0), (batch, seq_len), 5, hf_config.vocab_size)
     variables = model.init(jax.random.key(0), ids)
     return (lambda variables, ids: model.apply(variables, ids)), (variables, ids)
 
 
-def _torch_call(hf_config, seq_len: int, batch: int):
+def torch_peer_call(hf_config, seq_len: int, batch: int) -> tuple[Callable, Callable]:
+    """``(call, sync)``: ``hf_config``'s PyTorch model (transformers, no weights
+    downloaded) run on random token ids ``[batch, seq_len]``, in inference mode."""
     import torch
     from transformers import AutoModel
 
@@ -239,71 +246,13 @@ def _torch_call(hf_config, seq_len: int, batch: int):
     return call, sync
 
 
-def peer_records(config: runner.BenchConfig, env: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """For each peer pair and length: the Hugging Face PyTorch model, then effjax's."""
-    import torch
-    import transformers
-
-    peer_env = {
-        **env,
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-    }
-    for seq_len in config.seq_lens:
-        for pair in _pairs_at(seq_len):
-            hf_config = pair.hf_config(seq_len)
-            shape = suite.Shape(
-                config.batch,
-                seq_len,
-                hf_config.num_attention_heads,
-                hf_config.hidden_size // hf_config.num_attention_heads,
-            )
-            options = {"family": pair.family, "setting": pair.setting}
-            call, sync = _torch_call(hf_config, seq_len, config.batch)
-            result = measure_lib.measure_python(
-                call,
-                sync,
-                min_repeats=config.min_repeats,
-                max_repeats=config.max_repeats,
-                min_time_s=config.min_time_s,
-            )
-            yield runner.make_record(
-                kind="model",
-                variant=f"hf_{pair.family}_{pair.setting}",
-                implementation="torch",
-                options=options,
-                mode="fwd",
-                shape=shape,
-                dtype="float32",
-                result=result,
-                flops=None,
-                env=peer_env,
-            )
-            attention, attention_options = pair.effjax_attention
-            ids = jax.random.randint(
-                jax.random.key(0), (config.batch, seq_len), 5, hf_config.vocab_size
-            )
-            program, args = _effjax_program(hf_config, attention, attention_options, ids)
-            result = runner.measure_program(config, program, args, seq_len)
-            yield runner.make_record(
-                kind="model",
-                variant=f"effjax_{pair.family}_{pair.setting}",
-                implementation=suite.implementation_of(attention, seq_len),
-                options={**options, "attention": attention, **attention_options},
-                mode="fwd",
-                shape=shape,
-                dtype="float32",
-                result=result,
-                flops=None,
-                env=peer_env,
-            )
-
-
-def _pairs_at(seq_len: int) -> list[PeerPair]:
+def pairs_at(seq_len: int) -> list[PeerPair]:
     """The pairs measured at ``seq_len``: within their classic range, variant registered."""
     registered = registry.available()
     return [p for p in PEERS if seq_len <= p.max_seq_len and p.effjax_attention[0] in registered]
 
 
-def peer_step_count(config: runner.BenchConfig) -> int:
-    return 2 * sum(len(_pairs_at(t)) for t in config.seq_lens)
+def peer_pair(family: str, setting: str) -> PeerPair:
+    """The pair of :data:`PEERS` named ``family``, ``setting``."""
+    (pair,) = [p for p in PEERS if (p.family, p.setting) == (family, setting)]
+    return pair

@@ -9,15 +9,15 @@ from typing import Any
 import jax.numpy as jnp
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from effjax.bench import measure, models, plots, report, runner, training
+from effjax.bench import measure, models, peers, plots, report, runner, training
 
 
 def _total_steps(config: runner.BenchConfig) -> int:
     variants = {runner.BASELINE, *config.variants}
     per_kind = len(config.seq_lens) * len(config.modes) * len(variants)
-    peers = models.peer_step_count(config) if config.peers else 0
+    peer_steps = peers.peer_step_count(config) if config.peers else 0
     trainings = training.step_count(config) if config.layers else 0
-    return per_kind * (2 if config.layers else 1) + peers + trainings
+    return per_kind * (2 if config.layers else 1) + peer_steps + trainings
 
 
 def _all_records(config: runner.BenchConfig, env: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -26,7 +26,7 @@ def _all_records(config: runner.BenchConfig, env: dict[str, Any]) -> Iterator[di
         yield from models.layer_records(config, env)
         yield from training.training_records(config, env)
     if config.peers:
-        yield from models.peer_records(config, env)
+        yield from peers.peer_records(config, env)
 
 
 def run_benchmark(

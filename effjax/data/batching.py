@@ -167,10 +167,22 @@ class ClassificationData:
             return bucket_length(max(len(sequences[i]) for i in indices), self.boundaries)
         return self.max_length
 
-    def train_batch(self, step: int) -> dict[str, np.ndarray]:
-        """The training batch of ``step``: ``inputs int32 [B, L]``, ``padding_mask``, ``labels``."""
+    def train_batch(self, step: int, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The training batch of ``step``: ``inputs int32 [B, L]``, ``padding_mask``, ``labels``.
+
+        With ``rows`` (indices into the batch, one process's share on a multi-host run:
+        effjax.train.sharding.process_rows) only those rows are gathered and padded, to
+        the length the whole batch pads to, so every process's share has the same shape.
+        """
         indices = self.order.indices(step)
-        return self._batch("train", indices, self._length_for(self.splits["train"][0], indices))
+        sequences = self.splits["train"][0]
+        length = self._length_for(sequences, indices)
+        if rows is not None:
+            # The whole batch's length (its longest sequence when neither buckets nor
+            # max_length fix it), which a share alone may not reach.
+            length = length or max(len(sequences[i]) for i in indices)
+            indices = indices[rows]
+        return self._batch("train", indices, length)
 
     def eval_batches(self, split: str, limit: int | None = None) -> Iterator[dict]:
         """Batches of ``split`` in order, the last one partial; at most ``limit`` examples."""

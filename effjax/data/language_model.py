@@ -63,18 +63,20 @@ class LanguageModelData:
         """``K``: segments (batches) per pass over ``split``."""
         return (self.splits[split].shape[1] - 1) // self.segment_length
 
-    def _batch(self, split: str, index: int) -> dict[str, np.ndarray]:
+    def _batch(self, split: str, index: int, rows: np.ndarray | None = None) -> dict:
         start = index * self.segment_length
-        window = self.splits[split][:, start : start + self.segment_length + 1]
+        table = self.splits[split] if rows is None else self.splits[split][rows]
+        window = table[:, start : start + self.segment_length + 1]
         return {
             "inputs": window[:, :-1],
             "targets": window[:, 1:],
             "padding_mask": np.ones(window[:, 1:].shape, bool),
         }
 
-    def train_batch(self, step: int) -> dict[str, np.ndarray]:
-        """Segment ``step mod K`` of the training rows."""
-        return self._batch("train", step % self.num_segments("train"))
+    def train_batch(self, step: int, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Segment ``step mod K`` of the training rows (only ``rows`` of them when given:
+        one process's share on a multi-host run, effjax.train.sharding.process_rows)."""
+        return self._batch("train", step % self.num_segments("train"), rows)
 
     def eval_batches(self, split: str, limit: int | None = None) -> Iterator[dict]:
         """The segments of ``split`` in order (every one a full batch); with ``limit``

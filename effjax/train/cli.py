@@ -8,6 +8,11 @@ on a terminal, else one line per log interval. Exit status: 0 when training comp
 128 + signal number when SIGINT/SIGTERM stopped it after saving a checkpoint (it says so
 on stderr), 2 for a bad argument, config, missing data or an unusable or incompatible
 work directory (nothing written).
+
+On a pod, run the same command on every host: JAX's cluster detection (Cloud TPU,
+Slurm, Open MPI, Kubernetes) joins the processes, or pass --coordinator-address
+HOST:PORT --num-processes P --process-id I (effjax.train.distributed). The work
+directory must be one that every host reaches (a shared file system, GCS).
 """
 
 from __future__ import annotations
@@ -45,6 +50,19 @@ def add_train_parser(
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
+        "--coordinator-address",
+        metavar="HOST:PORT",
+        type=_coordinator_address,
+        help="multi-process run: process 0's address and a free port (with --num-processes "
+        "and --process-id; default: what JAX detects of the cluster, else one process)",
+    )
+    parser.add_argument(
+        "--num-processes", type=_positive_int, metavar="P", help="processes in the run"
+    )
+    parser.add_argument(
+        "--process-id", type=_non_negative_int, metavar="I", help="this process, 0..P-1"
+    )
+    parser.add_argument(
         "--list-configs", action="store_true", help="list the packaged configs and exit"
     )
     parser.set_defaults(func=run_train, parser=parser)
@@ -59,6 +77,23 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return int(text)
+
+
+def _coordinator_address(text: str) -> str:
+    from effjax.train.distributed import parse_coordinator_address
+
+    try:
+        return parse_coordinator_address(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(
+            str(error).removeprefix("--coordinator-address ")
+        ) from None
 
 
 def workdir_problem(workdir: str) -> str | None:
@@ -96,9 +131,11 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"effjax train: error: {problem}", file=sys.stderr)
         return 2
 
-    from effjax.train import loop, tasks
+    from effjax.train import distributed, loop, tasks
 
     try:
+        # Before anything touches a device: JAX then sees every process's devices.
+        distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
         config = load_config(args.config).with_steps(args.steps)
         if args.no_progress:
             config = config.replace(run=dataclasses.replace(config.run, progress=False))

@@ -19,6 +19,11 @@ Files in the work directory:
   ``write`` each; records after the restored step are dropped on resume.
 * ``tensorboard/``: the same scalars as TensorBoard event files (tensorboardX).
 
+On a multi-host run (effjax.train.distributed) every process runs :func:`train` with
+the same arguments: each loads its rows of every batch, orbax writes the checkpoints
+from all of them, and process 0 alone writes config.json, metrics.jsonl and the event
+files and shows progress. A stop signal to any process stops all at the same step.
+
 Progress goes to stderr: a rich progress bar on a terminal, else one line per log
 interval; a resumed run says the step it resumed from, and rerunning a finished run
 changes nothing (no new record, no new event file) and returns its recorded metrics.
@@ -352,6 +357,60 @@ class _MetricsLog:
         self.writer.close()
 
 
+class _NoLog:
+    """The metrics log of a process other than 0 (which alone writes the files)."""
+
+    def write(self, step: int, values: dict[str, float]) -> None:
+        del step, values
+
+    def close(self) -> None:
+        return None
+
+
+def _agreed_stop(received: list[int]) -> int:
+    """The first stop signal any process received (0: none). Every process gets the
+    same answer at the same step, so on a multi-host run all save and stop together
+    even when one host alone was signalled."""
+    mine = received[0] if received else 0
+    if jax.process_count() == 1:
+        return mine
+    from jax.experimental import multihost_utils
+
+    signals = np.asarray(multihost_utils.process_allgather(np.int32(mine)))
+    return int(signals[signals > 0][0]) if (signals > 0).any() else 0
+
+
+class _BatchFeed:
+    """Batches placed for a (possibly multi-process) mesh.
+
+    One process: the data's NumPy batches as they are (jit places them). Several: each
+    process reads only its rows of a training batch (``data.train_batch(step, rows=)``,
+    effjax.train.sharding.process_rows) and the global array is assembled from the
+    shares; evaluation batches, read whole by every process, are replicated.
+    """
+
+    def __init__(self, data, mesh: jax.sharding.Mesh, rules: sharding.Rules, batch_size: int):
+        self.data, self.mesh, self.rules, self.batch_size = data, mesh, rules, batch_size
+        self.multi = jax.process_count() > 1
+        self.rows = sharding.process_rows(mesh, rules, batch_size) if self.multi else None
+
+    def train_batch(self, step: int) -> dict:
+        if not self.multi:
+            return self.data.train_batch(step)
+        local = self.data.train_batch(step, rows=self.rows)
+        shardings = sharding.batch_shardings(local, self.mesh, self.rules)
+        return sharding.global_batch(local, shardings, self.batch_size)
+
+    def replicated(self, batch: dict) -> dict:
+        if not self.multi:
+            return batch
+        everywhere = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        return {
+            k: jax.make_array_from_process_local_data(everywhere, v, np.shape(v))
+            for k, v in batch.items()
+        }
+
+
 @contextlib.contextmanager
 def _stop_requests() -> Iterator[list[int]]:
     """Catches SIGINT/SIGTERM into a list instead of killing the process mid-step."""
@@ -493,7 +552,9 @@ def train(
       model: a linen module called as ``model(inputs, padding_mask, deterministic=)``
         (effjax.models.EncoderForSequenceClassification).
       data: ``train_batch(step) -> batch`` and ``eval_batches(split, limit)``
-        (effjax.data.batching.ClassificationData).
+        (effjax.data.batching.ClassificationData); on a multi-process run (after
+        effjax.train.distributed.initialize) also ``train_batch(step, rows=)``, the
+        rows of the global batch this process loads.
       loss_fn: ``(logits, batch) -> (loss, metrics)``.
       eval_model: the module evaluation applies to the same parameters (a Transformer-XL
         decoder with a longer memory, ``DecoderConfig.eval_mem_len``); default ``model``.
@@ -514,7 +575,8 @@ def train(
     tx = make_optimizer(config.optimizer, run.num_steps)
     mesh = sharding.make_mesh(run.mesh_data, run.mesh_model, expert=run.mesh_expert)
     rules = sharding.RULES[run.sharding]
-    example = data.train_batch(0)
+    feed = _BatchFeed(data, mesh, rules, run.batch_size)
+    example = feed.replicated(data.train_batch(0))
     abstract = jax.eval_shape(lambda b: init_state(model, tx, run.seed, b), example)
     state_sharding = sharding.state_shardings(abstract, tx, mesh, rules)
 
@@ -541,12 +603,14 @@ def train(
     if start:
         _say(f"resumed from step {start} of {run.num_steps} ({workdir})")
 
-    # Validation is over: from here on the work directory is written.
+    # Validation is over: from here on the work directory is written. Orbax writes the
+    # checkpoints from every process; the other files are process 0's.
+    primary = jax.process_index() == 0
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "checkpoints").mkdir(exist_ok=True)
-    if not (workdir / "config.json").exists():
+    if primary and not (workdir / "config.json").exists():
         _replace_file(workdir / "config.json", json.dumps(to_json(config), indent=2))
-    log = _MetricsLog(workdir, start)
+    log = _MetricsLog(workdir, start) if primary else _NoLog()
 
     step_fn = make_train_step(model, tx, run.seed, loss_fn, num_steps=run.num_steps)
     eval_step = make_eval_step(model if eval_model is None else eval_model, loss_fn)
@@ -561,18 +625,19 @@ def train(
         return compiled[shapes](state, batch)
 
     def run_eval(split: str, limit: int | None, step: int) -> dict[str, float]:
-        values = evaluate(eval_step, state, data.eval_batches(split, limit))
+        batches = map(feed.replicated, data.eval_batches(split, limit))
+        values = evaluate(eval_step, state, batches)
         values = {f"{split}/{name}": value for name, value in values.items()}
         log.write(step, values)
         return values
 
     result: dict[str, Any] = {"stopped": 0}
     pending: list[dict] = []
-    bar, task = _progress(run.progress, run.num_steps, start)
+    bar, task = _progress(run.progress and primary, run.num_steps, start)
     try:
         with _stop_requests() as stop, bar:
             for step in range(start, run.num_steps):
-                state, metrics = train_step(state, data.train_batch(step))
+                state, metrics = train_step(state, feed.train_batch(step))
                 pending.append(metrics)
                 done = step + 1
                 if done % run.log_every == 0 or done == run.num_steps:
@@ -590,10 +655,11 @@ def train(
                 if done % run.checkpoint_every == 0:
                     checkpoint.save(manager, done, state)
                 bar.update(task, completed=done)
-                if stop:
+                stopped = _agreed_stop(stop)
+                if stopped:
                     checkpoint.save(manager, done, state)
-                    result["stopped"] = stop[0]
-                    name = signal.Signals(stop[0]).name
+                    result["stopped"] = stopped
+                    name = signal.Signals(stopped).name
                     _say(f"stopped by {name} at step {done} (checkpoint saved); rerun to resume")
                     break
             else:

@@ -19,13 +19,12 @@ one device (tests/train/test_sharding.py checks parameters and loss to 1e-5):
   over ``"data"`` only.
 * **pmap** data parallel: :func:`pmap_train_step` with ``jax.lax.pmean`` of gradients.
 
-Multi-host (TPU pods, multi-node GPU): call ``jax.distributed.initialize()`` at the
-start of *every* process, before any other JAX call (on Cloud TPU it needs no
-arguments; elsewhere pass ``coordinator_address="host0:1234", num_processes=N,
-process_id=i``). ``jax.devices()`` then lists every chip of the slice, so
-``make_mesh()`` builds a global mesh; each process loads only its share of the batch
-(rows ``jax.process_index()::jax.process_count()`` of the global batch) and assembles
-the global array with ``jax.make_array_from_process_local_data(batch_sharding, local)``.
+Multi-host (TPU pods, multi-node GPU): every process runs the same program after
+``jax.distributed.initialize()`` (effjax.train.distributed, which ``effjax train``
+calls). ``jax.devices()`` then lists every chip of the slice, so ``make_mesh()``
+builds a global mesh; each process loads only its share of the batch, the rows
+:func:`process_rows` names (the rows its devices hold), and :func:`global_batch`
+assembles the global array with ``jax.make_array_from_process_local_data``.
 Checkpoints go to storage every host can reach (GCS); orbax coordinates the write.
 
 Example:
@@ -170,6 +169,45 @@ def batch_shardings(batch: dict[str, Any], mesh: Mesh, rules: Rules) -> dict[str
     return {
         name: NamedSharding(mesh, nn.logical_to_mesh_axes(_BATCH_AXES[np.ndim(x)], rules))
         for name, x in batch.items()
+    }
+
+
+def process_rows(
+    mesh: Mesh, rules: Rules, batch_size: int, process_index: int | None = None
+) -> np.ndarray:
+    """Indices of the rows of a ``[batch_size, ...]`` global batch that the devices of
+    process ``process_index`` (default: this one) hold, in order: the share that process
+    loads. All rows on one process; ``batch_size / P`` consecutive rows each when the
+    ``"data"`` axis spans ``P`` processes.
+
+    Raises:
+      ValueError: ``batch_size`` is not divisible by the size of the batch's mesh axis.
+    """
+    spec = nn.logical_to_mesh_axes(_BATCH_AXES[1], rules)
+    ways = int(np.prod([mesh.shape[a] for a in jax.tree.leaves(tuple(spec))]))
+    if batch_size % ways:
+        raise ValueError(
+            f"batch size {batch_size} is not divisible by the {ways} devices of mesh axis "
+            f"{spec[0]!r}"
+        )
+    index = jax.process_index() if process_index is None else process_index
+    placement = NamedSharding(mesh, spec).devices_indices_map((batch_size,))
+    owned = [
+        np.arange(batch_size)[where[0]]
+        for d, where in placement.items()
+        if d.process_index == index
+    ]
+    return np.unique(np.concatenate([np.zeros(0, int), *owned]))
+
+
+def global_batch(local: dict[str, Any], shardings: dict[str, NamedSharding], batch_size: int):
+    """Global ``[batch_size, ...]`` arrays from this process's rows (:func:`process_rows`)
+    of every batch entry (``jax.make_array_from_process_local_data``)."""
+    return {
+        name: jax.make_array_from_process_local_data(
+            shardings[name], x, (batch_size, *np.shape(x)[1:])
+        )
+        for name, x in local.items()
     }
 
 

@@ -169,19 +169,90 @@ def test_bad_options_fail_before_running(argv, message, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_peer_claims_compare_effjax_with_the_model_it_faces():
+def _peer_records(hf_times, effjax_times, pair="bigbird_block_sparse"):
     base = {"kind": "model", "mode": "fwd", "seq_len": 4096, "status": "ok"}
-    records = [
-        {**base, "variant": "hf_bigbird_block_sparse", "time_s": 3.0},
-        {**base, "variant": "effjax_bigbird_block_sparse", "time_s": 1.0},
-        {**base, "variant": "hf_reformer_lsh", "time_s": 1.0},
-        {**base, "variant": "effjax_reformer_lsh", "time_s": 2.0},
+    return [
+        {**base, "variant": f"{side}_{pair}", "time_s": float(np.median(t)), "times_s": t}
+        for side, t in (("hf", hf_times), ("effjax", effjax_times))
     ]
-    text = "\n".join(report.claim_lines(records))
-    assert "effjax bigbird_block_sparse model at T=4096 >= 2x" in text and "| 3.00x | yes |" in text
-    assert "| 0.50x | NO |" in text
+
+
+@pytest.mark.parametrize(
+    "hf_times, effjax_times, verdict, shown",
+    [
+        # Paired ratios 2.5, 2.4, 2.2, 2.6, 2.3: lower quartile 2.3 >= 2.
+        ([5.0, 4.8, 4.4, 5.2, 4.6], [2.0] * 5, "yes", "2.40x (quartiles 2.30-2.50, 5 pairs)"),
+        # 0.96x then 2.15x ... (the in-process flip of issue 17): quartiles straddle 2.
+        ([1.92, 4.3, 1.9, 4.4, 4.2], [2.0] * 5, "within spread", "2.10x (quartiles 0.96-2.15"),
+        ([3.0, 3.2, 3.1, 2.9, 3.3], [2.0] * 5, "NO", "1.55x (quartiles 1.50-1.60"),
+        # One fast sample is no evidence.
+        ([9.0], [2.0], "too few repetitions", "4.50x (quartiles 4.50-4.50, 1 pairs)"),
+    ],
+)
+def test_peer_claims_hold_only_against_the_spread(hf_times, effjax_times, verdict, shown):
+    text = "\n".join(report.claim_lines(_peer_records(hf_times, effjax_times)))
+    assert "effjax bigbird_block_sparse model at T=4096 >= 2x faster" in text
+    assert f"| {shown}" in text and text.count(f"| {verdict} |") == 1
+
+
+def test_peer_ratios_pair_the_interleaved_samples():
+    # Both frameworks slowed by the same background load in round 2: pairing cancels it.
+    hf, mine = _peer_records([2.0, 8.0, 2.0, 2.0, 2.0], [1.0, 4.0, 1.0, 1.0, 1.0])
+    spread = report.paired_ratios(hf, mine)
+    assert (spread.median, spread.q1, spread.q3, spread.count) == (2.0, 2.0, 2.0, 5)
+    assert report.claim_verdict(spread, 2.0) == "yes"
+    assert report.paired_ratios({**hf, "status": "oom"}, mine) is None
     assert report.baseline_of("model", "hf_reformer_lsh") is None
     assert report.baseline_of("layer", "local") == "jax"
+
+
+class _FakeWorker:
+    """A worker answering from a script of times; serving a request moves the other
+    worker's CPU clock by ``spin`` (a thread pool that keeps spinning while idle)."""
+
+    def __init__(self, name, times, log, clocks, spin):
+        self.name, self.times, self.log, self.clocks, self.spin = name, times, log, clocks, spin
+
+    def request(self, op):
+        self.log.append((self.name, op))
+        for other in self.clocks:
+            self.clocks[other] += self.spin if other != self.name else 1.0
+        return {"ok": True, "time_s": self.times.pop(0)}
+
+    def cpu_seconds(self):
+        return self.clocks[self.name]
+
+
+def test_peer_workers_are_timed_alternately_and_the_idle_one_is_watched():
+    from effjax.bench import peers
+
+    log, clocks = [], {"torch": 0.0, "effjax": 0.0}
+    workers = {
+        "torch": _FakeWorker("torch", [0.5] * 9, log, clocks, spin=0.25),
+        "effjax": _FakeWorker("effjax", [0.3] * 9, log, clocks, spin=0.0),
+    }
+    # At least 3 rounds, then until 0.0 s passed (already): exactly 3, A B A B A B.
+    times, idle = peers.interleaved_times(workers, min_pairs=3, max_pairs=9, min_time_s=0.0)
+    assert log == [("torch", "time"), ("effjax", "time")] * 3
+    assert times == {"torch": [0.5] * 3, "effjax": [0.3] * 3}
+    # effjax's clock moved 0.25 s during each torch call; torch's stayed put meanwhile.
+    assert idle == {"torch": 0.75, "effjax": 0.0}
+
+
+def test_peer_worker_protocol_reports_failures():
+    from effjax.bench import peers
+
+    worker = peers.Worker("effjax")
+    try:
+        answer = worker.request(op="build", family="bigbird", setting="nope", seq_len=64, batch=1)
+        assert answer["ok"] is False and answer["status"] == "error"
+        answer = worker.request(op="time")  # nothing built
+        assert answer["ok"] is False and "TypeError" in answer["error"]
+        assert worker.cpu_seconds() > 0  # the worker's own clock, from /proc
+        answer = worker.request(op="exit")  # the worker returns without answering
+        assert answer["ok"] is False and answer["error"].startswith("worker exited 0")
+    finally:
+        worker.close()
 
 
 def _one_shot_config(seq_len: int, **kinds) -> BenchConfig:
@@ -248,3 +319,6 @@ def test_peers_run_hugging_face_models_beside_effjax(tmp_path):
     assert {"hf_bigbird_original_full", "effjax_bigbird_original_full"} <= models.keys()
     assert all(r["status"] == "ok" and r["time_s"] > 0 for r in models.values())
     assert "torch_version" in models["hf_reformer_full"]
+    for record in models.values():  # its own process, one sample per interleaved round
+        assert record["process"] == "separate" and len(record["times_s"]) == 1
+        assert record["idle_peer_cpu_s"] is not None
