@@ -196,28 +196,57 @@ def _params(workdir):
     return step, manager.restore(step, args=ocp.args.StandardRestore(target))["params"]
 
 
-@pytest.mark.slow
-def test_two_processes_killed_and_resumed_equal_one_process(tmp_path):
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory):
+    """The shortened smoke run in one process with two devices: the same data-parallel
+    program as two processes of one device each, so the runs agree to the bit."""
+    tmp_path = tmp_path_factory.mktemp("distributed")
     config = _config(tmp_path)
-    # One process with two devices: the same data-parallel program as two processes of
-    # one device each, so the two runs agree to the bit.
-    reference = _finish(_launch(config, tmp_path / "one", 2))
-    workdir = tmp_path / "two"
-    processes = _pair(config, workdir)
+    return config, tmp_path / "one", _finish(_launch(config, tmp_path / "one", 2))
+
+
+def _wait_for_step(processes, workdir, step):
     deadline = time.monotonic() + 600
-    while not any(r["step"] >= 15 for r in _records(workdir)):  # past the checkpoint at 10
+    while not any(r["step"] >= step for r in _records(workdir)):
         assert all(p.poll() is None for p in processes), processes[0].communicate()[1][-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def _resume_and_compare(config, workdir, reference, summary):
+    summaries = [_finish(p) for p in _pair(config, workdir)]
+    assert summaries == [summary, summary]
+    assert _records(workdir) == _records(reference)
+    (step, params), (_, expected) = _params(workdir), _params(reference)
+    assert step == 30
+    jax.tree.map(np.testing.assert_array_equal, params, expected)
+
+
+@pytest.mark.slow
+def test_two_processes_killed_and_resumed_equal_one_process(one_process, tmp_path):
+    config, reference, summary = one_process
+    workdir = tmp_path / "two"
+    processes = _pair(config, workdir)
+    _wait_for_step(processes, workdir, 15)  # past the checkpoint at 10
     for process in processes:
         process.send_signal(signal.SIGKILL)
     for process in processes:
         process.wait(timeout=60)
     stopped_at, _ = _params(workdir)
     assert 10 <= stopped_at < 30
-    summaries = [_finish(p) for p in _pair(config, workdir)]
-    assert summaries == [reference, reference]
-    assert _records(workdir) == _records(tmp_path / "one")
-    (step, params), (_, expected) = _params(workdir), _params(tmp_path / "one")
-    assert step == 30
-    jax.tree.map(np.testing.assert_array_equal, params, expected)
+    _resume_and_compare(config, workdir, reference, summary)
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_both_at_one_step(one_process, tmp_path):
+    config, reference, summary = one_process
+    workdir = tmp_path / "two"
+    processes = _pair(config, workdir)
+    _wait_for_step(processes, workdir, 5)
+    processes[1].send_signal(signal.SIGTERM)  # process 0 is not signalled
+    for process in processes:
+        process.communicate(timeout=300)
+    assert [p.returncode for p in processes] == [128 + signal.SIGTERM] * 2
+    stopped_at, _ = _params(workdir)
+    assert 5 <= stopped_at < 30  # both saved that step on the way out
+    _resume_and_compare(config, workdir, reference, summary)
