@@ -119,8 +119,8 @@ MUTATIONS = (
     Mutation(
         "local_causal_sees_future",
         f"{ATTN}/local.py",
-        "    if is_causal:\n        right = 0\n    if dims.empty:",
-        "    if dims.empty:",
+        "    if is_causal:\n        right = 0\n    if implementation",
+        "    if implementation",
         (f"{T_ATTN}/test_local.py",),
     ),
     Mutation(
