@@ -299,7 +299,7 @@ def markdown(results: dict) -> str:
         )
     errors = {r["variant"]: r["error"] for r in runs if "error" in r}
     for name, message in errors.items():
-        lines += ["", f"n/a: `{name}` cannot run a causal decoder: {message}"]
+        lines += ["", f"n/a: `{name}` did not run here: {message}"]
     lines += [
         "",
         "## Training cost, measured in the same runs",
