@@ -63,9 +63,12 @@ class Setup:
     num_layers: int = 2
     num_heads: int = 4
     batch_size: int = 64
-    learning_rate: float = 3e-3
+    # At 3e-3 (the rate of the feasibility note) dense plateaued at the
+    # in-context guess (0.29 at T=32, 4 pairs, through 3000 steps); at 1e-3 it binds keys
+    # to values after ~600 steps and passes 0.99 by ~2400.
+    learning_rate: float = 1e-3
     warmup_steps: int = 100
-    max_steps: int = 1500
+    max_steps: int = 3000
     eval_every: int = 100
     eval_examples: int = 512
     target_accuracy: float = 0.99  # a run stops once held-out accuracy reaches this
