@@ -38,6 +38,8 @@ def persistent_memory_attention(
     padding_mask: jax.Array | None = None,
     is_causal: bool = False,
     scale: float | None = None,
+    mask: jax.Array | None = None,
+    implementation: str | None = None,
 ) -> jax.Array:
     r"""All-attention: dense attention over ``[memory ; sequence]`` (Sukhbaatar et al. 2019).
 
@@ -55,6 +57,9 @@ def persistent_memory_attention(
       padding_mask: bool ``[B, S]`` over the sequence keys, True = a real key.
       is_causal: causal mask on the sequence keys; the memory stays visible.
       scale: logit scale, default ``1 / sqrt(H)``.
+      mask: optional bool ``[B|1, N|1, T, S]`` over the sequence keys (True = may
+        attend), e.g. a decoding cache's; the memory columns are never masked.
+      implementation: passed on to :func:`~effjax.attention.dot_product_attention`.
 
     Returns:
       ``[B, T, N, Hv]`` in ``value.dtype`` (float32 logits and softmax).
@@ -94,12 +99,22 @@ def persistent_memory_attention(
         padding_mask = jnp.concatenate(
             [jnp.ones((dims.batch, num_slots), bool), padding_mask], axis=1
         )
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        if mask.ndim != 4 or mask.dtype != jnp.bool_ or mask.shape[-1] != dims.kv_len:
+            raise ValueError(
+                f"mask must be bool [B|1, N|1, T, S] with S = {dims.kv_len}, got "
+                f"{mask.dtype} {mask.shape}"
+            )
+        mask = jnp.concatenate([jnp.ones((*mask.shape[:-1], num_slots), bool), mask], axis=-1)
     # Bottom-right alignment over S + M keys keeps the memory (the first M) visible to all.
     return dot_product_attention(
         query,
         with_memory(memory_key, key),
         with_memory(memory_value, value),
         padding_mask=padding_mask,
+        mask=mask,
         is_causal=is_causal,
         scale=scale,
+        implementation=implementation,
     )

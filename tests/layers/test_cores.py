@@ -11,7 +11,7 @@ from effjax.attention import registry
 from effjax.layers import LocalCore, MultiHeadAttention, cores
 
 B, T, D = 1, 8, 8
-CACHED = ("dense", "local", "performer", "linear")  # the variants with a decoding cache
+CACHED = ("dense", "local", "performer", "linear", "persistent_memory")  # with a decoding cache
 
 
 @pytest.fixture(scope="module")

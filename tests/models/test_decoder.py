@@ -261,6 +261,7 @@ CACHED = {
     "local": {"window_size": 2},
     "performer": {"num_features": 8},
     "linear": {},
+    "persistent_memory": {"num_slots": 3},
 }
 LENGTHS = (2, 5, 3)  # real prompt tokens per row, left-padded to max(LENGTHS)
 

@@ -13,22 +13,23 @@ from flax import linen as nn
 
 from effjax.attention import benchspec, persistent_memory, registry
 from effjax.attention.helpers import check_positive
-from effjax.layers.cores.base import AttentionCore
+from effjax.layers.cores.dense import DenseCore
 
 
-class PersistentMemoryCore(AttentionCore):
+class PersistentMemoryCore(DenseCore):
     """:func:`~effjax.attention.persistent_memory_attention` in a layer.
 
-    Options: ``num_slots`` (M = 32 persistent vectors per head), ``scale``.
-    The memory is initialised N(0, 1) for keys (they meet queries through the logit
-    scale) and N(0, 1/M) for values, as the paper's all-attention layer.
+    Options: ``num_slots`` (M = 32 persistent vectors per head), ``scale``,
+    ``implementation`` (dense attention's). The memory is initialised N(0, 1) for keys
+    (they meet queries through the logit scale) and N(0, 1/M) for values, as the
+    paper's all-attention layer. Decoding keeps dense attention's key/value cache
+    (:class:`DenseCore`); the memory slots stay visible to every new query.
     """
 
     function = staticmethod(persistent_memory.persistent_memory_attention)
     layer_options = ("num_slots",)
 
     num_slots: int = 32
-    scale: float | None = None
 
     def check(self):
         check_positive("num_slots", self.num_slots)
