@@ -367,13 +367,17 @@ class _NoLog:
         return None
 
 
-def _agreed_stop(received: list[int]) -> int:
+def _agreed_stop(received: list[int], at_sync_point: bool) -> int:
     """The first stop signal any process received (0: none). Every process gets the
     same answer at the same step, so on a multi-host run all save and stop together
-    even when one host alone was signalled."""
+    even when one host alone was signalled. The processes compare signals only at
+    ``at_sync_point`` steps (the logging steps): an all-gather after every step would
+    make the hosts wait for each other once per step."""
     mine = received[0] if received else 0
     if jax.process_count() == 1:
         return mine
+    if not at_sync_point:
+        return 0
     from jax.experimental import multihost_utils
 
     signals = np.asarray(multihost_utils.process_allgather(np.int32(mine)))
@@ -655,7 +659,7 @@ def train(
                 if done % run.checkpoint_every == 0:
                     checkpoint.save(manager, done, state)
                 bar.update(task, completed=done)
-                stopped = _agreed_stop(stop)
+                stopped = _agreed_stop(stop, done % run.log_every == 0)
                 if stopped:
                     checkpoint.save(manager, done, state)
                     result["stopped"] = stopped
