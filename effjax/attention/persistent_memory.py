@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from effjax.attention import _common
-from effjax.attention.dense import dot_product_attention
+from effjax.attention.dense import _check_logit_array, dot_product_attention
 
 
 def _check_memory(name: str, memory, num_kv_heads: int, dim: int, letter: str) -> jax.Array:
@@ -57,7 +57,8 @@ def persistent_memory_attention(
       padding_mask: bool ``[B, S]`` over the sequence keys, True = a real key.
       is_causal: causal mask on the sequence keys; the memory stays visible.
       scale: logit scale, default ``1 / sqrt(H)``.
-      mask: optional bool ``[B|1, N|1, T, S]`` over the sequence keys (True = may
+      mask: optional bool mask over the sequence keys, broadcastable to ``[B, N, T, S]``
+        as :func:`~effjax.attention.dot_product_attention`'s (True = may
         attend), e.g. a decoding cache's; the memory columns are never masked.
       implementation: passed on to :func:`~effjax.attention.dot_product_attention`.
 
@@ -100,12 +101,9 @@ def persistent_memory_attention(
             [jnp.ones((dims.batch, num_slots), bool), padding_mask], axis=1
         )
     if mask is not None:
-        mask = jnp.asarray(mask)
-        if mask.ndim != 4 or mask.dtype != jnp.bool_ or mask.shape[-1] != dims.kv_len:
-            raise ValueError(
-                f"mask must be bool [B|1, N|1, T, S] with S = {dims.kv_len}, got "
-                f"{mask.dtype} {mask.shape}"
-            )
+        # Dense attention's rules for a mask (rank <= 4, broadcastable to [B, N, T, S]).
+        mask = _check_logit_array("mask", mask, dims)
+        mask = jnp.broadcast_to(mask, (*mask.shape[:-1], dims.kv_len))
         mask = jnp.concatenate([jnp.ones((*mask.shape[:-1], num_slots), bool), mask], axis=-1)
     # Bottom-right alignment over S + M keys keeps the memory (the first M) visible to all.
     return dot_product_attention(
