@@ -46,6 +46,7 @@ from effjax.attention import available  # noqa: E402
 from effjax.data import multi_query_recall  # noqa: E402
 from effjax.models import DecoderConfig, DecoderLM  # noqa: E402
 from effjax.train import OptimizerConfig, init_state, make_optimizer, make_train_step  # noqa: E402
+from effjax.train.loop import forward  # noqa: E402
 
 DEFAULT_OUT = ROOT / "experiments/results/mqar"
 # Variants whose causal form keeps a state of fixed size, whatever the length: the kernel
@@ -81,22 +82,17 @@ class Setup:
             )
 
 
-def variant_options(name: str, seq_len: int, pairs: int, batch_size: int) -> dict[str, Any]:
+def variant_options(name: str, seq_len: int, pairs: int) -> dict[str, Any]:
     """Each variant's options at length ``seq_len`` (costs well below dense's T^2).
 
     Longformer's global tokens are task-specific (the question in QA, Beltagy et al.
-    2020, Sec. 3.1); here they are the ``2 * pairs`` tokens of the key-value pairs.
+    2020, Sec. 3.1); here they are the ``2 * pairs`` tokens of the key-value pairs,
+    marked per batch (:func:`make_batch`'s ``global_attention_mask``).
     """
-    context = np.zeros((batch_size, seq_len), dtype=bool)
-    context[:, : 2 * pairs] = True
     return {
         "dense": {},
         "local": {"window_size": 16},
-        "global_local": {
-            "window_size": 16,
-            "global_mask": context,
-            "max_global_tokens": 2 * pairs,
-        },
+        "global_local": {"window_size": 16, "max_global_tokens": 2 * pairs},
         "block_sparse": {"block_size": 8, "num_random_blocks": 2, "num_global_blocks": 1},
         "lsh": {"num_hashes": 2, "num_buckets": max(2, seq_len // 16), "chunk_size": 16},
         "linear": {},
@@ -115,7 +111,7 @@ def model_for(setup: Setup, name: str, seq_len: int, pairs: int) -> DecoderLM:
         max_position_embeddings=seq_len,
         hidden_dropout_rate=0.0,
         attention=name,
-        attention_options=variant_options(name, seq_len, pairs, setup.batch_size),
+        attention_options=variant_options(name, seq_len, pairs),
     )
     return DecoderLM(config)
 
@@ -146,6 +142,10 @@ def make_batch(setup: Setup, seq_len: int, pairs: int, count: int, seed: int) ->
         count, seq_len=seq_len, num_pairs=pairs, vocab_size=setup.vocab_size, seed=seed
     )
     data["padding_mask"] = np.ones_like(data["inputs"], dtype=bool)
+    # The key-value pairs fill the first 2P positions: global_local's global tokens
+    # (every other variant's decoder ignores the mask).
+    data["global_attention_mask"] = np.zeros_like(data["padding_mask"])
+    data["global_attention_mask"][:, : 2 * pairs] = True
     return {k: jnp.asarray(v) for k, v in data.items()}
 
 
@@ -174,13 +174,12 @@ def train_one(setup: Setup, name: str, seq_len: int, pairs: int, seed: int) -> d
 
     @jax.jit
     def hits_and_loss(state, batch):
-        logits = model.apply(
-            {"params": state.params, **state.collections}, batch["inputs"], batch["padding_mask"]
-        )
+        logits = forward(model, state.params, batch, train=False, rng=None,
+                         collections=state.collections)  # fmt: skip
         return recall_loss(logits, batch)[1]
 
     def evaluate(state) -> dict[str, float]:
-        # In batches of the training size (global_local's global_mask has that batch size).
+        # In batches of the training size: one compiled shape, a small working set.
         size = setup.batch_size
         parts = [
             hits_and_loss(state, {k: v[i : i + size] for k, v in held_out.items()})
@@ -210,10 +209,7 @@ def train_one(setup: Setup, name: str, seq_len: int, pairs: int, seed: int) -> d
             break
     return {
         "variant": name,
-        "options": {
-            k: v if np.isscalar(v) else "first 2P positions"
-            for k, v in variant_options(name, seq_len, pairs, 1).items()
-        },
+        "options": variant_options(name, seq_len, pairs),
         "seq_len": seq_len,
         "pairs": pairs,
         "seed": seed,
@@ -303,6 +299,7 @@ def markdown(results: dict) -> str:
     errors = {r["variant"]: r["error"] for r in runs if "error" in r}
     for name, message in errors.items():
         lines += ["", f"n/a: `{name}` did not run here: {message}"]
+    lines += ["", *option_lines(runs)]
     lines += [
         "",
         "## Training cost, measured in the same runs",
@@ -337,7 +334,27 @@ def markdown(results: dict) -> str:
             f"The runs were made by the {len(results['invocations'])} invocations above "
             "(each run's record is in the JSON) and merged into one file."
         )
+    for step in results.get("merges", []):
+        files = ", ".join(f"`{name}`" for name in step["files"])
+        lines += ["", f"Merged from {files} by `{step['command']}`."]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def option_lines(runs: list[dict]) -> list[str]:
+    """Each variant's options as run (per cell where they depend on it)."""
+    lines = [
+        "Options (the rest are each variant's defaults; `global_local`'s global tokens are "
+        "the 2P positions of the key-value pairs, passed as the decoder's "
+        "global_attention_mask):",
+        "",
+    ]
+    for name in dict.fromkeys(r["variant"] for r in runs):
+        seen = dict.fromkeys(
+            json.dumps(r["options"]) for r in runs if r["variant"] == name and "options" in r
+        )
+        if seen and seen != {"{}": None}:
+            lines.append(f"- {name}: " + "; ".join(f"`{text}`" for text in seen))
+    return lines
 
 
 def findings(cells: dict, grid: list, setup: dict) -> list[str]:
@@ -452,6 +469,22 @@ def save(results: dict, out: Path) -> None:
         plot(results, out.with_suffix(".png"))
 
 
+def merge(results: dict, other: dict, path: Path) -> None:
+    """Adds ``other``'s runs (those not yet in ``results``) and invocations; both must
+    have the same setup, or their numbers would not be comparable."""
+    if other["setup"] != results["setup"]:
+        raise SystemExit(f"{path} was made with another setup than {results['setup']}")
+    done = {_run_key(r) for r in results["runs"]}
+    results["runs"] += [r for r in other["runs"] if _run_key(r) not in done]
+    results["invocations"] = provenance.merge_invocations(
+        results["invocations"], other["invocations"]
+    )
+
+
+def _run_key(run: dict) -> tuple[str, int, int, int]:
+    return run["variant"], run["seq_len"], run["pairs"], run["seed"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -460,18 +493,29 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=None, help="default: all registered")
     parser.add_argument("--lengths", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--pairs", type=int, nargs="+", default=[2, 4, 8])
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=2, help="how many seeds per cell")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1"
+    )
     parser.add_argument("--max-steps", type=int, default=Setup.max_steps)
     parser.add_argument("--vocab-size", type=int, default=Setup.vocab_size)
     parser.add_argument("--learning-rate", type=float, default=Setup.learning_rate)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="path without suffix")
     parser.add_argument("--report-only", action="store_true", help="rewrite .md/.png from .json")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="add the runs and invocations of these JSON files (parallel invocations)",
+    )
     args = parser.parse_args()
     start = time.time()
     setup = Setup(
         max_steps=args.max_steps, vocab_size=args.vocab_size, learning_rate=args.learning_rate
     )
-    lengths, pairs, seeds, out = args.lengths, args.pairs, range(args.seeds), args.out
+    lengths, pairs, out = args.lengths, args.pairs, args.out
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     if args.quick:
         # 300 steps of batch 64 at T=64 took 67 s of CPU per variant; 14 variants x 100
         # steps of batch 32 at T=32 (an eighth of the tokens) fit 5 minutes with compilation.
@@ -487,10 +531,17 @@ def main() -> None:
         if saved["setup"] != results["setup"] and not args.report_only:
             raise SystemExit(f"{json_path} was made with another setup; use --out")
         results = saved
+    for path in args.merge:
+        merge(results, json.loads(path.read_text()), path)
+    if args.merge:
+        results.setdefault("merges", []).append(
+            {"command": provenance.stamp(sys.argv, start=start)["command"],
+             "files": [str(path) for path in args.merge]}
+        )  # fmt: skip
     if args.report_only:
         save(results, out)
         return
-    done = {(r["variant"], r["seq_len"], r["pairs"], r["seed"]) for r in results["runs"]}
+    done = {_run_key(r) for r in results["runs"]}
     results["invocations"].append(provenance.stamp(sys.argv, start=start))
     # Dense first: every cell's reference, and the run a cut-short sweep must have.
     variants = args.variants or sorted(available(), key=lambda name: name != "dense")

@@ -29,6 +29,7 @@ from effjax.models.encoder import (
     call_block,
     check_input_length,
     check_param_kinds,
+    check_token_mask,
     feed_forward,
     model_dense,
     padding_mask_from,
@@ -50,7 +51,7 @@ class DecoderLayer(nn.Module):
     dtype: Dtype | None = None
 
     @nn.compact
-    def __call__(self, x, padding_mask, *, deterministic: bool) -> jax.Array:
+    def __call__(self, x, padding_mask, global_mask=None, *, deterministic: bool) -> jax.Array:
         cfg = self.config
         norm = lambda name: nn.LayerNorm(  # noqa: E731
             epsilon=cfg.layer_norm_eps, dtype=self.dtype, name=name
@@ -86,7 +87,12 @@ class DecoderLayer(nn.Module):
                 deterministic=deterministic,
             )
         else:
-            h = attn(attention_norm(x), padding_mask=padding_mask, deterministic=deterministic)
+            h = attn(
+                attention_norm(x),
+                padding_mask=padding_mask,
+                global_mask=global_mask,
+                deterministic=deterministic,
+            )
         x = x + nn.Dropout(cfg.hidden_dropout_rate)(h, deterministic=deterministic)
         if not cfg.feed_forward:  # the all-attention layer (Sukhbaatar et al. 2019)
             return x
@@ -141,6 +147,21 @@ class _ReversibleFeedForward(nn.Module):
         cfg = self.config
         norm = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="output_norm")
         return feed_forward(cfg, self.dtype)(norm(x), deterministic=deterministic)
+
+
+def _check_global_attention_mask(cfg: DecoderConfig, global_attention_mask, input_ids):
+    """``global_attention_mask`` as bool ``[B, T]`` (numpy stays numpy), or None; only
+    the plain stack takes one (the reversible branches and the segment memory's
+    attention see the hidden state alone)."""
+    if global_attention_mask is None:
+        return None
+    if cfg.reversible or cfg.mem_len:
+        raise ValueError(
+            "global_attention_mask needs a plain decoder stack (reversible=False, mem_len=0), "
+            f"got reversible={cfg.reversible}, mem_len={cfg.mem_len} and a mask of shape "
+            f"{global_attention_mask.shape}"
+        )
+    return check_token_mask(global_attention_mask, input_ids, "global_attention_mask")
 
 
 def _check_reversible_call(decode: bool, attention_mask) -> None:
@@ -228,6 +249,7 @@ class DecoderLM(nn.Module):
         input_ids: jax.Array,
         attention_mask: jax.Array | None = None,
         *,
+        global_attention_mask: jax.Array | None = None,
         deterministic: bool = True,
     ) -> jax.Array:
         """Next-token logits ``[B, T, vocab_size]`` (float32).
@@ -238,6 +260,11 @@ class DecoderLM(nn.Module):
             padding (positions ``0..T-1``). With ``decode``: the new tokens' padding, left
             padding of a prompt (real tokens count positions from 0 in each row; padded
             ones are never attended to); None = all real.
+          global_attention_mask: ``[B, T]``, nonzero = a global token (Longformer's
+            convention, as :class:`~effjax.models.Encoder`'s): under ``"global_local"``
+            it attends to every earlier token and every later token attends to it (the
+            causal cut still applies); variants without global tokens ignore it. Not
+            with ``reversible`` or ``mem_len``.
           deterministic: False enables dropout (needs a ``"dropout"`` rng).
         """
         cfg = self.config
@@ -245,6 +272,7 @@ class DecoderLM(nn.Module):
         if cfg.reversible:
             _check_reversible_call(self.decode, attention_mask)
         padding_mask = padding_mask_from(input_ids, attention_mask, cfg)
+        global_mask = _check_global_attention_mask(cfg, global_attention_mask, input_ids)
         dtype = cfg.compute_dtype(self.dtype)
         embed = embedding_layer(
             cfg.quantization,
@@ -267,7 +295,14 @@ class DecoderLM(nn.Module):
                 layer = DecoderLayer(
                     cfg, cfg.options_for_layer(i), self.decode, dtype, name=f"layer_{i}"
                 )
-                x = call_block(remat_cfg, layer, x, padding_mask, deterministic=deterministic)
+                x = call_block(
+                    remat_cfg,
+                    layer,
+                    x,
+                    padding_mask,
+                    global_mask=global_mask,
+                    deterministic=deterministic,
+                )
         x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, name="final_norm")(x)
         if cfg.tie_word_embeddings:
             logits = embed.attend(x)

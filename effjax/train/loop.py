@@ -141,7 +141,9 @@ def forward(
     """``model(inputs, padding_mask, deterministic=not train)`` with per-step keys.
 
     The mask is passed positionally, as effjax.models' encoders take it
-    (``attention_mask``, True/1 = a real token). ``collections`` are the model's
+    (``attention_mask``, True/1 = a real token); a batch's ``global_attention_mask``
+    (Longformer's global tokens, ``[B, T]``) goes to the model under that name, as
+    effjax.models' encoders and decoders take it. ``collections`` are the model's
     non-trainable variables; in evaluation (``rng=None``) randomised variants use
     their fixed evaluation key. With ``mutable`` (collection names) the result is
     ``(outputs, mutated collections)``, as ``Module.apply``'s.
@@ -150,10 +152,17 @@ def forward(
         {"params": params, **(collections or {})},
         batch["inputs"],
         batch["padding_mask"],
+        **_global_tokens(batch),
         deterministic=not train,
         rngs=None if rng is None else _step_rngs(rng),
         mutable=mutable,
     )
+
+
+def _global_tokens(batch: dict) -> dict:
+    """The model's ``global_attention_mask`` keyword when the batch carries one."""
+    mask = batch.get("global_attention_mask")
+    return {} if mask is None else {"global_attention_mask": mask}
 
 
 #: The collections of auxiliary losses a model sows, each with its metric prefix and the
@@ -267,6 +276,7 @@ def init_state(
             {"params": init_key, "dropout": init_key, "attention": init_key},
             batch["inputs"],
             batch["padding_mask"],
+            **_global_tokens(batch),
             deterministic=True,
         )
     )

@@ -79,6 +79,65 @@ def test_future_tokens_do_not_change_past_logits(lm):
     )
 
 
+# ------------------------------------------------------------------ global tokens
+
+GLOBAL_WINDOW = 2  # far shorter than the sequence: only global tokens reach back further
+
+
+def _global_reference(query, key, value, *, global_mask, padding_mask=None, is_causal=False):
+    """Dense attention under the mask global_local_attention equals (its contract)."""
+    mask = ea.global_local_mask(global_mask, GLOBAL_WINDOW, is_causal=is_causal)
+    return ea.dot_product_attention(
+        query, key, value, mask=mask, padding_mask=padding_mask, is_causal=is_causal
+    )
+
+
+@pytest.fixture(scope="module")
+def global_lm():
+    options = {"window_size": GLOBAL_WINDOW, "max_global_tokens": 2}
+    model = DecoderLM(cfg(num_layers=2, attention="global_local", attention_options=options))
+    seq = jax.random.randint(jax.random.key(7), (B, 12), 0, 40)
+    marks = np.zeros((B, 12), np.int32)
+    marks[0, [1, 6]] = 1
+    marks[1, [3]] = 1
+    params = jax.jit(model.init)(jax.random.key(2), seq)["params"]
+    return model, params, seq, marks
+
+
+def test_global_attention_mask_reaches_every_layer_as_its_global_mask(global_lm):
+    model, params, seq, marks = global_lm
+    apply = jax.jit(model.apply)
+    got = apply({"params": params}, seq, global_attention_mask=jnp.asarray(marks))
+    reference = DecoderLM(model.config.replace(attention=_global_reference, attention_options={}))
+    want = reference.apply({"params": params}, seq, global_attention_mask=marks)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # The marks matter: without them late positions lose the view of the early tokens,
+    # while position 0 (before any global token) sees the same one token.
+    plain = apply({"params": params}, seq)
+    assert float(jnp.abs(got[:, -1] - plain[:, -1]).max()) > 1e-3
+    np.testing.assert_allclose(got[:, 0], plain[:, 0], atol=1e-5)
+
+
+def test_causal_global_tokens_do_not_leak_future_tokens(global_lm):
+    model, params, seq, marks = global_lm
+    apply = jax.jit(model.apply)
+    changed = seq.at[:, 7:].set(0)  # after every global token of both rows
+    before = apply({"params": params}, seq, global_attention_mask=marks)
+    after = apply({"params": params}, changed, global_attention_mask=marks)
+    np.testing.assert_allclose(before[:, :7], after[:, :7], atol=1e-5)
+    assert float(jnp.abs(before[:, 7:] - after[:, 7:]).max()) > 1e-3
+
+
+def test_bad_global_attention_masks_raise(global_lm):
+    model, params, seq, marks = global_lm
+    with pytest.raises(ValueError, match=r"global_attention_mask shape \(2, 11\)"):
+        model.apply({"params": params}, seq, global_attention_mask=marks[:, :11])
+    reversible = DecoderLM(reversible_cfg())
+    shapes = jax.eval_shape(reversible.init, jax.random.key(1), seq)["params"]  # never read
+    with pytest.raises(ValueError, match="global_attention_mask needs a plain decoder stack"):
+        reversible.apply({"params": shapes}, seq, global_attention_mask=marks)
+
+
 def test_sampling_is_reproducible_and_top1_is_greedy(lm):
     model, params, prompt = lm
     key = jax.random.key(7)

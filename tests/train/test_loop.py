@@ -122,3 +122,27 @@ def test_schedule_warmup_then_decay():
     )
     cosine = loop.make_schedule(OptimizerConfig(learning_rate=2.0, warmup_steps=0), 100)
     np.testing.assert_allclose([cosine(0), cosine(50), cosine(100)], [2.0, 1.0, 0.0], atol=1e-6)
+
+
+def test_a_batch_global_attention_mask_reaches_the_model():
+    from effjax.models import DecoderConfig, DecoderLM
+
+    config = DecoderConfig(
+        vocab_size=20, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16,
+        max_position_embeddings=8, attention="global_local",
+        attention_options={"window_size": 1, "max_global_tokens": 1},
+    )  # fmt: skip
+    model = DecoderLM(config)
+    inputs = jax.random.randint(jax.random.key(0), (2, 8), 0, 20)
+    marks = np.zeros((2, 8), bool)
+    marks[:, 0] = True  # the first token, seen by every later one
+    batch = {"inputs": inputs, "padding_mask": np.ones((2, 8), bool)}
+    tx = loop.make_optimizer(OptimizerConfig(learning_rate=1e-3), 10)
+    state = loop.init_state(model, tx, 0, {**batch, "global_attention_mask": marks})
+    got = loop.forward(
+        model, state.params, {**batch, "global_attention_mask": marks}, train=False, rng=None
+    )
+    want = model.apply({"params": state.params}, inputs, global_attention_mask=marks)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    without = loop.forward(model, state.params, batch, train=False, rng=None)
+    assert float(np.abs(got[:, -1] - without[:, -1]).max()) > 1e-4
