@@ -85,6 +85,9 @@ class Setup:
 def variant_options(name: str, seq_len: int, pairs: int) -> dict[str, Any]:
     """Each variant's options at length ``seq_len`` (costs well below dense's T^2).
 
+    Blocks, chunks, clusters and windows are set well below ``seq_len``: with their
+    defaults (64-128 tokens) Sinkhorn's single block, routing's local heads and BigBird's
+    blocks would each cover the whole of a short sequence, i.e. be dense attention.
     Longformer's global tokens are task-specific (the question in QA, Beltagy et al.
     2020, Sec. 3.1); here they are the ``2 * pairs`` tokens of the key-value pairs,
     marked per batch (:func:`make_batch`'s ``global_attention_mask``).
@@ -93,8 +96,10 @@ def variant_options(name: str, seq_len: int, pairs: int) -> dict[str, Any]:
         "dense": {},
         "local": {"window_size": 16},
         "global_local": {"window_size": 16, "max_global_tokens": 2 * pairs},
-        "block_sparse": {"block_size": 8, "num_random_blocks": 2, "num_global_blocks": 1},
-        "lsh": {"num_hashes": 2, "num_buckets": max(2, seq_len // 16), "chunk_size": 16},
+        "block_sparse": {"block_size": 4, "num_random_blocks": 1, "num_global_blocks": 1},
+        "lsh": {"num_hashes": 2, "num_buckets": max(2, seq_len // 8), "chunk_size": 8},
+        "sinkhorn": {"block_size": 8},
+        "routing": {"local_window": 8},
         "linear": {},
         "performer": {"num_features": 64, "redraw_interval": 100},
         "linformer": {"proj_dim": 16, "max_len": seq_len},
