@@ -258,7 +258,8 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 def markdown(results: dict) -> str:
     setup, runs = results["setup"], results["runs"]
     cells = _cells(runs)
-    variants = list(dict.fromkeys(r["variant"] for r in runs))
+    # Every registered variant has a row, dense first; a variant of another checkout too.
+    variants = list(dict.fromkeys([*_variant_order(available()), *(r["variant"] for r in runs)]))
     grid = sorted({(r["seq_len"], r["pairs"]) for r in runs})
     lines = [
         "# Multi-query associative recall (MQAR), every attention variant",
@@ -286,7 +287,7 @@ def markdown(results: dict) -> str:
             group = cells.get((name, t, p), [])
             ok = [r["accuracy"] for r in group if "error" not in r]
             if not group:
-                row.append("")
+                row.append("not run")
             elif not ok:
                 row.append("n/a")
             else:
@@ -304,19 +305,26 @@ def markdown(results: dict) -> str:
     errors = {r["variant"]: r["error"] for r in runs if "error" in r}
     for name, message in errors.items():
         lines += ["", f"n/a: `{name}` did not run here: {message}"]
+    if any((name, t, p) not in cells for name in variants for t, p in grid):
+        lines += [
+            "",
+            "not run: the sweep stopped before this variant's run of the cell (time budget; "
+            "each invocation's variants and seeds are in its command below).",
+        ]
     lines += ["", *option_lines(runs)]
     lines += [
         "",
         "## Training cost, measured in the same runs",
         "",
-        "Median seconds per training step (compilation excluded) and median steps run "
-        "(a run stops early once it reaches the target), per variant and length; CPU "
-        "shared with other jobs, so compare within a column.",
+        "Median seconds per training step (compilation excluded), median steps run (a run "
+        "stops early once it reaches the target) and median seconds of training per run, "
+        "per variant and length. The CPU was shared with other jobs whose load varied "
+        "during the sweep: ratios between variants are rough.",
         "",
     ]
     lengths = sorted({t for t, _ in grid})
     lines += [
-        "| variant | " + " | ".join(f"T={t}: s/step, steps" for t in lengths) + " |",
+        "| variant | " + " | ".join(f"T={t}: s/step, steps, train s" for t in lengths) + " |",
         "|---|" + "---|" * len(lengths),
     ]
     for name in variants:
@@ -325,11 +333,13 @@ def markdown(results: dict) -> str:
             done = [r for r in runs if r["variant"] == name and r["seq_len"] == t]
             done = [r for r in done if "error" not in r]
             if not done:
-                row.append("n/a")
+                row.append("n/a" if (name, t) in {(r["variant"], r["seq_len"]) for r in runs}
+                           else "not run")  # fmt: skip
                 continue
             per_step = float(np.median([r["seconds_per_step"] for r in done]))
             steps = int(np.median([r["steps"] for r in done]))
-            row.append(f"{per_step:.3f}, {steps}")
+            seconds = float(np.median([r["train_seconds"] for r in done]))
+            row.append(f"{per_step:.3f}, {steps}, {seconds:.0f}")
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     lines += ["", *findings(cells, grid, setup), "", "## Provenance", ""]
     for info in results["invocations"]:
@@ -342,6 +352,8 @@ def markdown(results: dict) -> str:
     for step in results.get("merges", []):
         files = ", ".join(f"`{name}`" for name in step["files"])
         lines += ["", f"Merged from {files} by `{step['command']}`."]
+        if step.get("note"):
+            lines += ["", step["note"]]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -422,6 +434,37 @@ def findings(cells: dict, grid: list, setup: dict) -> list[str]:
                 f"- {name} (fixed state), T={t}: loses {100 * lost:.1f} points from P={low} "
                 f"to P={high}, dense {100 * base[2]:.1f}: {verdict}."
             )
+    behind = behind_dense(cells, grid, [n for n in FIXED_STATE if n in names])
+    return [*lines, "", *behind] if behind else lines
+
+
+def behind_dense(cells: dict, grid: list, names: list[str]) -> list[str]:
+    """Per variant, the cells where it falls behind dense: a gap over 2 points and over
+    twice the two seed spreads (sample s.d., 0 for one seed) added."""
+    lines = []
+    for name in names:
+        behind, level = [], []
+        for t, p in grid:
+            ours, base = (
+                [r["accuracy"] for r in cells.get((v, t, p), []) if "error" not in r]
+                for v in (name, "dense")
+            )
+            if not ours or not base:
+                continue
+            (mean, sd), (dense_mean, dense_sd) = _mean_sd(ours), _mean_sd(base)
+            text = f"T={t}, P={p} ({mean:.3f} ± {sd:.3f} vs {dense_mean:.3f} ± {dense_sd:.3f})"
+            gap = dense_mean - mean
+            (behind if gap > 0.02 and gap > 2 * (sd + dense_sd) else level).append(text)
+        if behind or level:
+            lines.append(
+                f"- {name} falls behind dense at "
+                + ("; ".join(behind) if behind else "no cell")
+                + (f"; level with it (within the rule) at {'; '.join(level)}." if level else ".")
+            )
+    if lines:
+        lines.insert(0, "Where the fixed-state variants fall behind dense attention "
+                     "(gap > 2 points and > twice the two s.d. added):")  # fmt: skip
+        lines.insert(1, "")
     return lines
 
 
@@ -486,6 +529,11 @@ def merge(results: dict, other: dict, path: Path) -> None:
     )
 
 
+def _variant_order(names) -> list[str]:
+    """Dense first (every cell's reference), then by name."""
+    return sorted(names, key=lambda name: (name != "dense", name))
+
+
 def _run_key(run: dict) -> tuple[str, int, int, int]:
     return run["variant"], run["seq_len"], run["pairs"], run["seed"]
 
@@ -514,6 +562,7 @@ def main() -> None:
         default=[],
         help="add the runs and invocations of these JSON files (parallel invocations)",
     )
+    parser.add_argument("--note", default="", help="how the merged invocations were run")
     args = parser.parse_args()
     start = time.time()
     setup = Setup(
@@ -541,7 +590,7 @@ def main() -> None:
     if args.merge:
         results.setdefault("merges", []).append(
             {"command": provenance.stamp(sys.argv, start=start)["command"],
-             "files": [str(path) for path in args.merge]}
+             "files": [str(path) for path in args.merge], "note": args.note}
         )  # fmt: skip
     if args.report_only:
         save(results, out)
@@ -549,7 +598,7 @@ def main() -> None:
     done = {_run_key(r) for r in results["runs"]}
     results["invocations"].append(provenance.stamp(sys.argv, start=start))
     # Dense first: every cell's reference, and the run a cut-short sweep must have.
-    variants = args.variants or sorted(available(), key=lambda name: name != "dense")
+    variants = args.variants or _variant_order(available())
     for t in lengths:
         for p in pairs:
             if t < 4 * p:
