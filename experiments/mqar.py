@@ -341,7 +341,8 @@ def markdown(results: dict) -> str:
             seconds = float(np.median([r["train_seconds"] for r in done]))
             row.append(f"{per_step:.3f}, {steps}, {seconds:.0f}")
         lines.append(f"| {name} | " + " | ".join(row) + " |")
-    lines += ["", *findings(cells, grid, setup), "", "## Provenance", ""]
+    lines += ["", *findings(cells, grid, setup), *reach_lines(runs, setup)]
+    lines += ["", "## Provenance", ""]
     for info in results["invocations"]:
         lines += [*provenance.stamp_lines(info), ""]
     if len(results["invocations"]) > 1:
@@ -396,9 +397,10 @@ def findings(cells: dict, grid: list, setup: dict) -> list[str]:
         gaps = [g for g in gaps if not math.isnan(g)]
         if gaps:
             lines.append(
-                f"- {name}: {100 * max(gaps):.1f} points below dense at most, "
-                f"{100 * float(np.mean(gaps)):.1f} on average over {len(gaps)} cells."
+                f"- {name}: dense minus {name}, {100 * max(gaps):+.1f} points at most, "
+                f"{100 * float(np.mean(gaps)):+.1f} on average over {len(gaps)} cells."
             )
+    lines += guess_lines(cells, grid)
 
     def drop(name, t) -> tuple[int, int, float] | None:
         """(fewest pairs, most pairs, accuracy lost between them) at length ``t``."""
@@ -436,6 +438,51 @@ def findings(cells: dict, grid: list, setup: dict) -> list[str]:
             )
     behind = behind_dense(cells, grid, [n for n in FIXED_STATE if n in names])
     return [*lines, "", *behind] if behind else lines
+
+
+def guess_lines(cells: dict, grid: list, margin: float = 0.1) -> list[str]:
+    """The cells where a variant ends within ``margin`` of the in-context guess: it
+    learned which tokens are values but not which key each belongs to."""
+    lines = []
+    for t, p in grid:
+        guesses = [r["in_context_guess"] for (_, tt, pp), g in cells.items() if (tt, pp) == (t, p)
+                   for r in g if "in_context_guess" in r]  # fmt: skip
+        if not guesses:
+            continue
+        near = sorted(
+            name
+            for (name, tt, pp), group in cells.items()
+            if (tt, pp) == (t, p)
+            and (ok := [r["accuracy"] for r in group if "error" not in r])
+            and float(np.mean(ok)) < guesses[0] + margin
+        )
+        if near:
+            lines.append(
+                f"- T={t}, P={p}: {', '.join(near)} end within {100 * margin:.0f} points of "
+                f"the in-context guess ({guesses[0]:.3f}): no key-value binding learned."
+            )
+    return lines
+
+
+def reach_lines(runs: list[dict], setup: dict) -> list[str]:
+    """Windowed variants whose window, stacked over the layers, spans the sequence: every
+    key is reachable from every later query in ``num_layers`` hops, so the window does
+    not cut the task."""
+    lines = []
+    windows = {
+        (r["variant"], r["seq_len"], r["options"]["window_size"])
+        for r in runs
+        if "window_size" in r.get("options", {})
+    }
+    for name, t, window in sorted(windows):
+        reach = setup["num_layers"] * window
+        if reach >= t - 1:
+            lines.append(
+                f"- {name} at T={t}: window {window} x {setup['num_layers']} layers = "
+                f"{reach} positions back >= T - 1 = {t - 1}: it can relay every key to every "
+                "later query."
+            )
+    return lines
 
 
 def behind_dense(cells: dict, grid: list, names: list[str]) -> list[str]:
@@ -491,13 +538,17 @@ def plot(results: dict, path: Path) -> None:
         ax.set(title=f"T = {t}", xlabel="key-value pairs", xscale="log", ylim=(-0.02, 1.02))
         ax.set_xticks(sorted({r["pairs"] for r in runs}), minor=False)
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        hardest = max(p for (_, tt, p) in cells if tt == t)
+        # The most pairs among the cells with the most variants run (a cut-short sweep
+        # may have run only dense at the largest).
+        counts = {p: sum(tt == t and pp == p for _, tt, pp in cells)
+                  for _, tt, p in cells if tt == t}  # fmt: skip
+        shown = max((n, p) for p, n in counts.items())[1]
         curves = axes[1][col]
         for name in variants:
-            for run in cells.get((name, t, hardest), [])[:1]:
+            for run in cells.get((name, t, shown), [])[:1]:
                 steps, accs = zip(*[(c[0], c[1]) for c in run["curve"]], strict=True)
                 curves.plot(steps, accs, marker=".", label=name)
-        curves.set(title=f"learning curves, T = {t}, P = {hardest} (first seed)",
+        curves.set(title=f"learning curves, T = {t}, P = {shown} (first seed)",
                    xlabel="step", ylim=(-0.02, 1.02))  # fmt: skip
     axes[0][0].set_ylabel("held-out accuracy (mean ± s.d. over seeds)")
     axes[1][0].set_ylabel("held-out accuracy")
