@@ -528,16 +528,21 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(
         2, len(lengths), figsize=(4.5 * len(lengths), 7), squeeze=False, sharey="row"
     )
+    # tab10 would repeat colours among the 14 variants.
+    colors = {name: plt.cm.tab20(i % 20) for i, name in enumerate(variants)}
     for col, t in enumerate(lengths):
         ax = axes[0][col]
         for name in variants:
             pairs = sorted({p for (v, tt, p) in cells if v == name and tt == t})
             stats = [_mean_sd([r["accuracy"] for r in cells[(name, t, p)]]) for p in pairs]
             ax.errorbar(pairs, [m for m, _ in stats], yerr=[s for _, s in stats],
-                        marker="o", capsize=3, label=name)  # fmt: skip
+                        marker="o", capsize=3, label=name, color=colors[name])  # fmt: skip
+        guesses = sorted({(r["pairs"], r["in_context_guess"]) for r in runs if r["seq_len"] == t})
+        ax.plot(*zip(*guesses, strict=True), "k--", label="in-context guess")
         ax.set(title=f"T = {t}", xlabel="key-value pairs", xscale="log", ylim=(-0.02, 1.02))
         ax.set_xticks(sorted({r["pairs"] for r in runs}), minor=False)
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
         # The most pairs among the cells with the most variants run (a cut-short sweep
         # may have run only dense at the largest).
         counts = {p: sum(tt == t and pp == p for _, tt, pp in cells)
@@ -547,7 +552,7 @@ def plot(results: dict, path: Path) -> None:
         for name in variants:
             for run in cells.get((name, t, shown), [])[:1]:
                 steps, accs = zip(*[(c[0], c[1]) for c in run["curve"]], strict=True)
-                curves.plot(steps, accs, marker=".", label=name)
+                curves.plot(steps, accs, marker=".", label=name, color=colors[name])
         curves.set(title=f"learning curves, T = {t}, P = {shown} (first seed)",
                    xlabel="step", ylim=(-0.02, 1.02))  # fmt: skip
     axes[0][0].set_ylabel("held-out accuracy (mean ± s.d. over seeds)")
