@@ -441,8 +441,8 @@ def findings(cells: dict, grid: list, setup: dict) -> list[str]:
 
 
 def guess_lines(cells: dict, grid: list, margin: float = 0.1) -> list[str]:
-    """The cells where a variant ends within ``margin`` of the in-context guess: it
-    learned which tokens are values but not which key each belongs to."""
+    """The cells where a variant ends below the in-context guess plus ``margin``: it
+    learned at most which tokens are values, not which key each belongs to."""
     lines = []
     for t, p in grid:
         guesses = [r["in_context_guess"] for (_, tt, pp), g in cells.items() if (tt, pp) == (t, p)
@@ -458,8 +458,9 @@ def guess_lines(cells: dict, grid: list, margin: float = 0.1) -> list[str]:
         )
         if near:
             lines.append(
-                f"- T={t}, P={p}: {', '.join(near)} end within {100 * margin:.0f} points of "
-                f"the in-context guess ({guesses[0]:.3f}): no key-value binding learned."
+                f"- T={t}, P={p}: {', '.join(near)} end below the in-context guess "
+                f"({guesses[0]:.3f}) plus {100 * margin:.0f} points: no key-value binding "
+                "learned."
             )
     return lines
 
