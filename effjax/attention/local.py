@@ -16,8 +16,26 @@ import numpy as np
 from effjax.attention import _blockwise, _common, pallas
 from effjax.attention import masks as masks_lib
 
-#: The paths of :func:`local_attention` (``implementation=``); None is ``"xla"``.
+#: The paths of :func:`local_attention` (``implementation=``); None picks by
+#: :func:`default_implementation`.
 IMPLEMENTATIONS = (None, "xla", "pallas")
+
+
+def default_implementation(
+    backend: str, *, dtypes: tuple = ("float32",), same_head_dims: bool = True, dilation: int = 1
+) -> str:
+    """What ``implementation=None`` runs: ``"pallas"`` (splash attention's ``LocalMask``)
+    on a TPU for an undilated window when :func:`~effjax.attention.pallas.splash_fits`
+    (one dtype of float32/bfloat16, equal head dims), else ``"xla"`` (the blockwise
+    path; on CPU and GPU always: no GPU kernel is wired in).
+
+    Example:
+      >>> default_implementation("tpu"), default_implementation("tpu", dilation=2)
+      ('pallas', 'xla')
+    """
+    fits = pallas.splash_fits(backend, dtypes, same_head_dims) and dilation == 1
+    return "pallas" if fits else "xla"
+
 
 # Query block size when none is given: large enough that a block's matmuls are efficient,
 # small enough that the band of keys a block reads (b + left + right, rounded up to blocks)
@@ -207,7 +225,8 @@ def local_attention(
         window reach, in [32, 128]. Any ``T`` works: the last block is padded internally.
       implementation: ``"xla"`` (the blockwise computation above), ``"pallas"``
         (JAX's splash-attention kernel with a ``LocalMask``, in interpret mode off TPU;
-        no dilation, value and key head dims equal), or ``None`` (= ``"xla"``).
+        no dilation, value and key head dims equal), or ``None``: the backend's best,
+        :func:`default_implementation` (``"pallas"`` on a TPU where it fits, else ``"xla"``).
 
     Returns:
       ``[B, T, N, Hv]`` in ``value.dtype`` (float32 logits and softmax).
@@ -230,6 +249,13 @@ def local_attention(
     if block_size is not None:
         block_size = _common.check_positive("block_size", block_size)
     _common.check_implementation("local_attention", implementation, IMPLEMENTATIONS)
+    if implementation is None:
+        implementation = default_implementation(
+            jax.default_backend(),
+            dtypes=(query.dtype, key.dtype, value.dtype),
+            same_head_dims=dims.value_dim == dims.head_dim,
+            dilation=dilation,
+        )
     if is_causal:
         right = 0
     if implementation == "pallas":

@@ -126,7 +126,7 @@ def attention_records(config: BenchConfig, env: dict[str, Any]) -> Iterator[dict
                 yield make_record(
                     kind="attention",
                     variant=name,
-                    implementation=suite.implementation_of(name, seq_len),
+                    implementation=suite.implementation_of(name, shape, config.dtype),
                     options=spec.summary(shape),
                     mode=mode,
                     shape=shape,
