@@ -80,7 +80,8 @@ def _contiguous_window(
     Heads lead from the start (``[B, K, ...]``: the inputs are transposed once, the bands
     are cut in the layout both matmuls read), the logits are key-major ``[.., C, b]`` and,
     without ``key_valid``, the mask is built from iotas that XLA fuses into the softmax
-    instead of a ``[B, Q, C, b]`` array read per head (1.5x faster on CPU at T=4096).
+    instead of a ``[B, Q, C, b]`` array read per head (timed against the previous layout
+    in ``experiments/results/bench_cpu_sparsity_layout``).
     """
     batch, q_len, heads, groups = query.shape[:4]
     kv_len = key.shape[1]
