@@ -28,10 +28,30 @@ PROPERTIES = {
     "performer": ("O(F H)", "unbiased estimate of softmax", "yes", "recurrent state"),
     "linear": ("O(H²)", "another kernel (elu+1), not softmax", "yes", "recurrent state"),
     "linformer": ("O(k)", "low-rank approximation", "no (refused)", "no"),
-    "routing": ("O(T / C)", "exact for its k-means cluster mask", "yes", "no"),
-    "sinkhorn": ("O(2b)", "own block + a softly sorted block", "yes (not SortCut)", "no"),
-    "synthesizer": ("O(S)", "synthesised logits, optionally mixed with dot-product", "yes", "no"),
-    "persistent_memory": ("O(M + S)", "exact dense attention over memory + keys", "yes", "no"),
+    "routing": (
+        "O(T / C)",
+        "exact for its k-means cluster mask",
+        "yes",
+        "key/value cache; each step reruns the causal pass over it (exact at the cache's length)",
+    ),
+    "sinkhorn": (
+        "O(2b)",
+        "own block + a softly sorted block",
+        "yes (not SortCut)",
+        "key/value cache; each step reruns the causal pass over it (exact)",
+    ),
+    "synthesizer": (
+        "O(S)",
+        "synthesised logits, optionally mixed with dot-product",
+        "yes",
+        "key/value cache, table rows by position (exact)",
+    ),
+    "persistent_memory": (
+        "O(M + S)",
+        "exact dense attention over memory + keys",
+        "yes",
+        "full key/value cache (the memory always seen)",
+    ),
     "gaussian": ("O(w)", "fixed Gaussian weights (a convolution of the values)", "yes", "no"),
 }
 _UNDESCRIBED = ("see its docstring",) * 2 + ("-", "-")

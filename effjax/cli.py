@@ -129,19 +129,15 @@ def _physical_memory_bytes() -> int | None:
         return None
 
 
-def _bench_config(args):
-    import jax
-
+def bench_config(args, backend: str):
+    """The run ``effjax bench ARGS`` makes on ``backend`` ("cpu", "gpu" or "tpu"): on a
+    GPU or TPU, unless told otherwise, the accelerator sweep (lengths to 65536, no
+    compiled-memory cap: an out-of-memory length is recorded, not fatal)."""
     from effjax.attention import registry
     from effjax.bench import runner
 
-    on_cpu = jax.default_backend() == "cpu"
-    if args.seq_lens:
-        seq_lens = args.seq_lens
-    elif args.quick:
-        seq_lens = runner.QUICK_SEQ_LENS
-    else:
-        seq_lens = runner.CPU_SEQ_LENS if on_cpu else runner.ACCELERATOR_SEQ_LENS
+    on_cpu = backend == "cpu"
+    seq_lens = args.seq_lens or runner.default_seq_lens(backend, quick=args.quick)
     limit = args.memory_limit_gb
     if limit is not None:
         limit_bytes = int(limit * 2**30)
@@ -167,9 +163,11 @@ def _bench_config(args):
 
 
 def _run_bench(args, argv: Sequence[str]) -> int:
+    import jax
+
     from effjax.bench import run_benchmark
 
-    config = _bench_config(args)
+    config = bench_config(args, jax.default_backend())
     config.validate()
     run_benchmark(config, args.out, command="effjax " + shlex.join(argv))
     print(f"wrote {args.out}/results.jsonl, results.md and plots")

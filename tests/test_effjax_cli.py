@@ -2,6 +2,8 @@
 
 import argparse
 import re
+import shlex
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +51,19 @@ def test_train_without_config_or_workdir_is_a_usage_error(capsys):
             cli.main(argv)
         assert exit_info.value.code == 2
         assert "CONFIG and --workdir are required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("backend", "last_len", "capped"), [("gpu", 65536, False), ("tpu", 65536, False),
+                                        ("cpu", 16384, True)]
+)  # fmt: skip
+def test_make_bench_runs_the_accelerator_sweep_on_gpu_and_tpu(backend, last_len, capped):
+    # `make bench`'s own command line, as the Makefile spells it, planned for each backend.
+    makefile = (Path(__file__).parents[1] / "Makefile").read_text()
+    recipe = re.search(r"^bench: .*\n\t(.*)$", makefile, re.M).group(1)
+    argv = shlex.split(recipe.replace("$(BENCH_OUT)", "out"))
+    assert argv[0].endswith("/bin/effjax")
+    config = cli.bench_config(cli.build_parser().parse_args(argv[1:]), backend)
+    assert config.seq_lens[-1] == last_len and config.max_run_seq_len is None
+    assert (config.memory_limit_bytes is not None) == capped  # OOM lengths are recorded
+    assert config.modes == ("fwd", "fwd_bwd") and len(config.variants) > 10

@@ -48,6 +48,10 @@ def no_summary(shape: Shape) -> dict[str, Any]:
     return {}
 
 
+def xla_only(backend: str, shape: Shape, dtype: str) -> str:
+    return "xla"
+
+
 def fixed(**summary) -> Callable[[Shape], dict[str, Any]]:
     """A summary that is the same at every size."""
     return lambda shape: dict(summary)
@@ -62,11 +66,15 @@ class BenchSpec:
         (arrays allowed: Performer features, Linformer projections, a global mask).
       flops: ``(shape, options) -> useful forward FLOPs`` (None: unknown).
       summary: ``shape -> options`` as they go into the JSON record (no arrays).
+      implementation: ``(backend, shape, dtype) -> the path`` the benchmark's call runs
+        (its ``implementation=None`` choice, from the variant's selector), recorded
+        beside each measurement; default ``"xla"``.
     """
 
     options: Callable[[jax.Array, Shape], dict[str, Any]] = no_options
     flops: Callable[[Shape, dict[str, Any]], float | None] = lambda shape, options: None
     summary: Callable[[Shape], dict[str, Any]] = no_summary
+    implementation: Callable[[str, Shape, str], str] = xla_only
 
 
 def pairs_flops(shape: Shape, pairs_per_query: float) -> float:

@@ -18,8 +18,31 @@ import numpy as np
 from effjax.attention import _blockwise, _common, pallas
 from effjax.attention import masks as masks_lib
 
-#: The paths of :func:`block_sparse_attention` (``implementation=``); None is ``"xla"``.
+#: The paths of :func:`block_sparse_attention` (``implementation=``); None picks by
+#: :func:`default_implementation`.
 IMPLEMENTATIONS = (None, "xla", "pallas")
+
+
+def default_implementation(
+    backend: str,
+    *,
+    dtypes: tuple = ("float32",),
+    same_head_dims: bool = True,
+    static_rng: bool = True,
+) -> str:
+    """What ``implementation=None`` runs: ``"pallas"`` (splash attention on the static
+    block mask) on a TPU when ``rng`` is concrete (splash masks are drawn at trace time;
+    a key traced under ``jit`` keeps a pattern per key only on the XLA path) and
+    :func:`~effjax.attention.pallas.splash_fits` (one dtype of float32/bfloat16, equal
+    head dims), else ``"xla"`` (on CPU and GPU always). Both paths draw the same pattern
+    from the same key, so the choice never changes the result.
+
+    Example:
+      >>> default_implementation("tpu"), default_implementation("tpu", static_rng=False)
+      ('pallas', 'xla')
+    """
+    fits = pallas.splash_fits(backend, dtypes, same_head_dims)
+    return "pallas" if fits and static_rng else "xla"
 
 
 def _check_rng(rng) -> jax.Array:
@@ -220,7 +243,8 @@ def block_sparse_attention(
         sharing a key/value head share it) instead of one for all heads.
       implementation: ``"xla"`` (gathered key blocks, above), ``"pallas"`` (JAX's
         splash-attention kernel on the pattern's static block mask, in interpret mode
-        off TPU), or ``None`` (= ``"xla"``). Splash masks are static, so on
+        off TPU), or ``None``: :func:`default_implementation` (``"pallas"`` on a TPU
+        for a concrete ``rng``, else ``"xla"``). Splash masks are static, so on
         ``"pallas"`` the random blocks are drawn at trace time and ``rng`` must be a
         concrete key (not a traced argument of a jitted function): the pattern is
         fixed per call site, e.g. per layer (see ``BlockSparseCore``).
@@ -247,6 +271,13 @@ def block_sparse_attention(
     r = _common.check_static_int("num_random_blocks", num_random_blocks)
     rng = _check_rng(rng)
     _common.check_implementation("block_sparse_attention", implementation, IMPLEMENTATIONS)
+    if implementation is None:
+        implementation = default_implementation(
+            jax.default_backend(),
+            dtypes=(query.dtype, key.dtype, value.dtype),
+            same_head_dims=dims.value_dim == dims.head_dim,
+            static_rng=not isinstance(rng, jax.core.Tracer),
+        )
     if dims.empty:
         return _common.zeros_output(dims, value)
     num_blocks = -(-dims.q_len // b)

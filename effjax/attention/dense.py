@@ -8,12 +8,13 @@ with its meaning (it passes jax's own tests in its place) and adds effjax's conv
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from effjax.attention import _blockwise, _common, chunked, local
+from effjax.attention import _blockwise, _common, chunked, local, pallas
 from effjax.attention import masks as masks_lib
 
 # jax's own function, kept so that implementation="cudnn" reaches jax's cuDNN kernel even
@@ -23,23 +24,97 @@ _jax_dot_product_attention = jax.nn.dot_product_attention
 IMPLEMENTATIONS = (None, "xla", "chunked", "pallas", "cudnn")
 
 
+#: Input dtypes and head dims jax's cuDNN flash attention takes (``check_layout`` and
+#: ``check_is_flash_attention`` in ``jax._src.cudnn.fused_attention_stablehlo``; 256 dims
+#: only on Hopper and later, which a pure rule cannot see, so 128).
+CUDNN_DTYPES = ("float16", "bfloat16")
+CUDNN_MAX_HEAD_DIM = 128
+
+
+def _cudnn_fits(
+    dtypes, head_dim, value_dim, q_len, kv_len, dense_mask, window, is_causal, key_padding
+) -> bool:
+    """jax's cuDNN kernel takes the call and means what effjax means by it: one half
+    dtype, head dims equal, <= 128 and a multiple of 8; no dense mask or bias and no
+    padding, sequence lengths or per-key mask (each can leave a query with no key, which
+    cuDNN averages and effjax zeros); ``T == S`` when causal or windowed (jax aligns
+    top-left, effjax bottom-right); a window only when causal (cuDNN's is left-only)."""
+    names = {jnp.dtype(d).name for d in dtypes}
+    return (
+        len(names) == 1
+        and names <= set(CUDNN_DTYPES)
+        and value_dim == head_dim
+        and head_dim <= CUDNN_MAX_HEAD_DIM
+        and head_dim % 8 == 0
+        and not (dense_mask or key_padding)
+        and (q_len == kv_len or not (is_causal or window))
+        and (is_causal or not window)
+        and min(q_len, kv_len) > 0
+    )
+
+
 def default_implementation(
-    backend: str, *, dense_mask: bool, window: bool, real: bool, kv_len: int
+    backend: str,
+    *,
+    kv_len: int,
+    q_len: int | None = None,
+    dtypes: tuple[Any, ...] = ("float32",),
+    head_dim: int = 64,
+    value_dim: int | None = None,
+    dense_mask: bool = False,
+    window: bool = False,
+    is_causal: bool = False,
+    key_padding: bool = False,
+    residual: bool = False,
 ) -> str:
-    """What ``implementation=None`` runs: ``"chunked"`` (exact, O(T + S) memory, faster
-    than XLA's dense attention on CPU) on CPU when no dense ``[T, S]`` mask or bias is
-    given, no local window (which has its own O(T w) path), the inputs are real and the
-    keys span more than one key block (``S > chunked.DEFAULT_BLOCK_K``: with a single
-    block the chunked pass is the dense one plus loop overhead); otherwise ``"xla"``.
+    """What ``implementation=None`` runs, from the backend and the call's facts alone:
+
+    * TPU: ``"pallas"`` (splash attention) when :func:`~effjax.attention.pallas.splash_fits`
+      (one dtype of float32/bfloat16, equal head dims) with no dense ``mask``/``bias``
+      and no ``return_residual``;
+    * GPU: ``"cudnn"`` (jax's cuDNN flash attention) when the call is one it takes with
+      effjax's meaning: one dtype of float16/bfloat16, head dims equal, <= 128 and a
+      multiple of 8, no dense mask or bias, no ``padding_mask``, sequence lengths or
+      per-key mask, ``T == S`` if causal or windowed, a window only if causal;
+    * otherwise (CPU, and the calls above that miss a condition): ``"chunked"`` (exact,
+      O(T + S) memory, faster than XLA's dense attention on CPU) for real inputs with no
+      dense mask or bias and no window (which has its own O(T w) path) whose keys span
+      more than one key block (``S > chunked.DEFAULT_BLOCK_K``: with a single block the
+      chunked pass is the dense one plus loop overhead); else ``"xla"``.
+
+    Args:
+      backend: ``jax.default_backend()``: ``"cpu"``, ``"gpu"`` or ``"tpu"``.
+      kv_len: ``S``; ``q_len``: ``T`` (default ``S``).
+      dtypes: the dtypes of query, key and value (one for all if they agree).
+      head_dim: ``H``; ``value_dim``: ``Hv`` (default ``H``).
+      dense_mask: a dense ``[T, S]`` mask or a bias is given.
+      window: ``local_window_size`` is given.
+      is_causal: the call is causal.
+      key_padding: ``padding_mask``, sequence lengths or a per-key mask is given.
+      residual: ``return_residual=True``.
 
     Example:
-      >>> default_implementation("cpu", dense_mask=False, window=False, real=True, kv_len=4096)
+      >>> default_implementation("cpu", kv_len=4096)
       'chunked'
-      >>> default_implementation("cpu", dense_mask=True, window=False, real=True, kv_len=4096)
+      >>> default_implementation("cpu", kv_len=4096, dense_mask=True)
       'xla'
+      >>> default_implementation("gpu", kv_len=4096, dtypes=("bfloat16",), is_causal=True)
+      'cudnn'
+      >>> default_implementation("tpu", kv_len=4096)
+      'pallas'
     """
+    q_len = kv_len if q_len is None else q_len
+    value_dim = head_dim if value_dim is None else value_dim
+    same_dims = value_dim == head_dim
+    if pallas.splash_fits(backend, dtypes, same_dims) and not (dense_mask or residual):
+        return "pallas"
+    if backend == "gpu" and _cudnn_fits(
+        dtypes, head_dim, value_dim, q_len, kv_len, dense_mask, window, is_causal, key_padding
+    ):
+        return "cudnn"
+    real = not any(jnp.issubdtype(jnp.dtype(d), jnp.complexfloating) for d in dtypes)
     chunked_fits = real and not (dense_mask or window) and kv_len > chunked.DEFAULT_BLOCK_K
-    return "chunked" if backend == "cpu" and chunked_fits else "xla"
+    return "chunked" if chunked_fits else "xla"
 
 
 def _as_rank4(name: str, x, letters: str) -> jax.Array:
@@ -111,6 +186,22 @@ class _Call:
     is_causal: bool
     window: tuple[int, int] | None
     scale: float
+
+    def facts(self, residual: bool) -> dict[str, Any]:
+        """What :func:`default_implementation` decides on, for this call."""
+        dims = self.dims
+        return {
+            "kv_len": dims.kv_len,
+            "q_len": dims.q_len,
+            "dtypes": (self.query.dtype, self.key.dtype, self.value.dtype),
+            "head_dim": dims.head_dim,
+            "value_dim": dims.value_dim,
+            "dense_mask": self.mask is not None or self.bias is not None,
+            "window": self.window is not None,
+            "is_causal": self.is_causal,
+            "key_padding": self.key_valid is not None or self.query_valid is not None,
+            "residual": residual,
+        }
 
     def dense_mask(self) -> jax.Array | None:
         """Everything that masks logits, broadcastable to ``[B, K, G, T, S]`` (None: nothing)."""
@@ -247,9 +338,7 @@ def _chunked_path(call: _Call) -> tuple[jax.Array, jax.Array]:
 
 def _pallas_path(call: _Call) -> tuple[jax.Array, None]:
     """No dense mask or bias: JAX's splash-attention kernels (pallas.py)."""
-    from effjax.attention.pallas import pallas_attention
-
-    out = pallas_attention(
+    out = pallas.pallas_attention(
         call.query,
         call.key,
         call.value,
@@ -263,19 +352,11 @@ def _pallas_path(call: _Call) -> tuple[jax.Array, None]:
     return out, None
 
 
-def _run_path(call: _Call, implementation: str | None, return_residual: bool):
+def _run_path(call: _Call, implementation: str, return_residual: bool):
     """``(out [B, T, N, Hv], lse [B, T, N] or None)`` from the implementation asked for."""
     dense_mask = call.mask is not None or call.bias is not None
     dtype = jnp.result_type(call.query, call.key, call.value)
     real = not jnp.issubdtype(dtype, jnp.complexfloating)
-    if implementation is None:
-        implementation = default_implementation(
-            jax.default_backend(),
-            dense_mask=dense_mask,
-            window=call.window is not None,
-            real=real,
-            kv_len=call.key.shape[1],
-        )
     if implementation == "xla":
         use_local = call.window is not None and not dense_mask
         return _local_path(call) if use_local else _dense_path(call)
@@ -373,8 +454,10 @@ def dot_product_attention(
         ``mask``/``bias`` or window), ``"pallas"`` (JAX's splash-attention kernels, in
         interpret mode off TPU; no dense ``mask``/``bias``), ``"cudnn"`` (jax's cuDNN
         kernel on a GPU, with jax's conventions; no ``padding_mask``), or ``None``:
-        :func:`default_implementation` (``"chunked"`` on CPU for more than 512 keys
-        without a dense mask, bias or window, else ``"xla"``).
+        the best path for the backend and the call, by :func:`default_implementation`
+        (TPU: ``"pallas"``; GPU: ``"cudnn"`` for half-precision calls it takes with
+        effjax's meaning; else ``"chunked"`` for more than 512 keys without a dense
+        mask, bias or window, and ``"xla"``).
       return_residual: also return the log-sum-exp of each row's logits, ``[B, T, N]``
         in ``key.dtype`` with no gradient (FlashAttention-2, sec. 3.1.1), as jax does.
       padding_mask: bool ``[B, S]`` (``[S]`` unbatched); True = a real key.
@@ -400,21 +483,23 @@ def dot_product_attention(
     is_causal = _common.check_static_bool("is_causal", is_causal)
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}")
+    cudnn = functools.partial(
+        _cudnn,
+        query,
+        key,
+        value,
+        bias,
+        mask,
+        padding_mask=padding_mask,
+        scale=scale,
+        is_causal=is_causal,
+        query_seq_lengths=query_seq_lengths,
+        key_value_seq_lengths=key_value_seq_lengths,
+        local_window_size=local_window_size,
+        return_residual=return_residual,
+    )
     if implementation == "cudnn":
-        return _cudnn(
-            query,
-            key,
-            value,
-            bias,
-            mask,
-            padding_mask=padding_mask,
-            scale=scale,
-            is_causal=is_causal,
-            query_seq_lengths=query_seq_lengths,
-            key_value_seq_lengths=key_value_seq_lengths,
-            local_window_size=local_window_size,
-            return_residual=return_residual,
-        )
+        return cudnn()
     call = _prepare(
         query,
         key,
@@ -428,6 +513,11 @@ def dot_product_attention(
         local_window_size=local_window_size,
         padding_mask=padding_mask,
     )
+    if implementation is None:
+        facts = call.facts(return_residual)
+        implementation = default_implementation(jax.default_backend(), **facts)
+        if implementation == "cudnn":
+            return cudnn()
     out, lse = _run_path(call, implementation, return_residual)
     out_shape = (*jnp.shape(query)[:-1], call.dims.value_dim)
     out = out.reshape(out_shape).astype(call.value.dtype)

@@ -23,8 +23,30 @@ from effjax.attention import _blockwise, _common, pallas
 from effjax.attention import masks as masks_lib
 from effjax.attention.local import window_attention_with_lse
 
-#: The paths of :func:`global_local_attention` (``implementation=``); None is ``"xla"``.
+#: The paths of :func:`global_local_attention` (``implementation=``); None picks by
+#: :func:`default_implementation`.
 IMPLEMENTATIONS = (None, "xla", "pallas")
+
+
+def default_implementation(
+    backend: str,
+    *,
+    dtypes: tuple = ("float32",),
+    same_head_dims: bool = True,
+    dilation: int = 1,
+    is_causal: bool = False,
+) -> str:
+    """What ``implementation=None`` runs: ``"pallas"`` (window and global keys in one
+    splash-attention kernel) on a TPU for a non-causal, undilated pattern when
+    :func:`~effjax.attention.pallas.splash_fits` (one dtype of float32/bfloat16, equal
+    head dims), else ``"xla"`` (on CPU and GPU always).
+
+    Example:
+      >>> default_implementation("tpu"), default_implementation("tpu", is_causal=True)
+      ('pallas', 'xla')
+    """
+    fits = pallas.splash_fits(backend, dtypes, same_head_dims)
+    return "pallas" if fits and dilation == 1 and not is_causal else "xla"
 
 
 def _resolve_max_global(global_mask: jax.Array, max_global_tokens: int | None) -> int:
@@ -184,7 +206,8 @@ def global_local_attention(
       implementation: ``"xla"`` (the three parts above), ``"pallas"`` (parts 1 and 2
         in one splash-attention kernel, the global keys gathered in front of the keys;
         interpret mode off TPU; not causal, no dilation, value and key head dims
-        equal), or ``None`` (= ``"xla"``). Part 3 is XLA on both.
+        equal), or ``None``: :func:`default_implementation` (``"pallas"`` on a TPU where
+        it fits, else ``"xla"``). Part 3 is XLA on both.
 
     Returns:
       ``[B, T, N, Hv]`` in ``value.dtype``. Cost O(T (left + right + M) H).
@@ -217,6 +240,14 @@ def global_local_attention(
     global_query, global_key, global_value = _check_global_qkv(global_qkv, query, key, value)
     scale = _common.resolve_scale(scale, dims.head_dim)
     _common.check_implementation("global_local_attention", implementation, IMPLEMENTATIONS)
+    if implementation is None:
+        implementation = default_implementation(
+            jax.default_backend(),
+            dtypes=(query.dtype, key.dtype, value.dtype),
+            same_head_dims=dims.value_dim == dims.head_dim,
+            dilation=dilation,
+            is_causal=is_causal,
+        )
     if implementation == "pallas":
         _check_pallas(is_causal, dilation, dims, key, value)
     if is_causal:

@@ -11,13 +11,30 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from effjax.attention import _blockwise, _common, pallas
 from effjax.attention import masks as masks_lib
 
-#: The paths of :func:`local_attention` (``implementation=``); None is ``"xla"``.
+#: The paths of :func:`local_attention` (``implementation=``); None picks by
+#: :func:`default_implementation`.
 IMPLEMENTATIONS = (None, "xla", "pallas")
+
+
+def default_implementation(
+    backend: str, *, dtypes: tuple = ("float32",), same_head_dims: bool = True, dilation: int = 1
+) -> str:
+    """What ``implementation=None`` runs: ``"pallas"`` (splash attention's ``LocalMask``)
+    on a TPU for an undilated window when :func:`~effjax.attention.pallas.splash_fits`
+    (one dtype of float32/bfloat16, equal head dims), else ``"xla"`` (the blockwise
+    path; on CPU and GPU always: no GPU kernel is wired in).
+
+    Example:
+      >>> default_implementation("tpu"), default_implementation("tpu", dilation=2)
+      ('pallas', 'xla')
+    """
+    fits = pallas.splash_fits(backend, dtypes, same_head_dims) and dilation == 1
+    return "pallas" if fits else "xla"
+
 
 # Query block size when none is given: large enough that a block's matmuls are efficient,
 # small enough that the band of keys a block reads (b + left + right, rounded up to blocks)
@@ -58,9 +75,15 @@ def _contiguous_window(
 ) -> tuple[jax.Array, jax.Array]:
     """Undilated window: query ``t`` sits at key position ``t + offset`` and sees ``rel`` in
     ``[-left, right]``. ``query [B, T, K, G, H]``, ``key/value [B, S, K, H]``, ``key_valid
-    [B, S]``. Returns ``out [B, T, K, G, Hv]`` float32 and ``lse [B, T, K, G]``.
+    [B, S]`` or None. Returns ``out [B, T, K, G, Hv]`` float32 and ``lse [B, T, K, G]``.
+
+    Heads lead from the start (``[B, K, ...]``: the inputs are transposed once, the bands
+    are cut in the layout both matmuls read), the logits are key-major ``[.., C, b]`` and,
+    without ``key_valid``, the mask is built from iotas that XLA fuses into the softmax
+    instead of a ``[B, Q, C, b]`` array read per head (timed against the previous layout
+    in ``experiments/results/bench_cpu_sparsity_layout``).
     """
-    batch, q_len = query.shape[:2]
+    batch, q_len, heads, groups = query.shape[:4]
     kv_len = key.shape[1]
     # Keys further than the sequence reaches can never be seen: clip so a huge window
     # costs no more than the sequence.
@@ -75,28 +98,38 @@ def _contiguous_window(
     # + j: take that stretch of keys once, padded where it leaves [0, S).
     start = offset - before * b
     span = (num_blocks + width - 1) * b
-    if key_valid is None:
-        key_valid = jnp.ones((batch, kv_len), bool)
 
-    def band(x, fill=0):
-        x = _slice_padded(x, 1, start, span, value=fill)
-        x = x.reshape(x.shape[0], num_blocks + width - 1, b, *x.shape[2:])
-        shifted = [x[:, c : c + num_blocks] for c in range(width)]
-        return jnp.concatenate(shifted, axis=2)
+    def band(x, fill=0):  # [B, K, S, ...] -> [B, K, Q, width * b, ...]
+        x = _slice_padded(x, 2, start, span, value=fill)
+        x = x.reshape(*x.shape[:2], num_blocks + width - 1, b, *x.shape[3:])
+        return jnp.concatenate([x[:, :, c : c + num_blocks] for c in range(width)], axis=3)
 
-    key_band, value_band = band(key), band(value)
-    valid_band = band(key_valid, fill=False)
+    key_band, value_band = (band(jnp.moveaxis(x, 1, 2)) for x in (key, value))
+    # Key-major mask [Q, C, b]: rel = key position - query position depends only on (band
+    # slot, query j); the slot's key position on (block q, slot).
+    slot = jnp.arange(width * b)
+    rel = slot[:, None] - before * b - jnp.arange(b)[None, :]
+    key_pos = start + jnp.arange(num_blocks)[:, None] * b + slot[None, :]
+    mask = ((rel >= -left) & (rel <= right))[None] & ((key_pos >= 0) & (key_pos < kv_len))[
+        :, :, None
+    ]
+    mask = mask[None, None, None]  # [1, 1, 1, Q, C, b]
+    if key_valid is not None:
+        valid_band = band(key_valid[:, None], fill=False)  # [B, 1, Q, C]
+        mask = mask & valid_band[:, :, None, :, :, None]
 
-    # rel = key position - query position depends only on (query j, band slot), not on q.
-    rel = np.arange(width * b)[None, :] - before * b - np.arange(b)[:, None]
-    in_window = jnp.asarray((rel >= -left) & (rel <= right))
-    mask = in_window[None, None, None, None] & valid_band[:, :, None, None, None, :]
-
-    q = _common.pad_axis(query, 1, num_blocks * b).reshape(batch, num_blocks, b, *query.shape[2:])
-    out, lse = _blockwise.block_attention(q, key_band, value_band, mask, scale)
-    out = out.reshape(batch, num_blocks * b, *out.shape[3:])[:, :q_len]
-    lse = lse.reshape(batch, num_blocks * b, *lse.shape[3:])[:, :q_len]
-    return out, lse
+    dtype = jnp.promote_types(jnp.result_type(query, key), jnp.float32)
+    q = jnp.transpose(query, (0, 2, 3, 1, 4)).astype(dtype) * jnp.asarray(scale, dtype)
+    q = _common.pad_axis(q, 3, num_blocks * b)
+    q = q.reshape(batch, heads, groups, num_blocks, b, q.shape[-1])
+    logits = jnp.einsum("bkgqih,bkqjh->bkgqji", q, key_band.astype(dtype))
+    unnormalised, inverse, lse = _blockwise.unnormalised_softmax(logits, mask, axis=-2)
+    value_band = value_band.astype(jnp.promote_types(unnormalised.dtype, value_band.dtype))
+    out = jnp.einsum("bkgqji,bkqjh->bkgqih", unnormalised, value_band)
+    out = out * inverse[..., None]
+    out = out.reshape(batch, heads, groups, num_blocks * b, -1)[:, :, :, :q_len]
+    lse = lse.reshape(batch, heads, groups, num_blocks * b)[:, :, :, :q_len]
+    return jnp.transpose(out, (0, 3, 1, 2, 4)), jnp.transpose(lse, (0, 3, 1, 2))
 
 
 def _split_residues(x: jax.Array, dilation: int) -> jax.Array:
@@ -207,7 +240,8 @@ def local_attention(
         window reach, in [32, 128]. Any ``T`` works: the last block is padded internally.
       implementation: ``"xla"`` (the blockwise computation above), ``"pallas"``
         (JAX's splash-attention kernel with a ``LocalMask``, in interpret mode off TPU;
-        no dilation, value and key head dims equal), or ``None`` (= ``"xla"``).
+        no dilation, value and key head dims equal), or ``None``: the backend's best,
+        :func:`default_implementation` (``"pallas"`` on a TPU where it fits, else ``"xla"``).
 
     Returns:
       ``[B, T, N, Hv]`` in ``value.dtype`` (float32 logits and softmax).
@@ -230,6 +264,13 @@ def local_attention(
     if block_size is not None:
         block_size = _common.check_positive("block_size", block_size)
     _common.check_implementation("local_attention", implementation, IMPLEMENTATIONS)
+    if implementation is None:
+        implementation = default_implementation(
+            jax.default_backend(),
+            dtypes=(query.dtype, key.dtype, value.dtype),
+            same_head_dims=dims.value_dim == dims.head_dim,
+            dilation=dilation,
+        )
     if is_causal:
         right = 0
     if implementation == "pallas":

@@ -61,6 +61,23 @@ QUERY_BLOCK_MULTIPLE = 128
 DEFAULT_BLOCK = 512
 
 
+#: The input dtypes splash attention runs on a TPU (float16 has no TPU matmul unit).
+SPLASH_DTYPES = ("float32", "bfloat16")
+
+
+def splash_fits(backend: str, dtypes: tuple[str, ...], same_head_dims: bool) -> bool:
+    """Whether ``implementation=None`` may pick splash attention: on a TPU, for query, key
+    and value of one dtype in :data:`SPLASH_DTYPES` and equal key/value head dims. The
+    pattern's own conditions (no dilation, ...) are checked by each family's selector.
+
+    Example:
+      >>> splash_fits("tpu", ("bfloat16",), True), splash_fits("cpu", ("float32",), True)
+      (True, False)
+    """
+    names = {jnp.dtype(d).name for d in dtypes}
+    return backend == "tpu" and len(names) == 1 and names <= set(SPLASH_DTYPES) and same_head_dims
+
+
 def _splash():
     from jax.experimental.pallas.ops.tpu.splash_attention import (
         splash_attention_kernel,

@@ -9,9 +9,13 @@ block-wise by ``P``: slot ``r`` of sorted block ``i`` is ``sum_j P_ij K_{j,r}``.
 block ``i`` attends to its own block (local attention) and to sorted block ``i``:
 O(T b) time and memory for the attention, O(n^2) for the sort.
 
-Causal mode (the paper's causal Sinkhorn balancing): block ``i`` may only be sorted
-with earlier blocks ``j < i`` and its sort scores only see earlier blocks, so no query
-sees the future. SortCut truncation: every query attends to the first ``k`` sorted
+Causal mode (causal Sinkhorn balancing: no block's sort sees the future): block ``i``
+may only be sorted with earlier blocks ``j < i``, its sort scores only see earlier
+blocks, and the column step of the balancing normalises row ``i`` over rows ``<= i``
+only (a plain column sum would mix in the rows of later blocks, whose scores see tokens
+after block ``i``). So query ``t`` depends on positions ``<= t`` alone, whatever the
+sequence length: the full pass over a prefix gives the same rows, which makes cached
+decoding exact. SortCut truncation: every query attends to the first ``k`` sorted
 blocks only (O(T k b), no local part, not causal).
 """
 
@@ -24,17 +28,26 @@ import numpy as np
 from effjax.attention import _blockwise, _common
 
 
-def sinkhorn_normalize(log_alpha: jax.Array, *, iterations: int, mask: jax.Array | None = None):
+def sinkhorn_normalize(
+    log_alpha: jax.Array,
+    *,
+    iterations: int,
+    mask: jax.Array | None = None,
+    causal: bool = False,
+):
     """Sinkhorn balancing of ``exp(log_alpha)`` over the last two axes, in log space.
 
     Alternately normalises rows and columns ``iterations`` times (Sinkhorn 1964;
     Mena et al. 2018). Entries where ``mask`` is False are held at 0; a row or column
-    with no allowed entry stays all 0.
+    with no allowed entry stays all 0. With ``causal``, the column step divides entry
+    ``(i, j)`` by the sum of column ``j`` over rows ``<= i`` only, so row ``i`` of the
+    result depends on rows ``<= i`` of ``log_alpha`` alone (causal Sinkhorn balancing).
 
     Args:
       log_alpha: float ``[..., n, n]``.
       iterations: >= 1 row-and-column rounds.
       mask: optional bool broadcastable to ``log_alpha``.
+      causal: cumulative column sums (rows ``<= i``) instead of full ones.
 
     Returns:
       float32 ``[..., n, n]``, non-negative, rows summing to 1 (approximately after the
@@ -51,8 +64,12 @@ def sinkhorn_normalize(log_alpha: jax.Array, *, iterations: int, mask: jax.Array
     allowed = jnp.ones(x.shape, bool) if mask is None else jnp.broadcast_to(mask, x.shape)
     x = jnp.where(allowed, x, _common.MASK_VALUE)
     for _ in range(iterations):
-        for axis in (-1, -2):
-            x = jnp.where(allowed, x - jax.nn.logsumexp(x, axis=axis, keepdims=True), x)
+        x = jnp.where(allowed, x - jax.nn.logsumexp(x, axis=-1, keepdims=True), x)
+        if causal:
+            columns = jax.lax.cumlogsumexp(x, axis=x.ndim - 2)
+        else:
+            columns = jax.nn.logsumexp(x, axis=-2, keepdims=True)
+        x = jnp.where(allowed, x - columns, x)
     return jnp.where(allowed, jnp.exp(x), 0.0)
 
 
@@ -161,7 +178,9 @@ def sinkhorn_attention(
     .. math:: \mathrm{softmax}\big(s\, q_t [K_i ; \tilde K_i]^T\big) [V_i ; \tilde V_i]
 
     over its own block (causally masked when ``is_causal``) and sorted block ``i``. Causal:
-    ``P_ij = 0`` for ``j >= i``, so sorted block ``i`` mixes only earlier blocks. With
+    ``P_ij = 0`` for ``j >= i``, so sorted block ``i`` mixes only earlier blocks, and the
+    balancing's column sums for row ``i`` run over rows ``<= i`` (``sinkhorn_normalize(...,
+    causal=True)``): query ``t`` depends on positions ``<= t`` alone, not on ``T``. With
     ``sortcut_blocks = k`` every query instead attends to sorted blocks ``0 .. k-1``.
 
     Args:
@@ -238,7 +257,9 @@ def sinkhorn_attention(
     block_mask = None
     if is_causal:  # block i may only be sorted with earlier blocks
         block_mask = jnp.asarray(np.tri(num_blocks, k=-1, dtype=bool))
-    perm = sinkhorn_normalize(logits / temperature, iterations=iterations, mask=block_mask)
+    perm = sinkhorn_normalize(
+        logits / temperature, iterations=iterations, mask=block_mask, causal=is_causal
+    )
 
     valid = jnp.ones((dims.batch, dims.kv_len), bool)
     if padding_mask is not None:

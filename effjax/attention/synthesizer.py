@@ -110,18 +110,40 @@ def factorized_dense_logits(
     return logits[..., :kv_len]
 
 
-def random_synthesizer_logits(table: jax.Array, *, q_len: int, kv_len: int) -> jax.Array:
-    """Random synthesizer logits: rows ``S - T .. S - 1`` (bottom-right aligned) and the
-    first S columns of a per-head ``[N, L, L]`` table -> float32 ``[1, N, T, S]``."""
+def _table_rows(table: jax.Array, q_len: int, kv_len: int, positions) -> jax.Array:
+    """Rows of ``table [N, L, ...]`` for the queries: ``[1, N, T, ...]`` bottom-right
+    aligned (rows ``S - T .. S - 1``), or ``[B, N, T, ...]`` at ``positions [B, T]``."""
+    if positions is None:
+        return table[None, :, kv_len - q_len : kv_len]
+    positions = jnp.asarray(positions)
+    if positions.ndim != 2 or positions.shape[1] != q_len:
+        raise ValueError(f"positions must have shape [B, T={q_len}], got {positions.shape}")
+    return jnp.moveaxis(table[:, positions], 0, 1)
+
+
+def random_synthesizer_logits(
+    table: jax.Array, *, q_len: int, kv_len: int, positions: jax.Array | None = None
+) -> jax.Array:
+    """Random synthesizer logits: the first S columns of a per-head ``[N, L, L]`` table at
+    rows ``S - T .. S - 1`` (bottom-right aligned) -> float32 ``[1, N, T, S]``, or at the
+    query positions ``positions`` (int ``[B, T]``, < S; decoding) -> ``[B, N, T, S]``."""
     _check_length("table", kv_len, min(table.shape[-2:]))
-    return table[None, :, kv_len - q_len : kv_len, :kv_len].astype(jnp.float32)
+    return _table_rows(table, q_len, kv_len, positions)[..., :kv_len].astype(jnp.float32)
 
 
-def factorized_random_logits(r1: jax.Array, r2: jax.Array, *, q_len: int, kv_len: int) -> jax.Array:
-    """Factorized random synthesizer ``R1 R2^T`` (``r1, r2 [N, L, k]``) -> ``[1, N, T, S]``."""
+def factorized_random_logits(
+    r1: jax.Array,
+    r2: jax.Array,
+    *,
+    q_len: int,
+    kv_len: int,
+    positions: jax.Array | None = None,
+) -> jax.Array:
+    """Factorized random synthesizer ``R1 R2^T`` (``r1, r2 [N, L, k]``) -> ``[1, N, T, S]``
+    (rows as :func:`random_synthesizer_logits`; ``[B, N, T, S]`` with ``positions``)."""
     _check_length("r1/r2", kv_len, min(r1.shape[1], r2.shape[1]))
-    rows = r1[:, kv_len - q_len : kv_len].astype(jnp.float32)
-    return jnp.einsum("ntk,nsk->nts", rows, r2[:, :kv_len].astype(jnp.float32))[None]
+    rows = _table_rows(r1, q_len, kv_len, positions).astype(jnp.float32)
+    return jnp.einsum("bntk,nsk->bnts", rows, r2[:, :kv_len].astype(jnp.float32))
 
 
 def synthesizer_attention(
@@ -131,6 +153,7 @@ def synthesizer_attention(
     *,
     synthetic_logits: jax.Array,
     dot_product_weight: float = 0.0,
+    mask: jax.Array | None = None,
     padding_mask: jax.Array | None = None,
     is_causal: bool = False,
     scale: float | None = None,
@@ -142,7 +165,7 @@ def synthesizer_attention(
     ``alpha = dot_product_weight`` mixes in the usual dot-product logits (0: a pure
     synthesizer, whose output depends on ``query`` and ``key`` only through ``B``).
     Equals :func:`~effjax.attention.dot_product_attention` with ``bias=B`` and
-    ``scale = alpha s``, including its padding and causal masks.
+    ``scale = alpha s``, including its masks.
 
     Args:
       query: ``[B, T, N, H]``.
@@ -151,6 +174,8 @@ def synthesizer_attention(
       synthetic_logits: float ``[B or 1, N or 1, T, S]``.
       dot_product_weight: alpha >= 0, the weight of the dot-product logits (a number or
         a scalar array, e.g. a learned mixture weight).
+      mask: optional bool broadcastable to ``[B, N, T, S]``, True = attend (as
+        :func:`~effjax.attention.dot_product_attention`'s; a decoding cache's mask).
       padding_mask: bool ``[B, S]``, True = a real key.
       is_causal: bottom-right aligned causal mask.
       scale: dot-product logit scale ``s``, default ``1 / sqrt(H)``.
@@ -181,6 +206,7 @@ def synthesizer_attention(
         key,
         value,
         bias=synthetic_logits,
+        mask=mask,
         padding_mask=padding_mask,
         is_causal=is_causal,
         scale=scale,

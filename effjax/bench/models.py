@@ -86,7 +86,7 @@ def layer_records(config: runner.BenchConfig, env: dict[str, Any]) -> Iterator[d
                 yield runner.make_record(
                     kind="layer",
                     variant=name,
-                    implementation=suite.implementation_of(name, seq_len),
+                    implementation=suite.implementation_of(name, shape),
                     options=suite.spec_for(name).summary(shape),
                     mode=mode,
                     shape=shape,

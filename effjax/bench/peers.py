@@ -250,7 +250,7 @@ def _cell_records(config, env, workers, pair, seq_len, min_pairs, max_pairs):
             result=sample_measurement(status, times[name], answer.get("peak_bytes"), error),
             flops=None,
             env={**env, **versions},
-            **_identity(name, pair, seq_len),
+            **_identity(name, pair, shape),
         )
         yield {
             **record,
@@ -260,7 +260,7 @@ def _cell_records(config, env, workers, pair, seq_len, min_pairs, max_pairs):
         }
 
 
-def _identity(framework: str, pair: models.PeerPair, seq_len: int) -> dict[str, Any]:
+def _identity(framework: str, pair: models.PeerPair, shape: suite.Shape) -> dict[str, Any]:
     """A record's variant, implementation and options: ``hf_<family>_<setting>`` (torch)
     or ``effjax_<family>_<setting>`` with the effjax attention it runs."""
     options = {"family": pair.family, "setting": pair.setting}
@@ -270,7 +270,7 @@ def _identity(framework: str, pair: models.PeerPair, seq_len: int) -> dict[str, 
     attention, attention_options = pair.effjax_attention
     return {
         "variant": f"effjax_{name}",
-        "implementation": suite.implementation_of(attention, seq_len),
+        "implementation": suite.implementation_of(attention, shape),
         "options": {**options, "attention": attention, **attention_options},
     }
 

@@ -26,6 +26,20 @@ ACCELERATOR_SEQ_LENS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 QUICK_SEQ_LENS = (256, 512, 1024)
 
 
+def default_seq_lens(backend: str, *, quick: bool = False) -> tuple[int, ...]:
+    """The lengths ``effjax bench`` sweeps unless given: :data:`QUICK_SEQ_LENS` with
+    ``--quick``, :data:`CPU_SEQ_LENS` (to 16K) on CPU, else :data:`ACCELERATOR_SEQ_LENS`
+    (to 64K) on a GPU or TPU.
+
+    Example:
+      >>> default_seq_lens("tpu")[-1], default_seq_lens("cpu")[-1]
+      (65536, 16384)
+    """
+    if quick:
+        return QUICK_SEQ_LENS
+    return CPU_SEQ_LENS if backend == "cpu" else ACCELERATOR_SEQ_LENS
+
+
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
     """One benchmark run. Lengths whose compiled footprint exceeds ``memory_limit_bytes``
@@ -126,7 +140,7 @@ def attention_records(config: BenchConfig, env: dict[str, Any]) -> Iterator[dict
                 yield make_record(
                     kind="attention",
                     variant=name,
-                    implementation=suite.implementation_of(name, seq_len),
+                    implementation=suite.implementation_of(name, shape, config.dtype),
                     options=spec.summary(shape),
                     mode=mode,
                     shape=shape,

@@ -25,19 +25,22 @@ def spec_for(name: str) -> BenchSpec:
     return registry.variant(name).bench or BenchSpec()
 
 
-def implementation_of(name: str, seq_len: int) -> str:
-    """The kernel that runs when the benchmark calls ``name`` at ``seq_len`` tokens:
-    ``"chunked"`` for the chunked variant, dense's default for this backend and length
-    (the benchmark gives no mask), and ``"xla"`` (plain XLA operations) for jax.nn and
-    the others."""
-    if name == "dense":
-        from effjax.attention.dense import default_implementation
+def implementation_of(
+    name: str, shape: Shape, dtype: str = "float32", backend: str | None = None
+) -> str:
+    """The kernel that runs when the benchmark calls ``name`` (with
+    ``implementation=None``) at ``shape`` and ``dtype`` on ``backend`` (default: this
+    process's): the variant's spec answers from its family's selector, ``"xla"`` for
+    jax.nn (whose own ``None`` is XLA) and for variants with one path.
 
-        backend = jax.default_backend()
-        return default_implementation(
-            backend, dense_mask=False, window=False, real=True, kv_len=seq_len
-        )
-    return "chunked" if name == "chunked" else "xla"
+    Example:
+      >>> implementation_of("dense", Shape(1, 4096, 8, 64), backend="cpu")
+      'chunked'
+      >>> implementation_of("local", Shape(1, 4096, 8, 64), "bfloat16", backend="tpu")
+      'pallas'
+    """
+    backend = jax.default_backend() if backend is None else backend
+    return spec_for(name).implementation(backend, shape, dtype)
 
 
 __all__ = ["BASELINE_SPEC", "BenchSpec", "Shape", "implementation_of", "spec_for"]

@@ -108,7 +108,9 @@ def training_records(
             yield runner.make_record(
                 kind="training",
                 variant=variant,
-                implementation=suite.implementation_of("dense", seq_len),
+                implementation=suite.implementation_of(
+                    "dense", shape, changes.get("dtype", "float32")
+                ),
                 options={"num_layers": config.training_layers, **changes},
                 mode="fwd_bwd",
                 shape=shape,

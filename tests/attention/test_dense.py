@@ -504,6 +504,19 @@ class JaxArgumentsTest(parameterized.TestCase):
         assert calls[0]["implementation"] == "cudnn" and calls[0]["is_causal"]
         assert calls[0]["key_value_seq_lengths"] is lengths
 
+    def test_none_on_a_gpu_picks_cudnn_for_the_calls_it_takes(self):
+        calls = []
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(dense, "_jax_dot_product_attention", lambda *a, **kw: calls.append(kw))
+            patch.setattr(jax, "default_backend", lambda: "gpu")
+            half = [x.astype(jnp.bfloat16) for x in (self.q, self.k, self.v)]
+            dot_product_attention(*half, is_causal=True)
+            got = dot_product_attention(self.q, self.k, self.v, is_causal=True)  # float32
+        assert [c["implementation"] for c in calls] == ["cudnn"] and calls[0]["is_causal"]
+        np.testing.assert_allclose(
+            got, dot_product_attention(self.q, self.k, self.v, is_causal=True), atol=1e-6
+        )
+
     @parameterized.named_parameters(
         ("q_lengths_shape", dict(query_seq_lengths=jnp.ones((3,), jnp.int32)), "query_seq_lengths"),
         ("kv_lengths_dtype", dict(key_value_seq_lengths=jnp.ones((2,))), "key_value_seq_lengths"),
@@ -526,3 +539,40 @@ class JaxArgumentsTest(parameterized.TestCase):
         weights = dense.dot_product_attention_weights(self.q[0], self.k[0], padding_mask=pad)
         np.testing.assert_allclose(jnp.einsum("nts,snh->tnh", weights, self.v[0]), want, atol=1e-6)
         np.testing.assert_array_equal(weights[..., ~pad], 0.0)
+
+
+# implementation=None: dense.default_implementation's rule for every backend, from the
+# call's facts alone (pure, so the GPU and TPU choices are checked on this CPU).
+BF16, F16, F32 = ("bfloat16",), ("float16",), ("float32",)
+
+
+@pytest.mark.parametrize(
+    ("backend", "facts", "want"),
+    [
+        ("cpu", {}, "chunked"),
+        ("cpu", {"kv_len": 512}, "xla"),  # one key block
+        ("cpu", {"dense_mask": True}, "xla"),
+        ("cpu", {"window": True}, "xla"),  # the O(T w) local path
+        ("cpu", {"dtypes": ("complex64",)}, "xla"),
+        ("cpu", {"dtypes": BF16, "is_causal": True}, "chunked"),
+        ("gpu", {"dtypes": BF16, "is_causal": True}, "cudnn"),
+        ("gpu", {"dtypes": F16, "window": True, "is_causal": True, "head_dim": 128}, "cudnn"),
+        ("gpu", {}, "chunked"),  # float32: not cuDNN's
+        ("gpu", {"dtypes": ("bfloat16", "float16", "float16")}, "chunked"),
+        ("gpu", {"dtypes": F16, "key_padding": True}, "chunked"),
+        ("gpu", {"dtypes": F16, "is_causal": True, "q_len": 1}, "chunked"),  # aligned top-left
+        ("gpu", {"dtypes": F16, "window": True}, "xla"),  # cuDNN's window is left-only
+        ("gpu", {"dtypes": F16, "head_dim": 256}, "chunked"),
+        ("gpu", {"dtypes": F16, "head_dim": 60}, "chunked"),
+        ("gpu", {"dtypes": F16, "value_dim": 32}, "chunked"),
+        ("gpu", {"dtypes": F16, "dense_mask": True}, "xla"),
+        ("tpu", {}, "pallas"),
+        ("tpu", {"dtypes": BF16, "key_padding": True, "window": True, "q_len": 1}, "pallas"),
+        ("tpu", {"dense_mask": True}, "xla"),
+        ("tpu", {"residual": True}, "chunked"),
+        ("tpu", {"dtypes": F16}, "chunked"),
+        ("tpu", {"value_dim": 32}, "chunked"),
+    ],
+)
+def test_default_implementation_per_backend(backend, facts, want):
+    assert dense.default_implementation(backend, **{"kv_len": 4096, **facts}) == want

@@ -12,9 +12,12 @@ from effjax.attention import (
     block_sparse,
     block_sparse_attention,
     block_sparse_mask,
+    dense,
     dot_product_attention,
+    global_local,
     global_local_attention,
     global_local_mask,
+    local,
     local_attention,
     local_mask,
     masks,
@@ -196,3 +199,68 @@ def test_paths_a_variant_lacks_are_refused(rng, call, match):
     q, _, _ = testing.random_qkv(rng, batch=2, q_len=T, num_heads=N)
     with pytest.raises(ValueError, match=match):
         call(q)
+
+
+# implementation=None: each family's selector, pure in (backend, facts), for every backend.
+@pytest.mark.parametrize(
+    ("module", "backend", "facts", "want"),
+    [
+        (local, "cpu", {}, "xla"),
+        (local, "gpu", {"dtypes": ("bfloat16",)}, "xla"),  # no GPU kernel wired in
+        (local, "tpu", {}, "pallas"),
+        (local, "tpu", {"dtypes": ("bfloat16",)}, "pallas"),
+        (local, "tpu", {"dilation": 2}, "xla"),
+        (local, "tpu", {"dtypes": ("float16",)}, "xla"),
+        (local, "tpu", {"dtypes": ("float32", "bfloat16", "float32")}, "xla"),
+        (local, "tpu", {"same_head_dims": False}, "xla"),
+        (global_local, "cpu", {}, "xla"),
+        (global_local, "tpu", {}, "pallas"),
+        (global_local, "tpu", {"is_causal": True}, "xla"),
+        (global_local, "tpu", {"dilation": 3}, "xla"),
+        (block_sparse, "gpu", {}, "xla"),
+        (block_sparse, "tpu", {}, "pallas"),
+        (block_sparse, "tpu", {"static_rng": False}, "xla"),
+        (block_sparse, "tpu", {"same_head_dims": False}, "xla"),
+    ],
+)
+def test_sparse_default_implementation_per_backend(module, backend, facts, want):
+    assert module.default_implementation(backend, **facts) == want
+
+
+def _none_cases():
+    """(module whose default_implementation picks, call(implementation), args), T = 40."""
+    q, k, v = testing.random_qkv(jax.random.key(0), batch=2, q_len=T, num_heads=N, num_kv_heads=K)
+    long_kv = jnp.ones((2, 520, K, 8))  # more than one 512-key block: chunked on CPU
+    fl, _ = _local(True)
+    fg, _ = _global_local(False)
+    fb, _ = _block_sparse(False)
+    return [
+        (dense, lambda impl, q, k, v: dot_product_attention(q, k, v, implementation=impl),
+         (q, long_kv, long_kv)),
+        (local, lambda impl, *qkv: fl(*qkv, is_causal=True, implementation=impl), (q, k, v)),
+        (global_local, lambda impl, *qkv: fg(*qkv, implementation=impl), (q, k, v)),
+        (block_sparse, lambda impl, *qkv: fb(*qkv, implementation=impl), (q, k, v)),
+    ]  # fmt: skip
+
+
+def test_implementation_none_runs_what_the_selector_picks(monkeypatch):
+    # The program traced with None is the one traced with the selector's pick: on this
+    # CPU the real pick, and any pick the selector is made to return.
+    def program(call, impl, args):
+        return str(jax.make_jaxpr(functools.partial(call, impl))(*args))
+
+    for module, call, args in _none_cases():
+        picked = {}
+        real = module.default_implementation
+
+        def spy(*a, _real=real, _picked=picked, **kw):
+            _picked["cpu"] = _real(*a, **kw)
+            return _picked.get("forced", _picked["cpu"])
+
+        monkeypatch.setattr(module, "default_implementation", spy)
+        assert program(call, None, args) == program(call, picked["cpu"], args)
+        other = "xla" if picked["cpu"] != "xla" else "pallas"
+        picked["forced"] = other
+        assert program(call, None, args) == program(call, other, args)
+        assert program(call, other, args) != program(call, picked["cpu"], args)
+    monkeypatch.undo()

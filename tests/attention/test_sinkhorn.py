@@ -25,7 +25,8 @@ def reference(q, k, v, logits, *, padding, is_causal, sortcut=None, temperature=
     p = jnp.where(allowed, jnp.exp(logits / temperature), 0.0)
     for _ in range(iters):  # Sinkhorn: rows, then columns, in linear space
         p = p / safe(p.sum(-1, keepdims=True))
-        p = p / safe(p.sum(-2, keepdims=True))
+        # Causal balancing: row i's column sums run over rows <= i only.
+        p = p / safe(jnp.cumsum(p, -2) if is_causal else p.sum(-2, keepdims=True))
     pad_to = NB * BLOCK - T
     real = np.pad(padding, [(0, 0), (0, pad_to)]).reshape(B, NB, BLOCK)
     kb = jnp.pad(k, [(0, 0), (0, pad_to), (0, 0), (0, 0)]).reshape(B, NB, BLOCK, K, H)
@@ -102,6 +103,15 @@ def test_causal_and_padding_with_the_default_sorter():
     np.testing.assert_allclose(later[:, :6], base[:, :6], atol=1e-6)
     padded = fn(q.at[:, 8:].set(5.0), k.at[:, 8:].set(5.0), v.at[:, 8:].set(5.0))
     np.testing.assert_allclose(padded[:, :8], base[:, :8], atol=1e-6)
+    # Nor with five blocks, where plain column sums would mix later blocks' sort rows
+    # into block 2's; and a prefix alone gives the same rows (no dependence on T).
+    q5, k5, v5 = testing.random_qkv(jax.random.key(5), batch=1, q_len=20, num_heads=N,
+                                    num_kv_heads=K)  # fmt: skip
+    causal = jax.jit(lambda q, k, v: sinkhorn_attention(q, k, v, block_size=BLOCK, is_causal=True))
+    whole = causal(q5, k5, v5)
+    later = causal(q5.at[:, 9:].set(3.0), k5.at[:, 9:].set(-3.0), v5.at[:, 9:].set(3.0))
+    np.testing.assert_allclose(later[:, :9], whole[:, :9], atol=1e-6)
+    np.testing.assert_allclose(causal(q5[:, :9], k5[:, :9], v5[:, :9]), whole[:, :9], atol=1e-6)
     # The default sorter scores block means: check one entry by hand (non-causal).
     got = default_sort_logits(q, k, block_size=BLOCK, padding_mask=padding)
     qm = q[0, 4:8].reshape(4, K, N // K, H).mean((0, 2))

@@ -45,6 +45,13 @@ def test_logit_makers_equal_numpy():
     table = jax.random.normal(keys[7], (N, L, L))
     got = random_synthesizer_logits(table, q_len=3, kv_len=T)  # decoding: rows 4, 5, 6
     np.testing.assert_array_equal(got[0], table[:, 4:7, :T])
+    positions = jnp.array([[0, 3, 6], [2, 2, 5]])  # decoding rows at their own slots
+    got = random_synthesizer_logits(table, q_len=3, kv_len=T, positions=positions)
+    np.testing.assert_array_equal(got[1], table[:, [2, 2, 5], :T])
+    got = factorized_random_logits(r1 := jax.random.normal(keys[8], (N, L, 3)), r1, q_len=3,
+                                   kv_len=T, positions=positions)  # fmt: skip
+    np.testing.assert_allclose(got[0], np.einsum("ntk,nsk->nts", r1[:, [0, 3, 6]], r1[:, :T]),
+                               atol=1e-5)  # fmt: skip
     r1, r2 = jax.random.normal(keys[8], (2, N, L, 3))
     got = factorized_random_logits(r1, r2, q_len=T, kv_len=T)
     np.testing.assert_allclose(got[0], np.einsum("ntk,nsk->nts", r1[:, :T], r2[:, :T]), atol=1e-5)

@@ -82,12 +82,22 @@ def test_compile_only_records_memory_without_running():
     assert result.peak_bytes >= 2 * 256 * 256 * 4  # the argument and the output
 
 
-def test_records_name_the_implementation_that_ran():
-    assert suite.implementation_of("chunked", 64) == "chunked"
-    assert suite.implementation_of("jax", 4096) == "xla"
-    # Dense goes chunked on CPU once the keys span more than one 512-key block.
-    assert suite.implementation_of("dense", 512) == "xla"
-    assert suite.implementation_of("dense", 4096) == "chunked"
+@pytest.mark.parametrize(
+    ("backend", "dtype", "want"),
+    [
+        # Dense goes chunked on CPU once the keys span more than one 512-key block.
+        ("cpu", "float32", {"dense": "chunked", "persistent_memory": "chunked", "local": "xla"}),
+        ("gpu", "bfloat16", {"dense": "cudnn", "persistent_memory": "cudnn", "local": "xla"}),
+        ("tpu", "float32", {"dense": "pallas", "local": "pallas", "global_local": "pallas",
+                            "persistent_memory": "pallas", "block_sparse": "xla"}),
+    ],
+)  # fmt: skip
+def test_records_name_the_implementation_that_ran(backend, dtype, want):
+    shape = suite.Shape(1, 4096, 8, 64)
+    want = {"jax": "xla", "chunked": "chunked", "lsh": "xla", **want}
+    got = {name: suite.implementation_of(name, shape, dtype, backend) for name in want}
+    assert got == want
+    assert suite.implementation_of("dense", suite.Shape(1, 512, 8, 64), backend="cpu") == "xla"
 
 
 def test_compile_failure_is_recorded_not_raised():

@@ -126,3 +126,55 @@ def test_bad_options_fail_at_construction():
         SinkhornCore.from_options({"temperature": 0.0})
     with pytest.raises(ValueError, match="leaves no routing head"):
         RoutingCore(local_heads=2).init(jax.random.key(0), Q, K, V)
+
+
+# ------------------------------------------------------------------ decoding
+
+#: The family's cores with a decoding cache: the synthesizer's two paths (logits from the
+#: token, factorized; table rows by position, with the dot-product mixture), sinkhorn over
+#: six blocks, routing with its default window w = ceil(L / C) and local heads.
+DECODED = {
+    "synthesizer-factorized_dense": ("synthesizer", {"kind": "factorized_dense"}),
+    "synthesizer-random-mixture": ("synthesizer", {"kind": "random", "mixture": True}),
+    "sinkhorn": ("sinkhorn", {"block_size": 2}),
+    "routing": ("routing", {"num_clusters": 3, "local_window": 2}),
+}
+
+
+@pytest.mark.parametrize("variant", DECODED)
+def test_ragged_decoding_equals_each_row_alone_in_a_full_causal_pass(variant):
+    """Left-padded prompts of 2, 4 and 3 tokens, then two steps of 4 tokens, against the
+    full causal pass of each row alone (left-aligned, over the cache's length L = 12);
+    one more step overflows the cache: NaN."""
+    from effjax.layers import MultiHeadAttention
+
+    name, options = DECODED[variant]
+    batch, length, width, lengths = 3, 12, 4, np.array([2, 4, 3])
+    x = jax.random.normal(jax.random.key(0), (batch, length, 16))
+    layer = MultiHeadAttention(
+        num_heads=4, num_kv_heads=2, is_causal=True, attention=name, attention_options=options
+    )
+    variables = jax.jit(layer.init)(jax.random.key(1), x)
+    full = jax.jit(layer.apply)(variables, x)
+    decoder = layer.clone(decode=True)
+    cache = jax.jit(decoder.init)(jax.random.key(1), x)["cache"]
+    step = jax.jit(
+        lambda cache, x, mask: decoder.apply(
+            {**variables, "cache": cache}, x, padding_mask=mask, mutable=["cache"]
+        )
+    )
+    # Pad tokens (a large value) must change nothing.
+    prompt = jnp.stack([jnp.pad(x[b, :n], ((width - n, 0), (0, 0)), constant_values=9.0)
+                        for b, n in enumerate(lengths)])  # fmt: skip
+    out, mutated = step(cache, prompt, jnp.arange(width)[None, :] >= width - lengths[:, None])
+    got = [out[b, width - n :] for b, n in enumerate(lengths)]
+    real = jnp.ones((batch, width), bool)
+    index = lengths[:, None] + np.arange(width)[None, :]
+    for _ in range(2):
+        out, mutated = step(mutated["cache"], x[np.arange(batch)[:, None], index], real)
+        got = [jnp.concatenate([g, out[b]]) for b, g in enumerate(got)]
+        index = index + width
+    for b, n in enumerate(lengths):
+        np.testing.assert_allclose(got[b], full[b, : n + 2 * width], atol=1e-5)
+    out, _ = step(mutated["cache"], x[:, :width], real)
+    assert np.isnan(out).all()  # a full cache: the poison value

@@ -321,11 +321,20 @@ CACHED = {
     "performer": {"num_features": 8},
     "linear": {},
     "persistent_memory": {"num_slots": 3},
+    # Checked at the layer (tests/layers/test_family_cores.py) in the fast suite; here
+    # through generate too, slow. Tables sized for the model's 16 positions.
+    "synthesizer": {"kind": "random", "mixture": True, "max_len": 16},
+    "sinkhorn": {"block_size": 2, "max_len": 16},
+    "routing": {"cluster_size": 2, "local_window": 2},
 }
+SLOW = ("synthesizer", "sinkhorn", "routing")
 LENGTHS = (2, 5, 3)  # real prompt tokens per row, left-padded to max(LENGTHS)
 
 
-@pytest.fixture(scope="module", params=sorted(CACHED))
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else []) for n in sorted(CACHED)],
+)
 def ragged(request):
     """A two-layer model of one cached variant, and left-padded prompts of LENGTHS."""
     name = request.param

@@ -17,6 +17,7 @@ from effjax.attention import registry
 from effjax.layers.cores.base import (
     AttentionCore,
     FunctionCore,
+    PackedCache,
     attention_rng,
     build_core,
     evaluation_key,
@@ -91,6 +92,7 @@ __all__ = [
     "LinearCore",
     "LinformerCore",
     "LocalCore",
+    "PackedCache",
     "PerformerCore",
     "PersistentMemoryCore",
     "RelativePositionCore",

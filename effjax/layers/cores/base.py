@@ -45,7 +45,7 @@ import dataclasses
 import inspect
 import zlib
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -77,6 +77,29 @@ def attention_rng(module: nn.Module, deterministic: bool, rng: jax.Array | None 
     if deterministic:
         return evaluation_key(module)
     return module.make_rng("attention")
+
+
+class PackedCache(NamedTuple):
+    """A decoding cache whose rows hold their real tokens left-aligned (see
+    :meth:`AttentionCore.pack_cache`).
+
+    Attributes:
+      key: ``[B, L, K, H]``, row ``b``'s real tokens in order from slot 0.
+      value: ``[B, L, K, Hv]``.
+      valid: bool ``[B, L]``, the slots written so far.
+      positions: int32 ``[B, T]``, the slot of each new token (a padded new token: a
+        slot of its row, in range; its output means nothing).
+      real: bool ``[B, T]``, the new tokens that are real.
+      full: bool scalar, the new tokens overflow the cache (see
+        :meth:`AttentionCore.advance_cache`).
+    """
+
+    key: jax.Array
+    value: jax.Array
+    valid: jax.Array
+    positions: jax.Array
+    real: jax.Array
+    full: jax.Array
 
 
 class AttentionCore(nn.Module):
@@ -290,6 +313,69 @@ class AttentionCore(nn.Module):
         start = index.value
         index.value = start + num_new
         return start, start + num_new > length.value
+
+    def pack_cache(
+        self, key: jax.Array, value: jax.Array, padding_mask: jax.Array | None
+    ) -> PackedCache | None:
+        """Writes the real new tokens of each row after that row's earlier ones.
+
+        The cache (``cached_key``, ``cached_value`` ``[B, L, K, H]``, ``cached_count``
+        int32 ``[B]``, with ``L`` the init input's length) holds each row's real tokens
+        from slot 0 on, padded tokens never written: a left-padded row's cache is the
+        cache of that row alone, so a core whose output depends on token positions
+        (blocks, position tables) decodes each row as if alone. Returns None at init
+        (the caller runs the full pass), else the :class:`PackedCache` after the write.
+        """
+        batch, num_new = key.shape[:2]
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        count = self.variable("cache", "cached_count", jnp.zeros, (batch,), jnp.int32)
+        position = self.advance_cache(num_new)
+        if position is None:
+            return None
+        length = cached_key.value.shape[1]
+        real = jnp.ones((batch, num_new), bool) if padding_mask is None else padding_mask
+        slots = count.value[:, None] + jnp.cumsum(real, axis=1, dtype=jnp.int32) - 1
+        write = jnp.where(real, slots, length)  # padded tokens: out of range, dropped
+        rows = jnp.arange(batch)[:, None]
+        cached_key.value = cached_key.value.at[rows, write].set(key, mode="drop")
+        cached_value.value = cached_value.value.at[rows, write].set(value, mode="drop")
+        count.value = count.value + jnp.sum(real, axis=1, dtype=jnp.int32)
+        valid = jnp.arange(length)[None, :] < count.value[:, None]
+        positions = jnp.clip(slots, 0, length - 1)
+        return PackedCache(
+            cached_key.value, cached_value.value, valid, positions, real, position[1]
+        )
+
+    def decode_by_full_pass(
+        self,
+        query: jax.Array,
+        key: jax.Array,
+        value: jax.Array,
+        kwargs: dict[str, Any],
+        *,
+        padding_mask: jax.Array | None = None,
+    ) -> jax.Array:
+        """A :meth:`decode_step` that reruns the full causal pass over the cache.
+
+        The new queries are placed at their slots of a length-``L`` buffer, :meth:`attend`
+        runs causally over the :meth:`pack_cache` keys and values (unwritten slots
+        padded), and the rows of the new queries are returned. Row ``t`` of the output is
+        therefore row ``t`` of the full causal pass over ``L`` tokens, for any core whose
+        causal row ``t`` depends on positions ``<= t`` alone. Exact but not incremental:
+        each step costs a full pass over ``L`` tokens.
+        """
+        cache = self.pack_cache(key, value, padding_mask)
+        call = dict(global_mask=None, is_causal=True, deterministic=True)
+        if cache is None:
+            return self.attend(query, key, value, kwargs, padding_mask=padding_mask, **call)
+        batch, length = cache.valid.shape
+        rows = jnp.arange(batch)[:, None]
+        write = jnp.where(cache.real, cache.positions, length)
+        queries = jnp.zeros((batch, length, *query.shape[2:]), query.dtype)
+        queries = queries.at[rows, write].set(query, mode="drop")
+        out = self.attend(queries, cache.key, cache.value, kwargs, padding_mask=cache.valid, **call)
+        return self.poison_if_full(out[rows, cache.positions], cache.full)
 
     @staticmethod
     def poison_if_full(out: jax.Array, full: jax.Array) -> jax.Array:

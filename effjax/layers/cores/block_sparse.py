@@ -57,7 +57,13 @@ def _bench_flops(shape: benchspec.Shape, options) -> float:
 
 
 BENCH = benchspec.BenchSpec(
-    lambda rng, s: {**BENCH_OPTIONS, "rng": rng}, _bench_flops, benchspec.fixed(**BENCH_OPTIONS)
+    lambda rng, s: {**BENCH_OPTIONS, "rng": rng},
+    _bench_flops,
+    benchspec.fixed(**BENCH_OPTIONS),
+    # The key travels as a traced argument of the timed program: the XLA path everywhere.
+    lambda backend, s, dtype: block_sparse.default_implementation(
+        backend, dtypes=(dtype,), static_rng=False
+    ),
 )
 
 registry.attach("block_sparse", core=BlockSparseCore, bench=BENCH)

@@ -82,6 +82,7 @@ BENCH = benchspec.BenchSpec(
     _bench_options,
     _bench_flops,
     benchspec.fixed(window_size=list(BENCH_WINDOW), num_global_tokens=BENCH_GLOBAL_TOKENS),
+    lambda backend, s, dtype: global_local.default_implementation(backend, dtypes=(dtype,)),
 )
 
 registry.attach("global_local", core=GlobalLocalCore, bench=BENCH)

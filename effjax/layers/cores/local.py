@@ -88,6 +88,7 @@ BENCH = benchspec.BenchSpec(
     options=lambda rng, s: {"window_size": BENCH_WINDOW},
     flops=lambda s, o: benchspec.pairs_flops(s, window_pairs(s)),
     summary=benchspec.fixed(window_size=list(BENCH_WINDOW)),
+    implementation=lambda backend, s, dtype: local.default_implementation(backend, dtypes=(dtype,)),
 )
 
 registry.attach("local", core=LocalCore, bench=BENCH)

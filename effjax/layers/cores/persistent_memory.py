@@ -13,7 +13,7 @@ from flax import linen as nn
 
 from effjax.attention import benchspec, persistent_memory, registry
 from effjax.attention.helpers import check_positive
-from effjax.layers.cores.dense import DenseCore
+from effjax.layers.cores.dense import DenseCore, bench_implementation
 
 
 class PersistentMemoryCore(DenseCore):
@@ -65,6 +65,8 @@ BENCH = benchspec.BenchSpec(
     _bench_options,
     lambda s, o: benchspec.pairs_flops(s, s.seq_len + BENCH_SLOTS),
     benchspec.fixed(num_slots=BENCH_SLOTS),
+    # Dense attention over the memory slots and the sequence: dense's choice.
+    lambda backend, s, dtype: bench_implementation(backend, s, dtype, BENCH_SLOTS),
 )
 
 registry.attach("persistent_memory", core=PersistentMemoryCore, bench=BENCH)

@@ -54,6 +54,17 @@ class RoutingCore(AttentionCore):
     the heads; the others route), ``local_window`` (128 keys on each side; causal: 128
     before), ``shared_qk`` (keys are the queries, the paper's language models),
     ``scale``.
+
+    Decoding (:meth:`~effjax.layers.cores.AttentionCore.decode_by_full_pass`): a cache of
+    the ``L`` (init length) keys and values, each row's real tokens from slot 0; every
+    step reruns the causal pass over the cache and returns the new tokens' rows. Causal
+    routing's row ``t`` (the ``w`` latest keys ``<= t`` of its cluster) and the causal
+    window depend on positions ``<= t`` and ``w`` alone, so a decoded row equals row
+    ``t`` of the full causal pass over ``L`` tokens, which has ``w = cluster_size``,
+    default ``ceil(L / C)``: generation equals greedy re-forwarding at the cache's length
+    (with ``cluster_size`` given, at any length), and a left-padded row equals the row
+    alone. Not incremental: a step costs a full pass, O(L w H). The centroids stay as
+    they are (no statistics are gathered). More than ``L`` tokens give NaN.
     """
 
     function = staticmethod(routing.routing_attention)
@@ -152,6 +163,9 @@ class RoutingCore(AttentionCore):
             **common,
         )
         return jnp.concatenate([near, out], axis=2)
+
+    def decode_step(self, query, key, value, kwargs, *, padding_mask=None):
+        return self.decode_by_full_pass(query, key, value, kwargs, padding_mask=padding_mask)
 
     @classmethod
     def upkeep(cls, collections, *, rng, step, num_steps):

@@ -26,6 +26,16 @@ class SinkhornCore(AttentionCore):
     rounds), ``sortcut_blocks`` (None; k = SortCut, not causal), ``max_len`` (default
     the init length), ``sort_hidden`` (F, default the head size), ``gumbel_noise``
     (False), ``scale``.
+
+    Decoding (:meth:`~effjax.layers.cores.AttentionCore.decode_by_full_pass`): a cache of
+    the ``L`` (init length) keys and values, each row's real tokens from slot 0; every
+    step reruns the causal pass over the cache and returns the new tokens' rows. Causal
+    row ``t`` depends on positions ``<= t`` alone (causal Sinkhorn balancing, see
+    :func:`~effjax.attention.sinkhorn_attention`), so each decoded row equals the full
+    causal pass's (over the prefix or any longer sequence), generation equals greedy
+    re-forwarding, and a left-padded row equals the row alone. Not incremental: a step
+    costs a full pass, O(L b + n L H) for ``n = L / b`` blocks. More than ``L`` tokens
+    give NaN.
     """
 
     function = staticmethod(sinkhorn.sinkhorn_attention)
@@ -84,6 +94,9 @@ class SinkhornCore(AttentionCore):
             is_causal=is_causal,
             **self.function_options(),
         )
+
+    def decode_step(self, query, key, value, kwargs, *, padding_mask=None):
+        return self.decode_by_full_pass(query, key, value, kwargs, padding_mask=padding_mask)
 
 
 def _bench_flops(shape: benchspec.Shape, options) -> float:

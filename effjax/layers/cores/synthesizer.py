@@ -44,6 +44,15 @@ class SynthesizerCore(AttentionCore):
     (F, default the head size), ``rank`` (k = 8, factorized random), ``trainable``
     (True; False: a fixed random table), ``mixture`` (False; True: plus learned-weight
     dot-product logits), ``scale``.
+
+    Decoding: a cache of the ``L`` (init length, at most ``max_len``) keys and values,
+    each row's real tokens from slot 0 (:meth:`~effjax.layers.cores.AttentionCore.pack_cache`).
+    A new token at slot ``p`` of its row takes its logits row from its own query (dense
+    kinds) or from row ``p`` of the table (random kinds), over the columns ``0 .. p`` of
+    the row's cached keys, plus the dot products with them (``mixture``): exactly row
+    ``p`` of the full causal pass, which depends on tokens ``<= p`` alone. So generation
+    equals greedy re-forwarding and a left-padded row equals the row alone; a step costs
+    O(L) per head, as dense attention's cache. More than ``L`` tokens give NaN.
     """
 
     function = staticmethod(synth.synthesizer_attention)
@@ -77,7 +86,9 @@ class SynthesizerCore(AttentionCore):
             return self.param(name, init, shape)
         return self.variable(SYNTHESIZER, name, lambda: init(self.make_rng("params"), shape)).value
 
-    def _logits(self, query: jax.Array, kv_len: int) -> jax.Array:
+    def _logits(self, query: jax.Array, kv_len: int, positions: jax.Array | None = None):
+        """Synthetic logits of ``query``'s tokens over ``kv_len`` keys; the random kinds
+        take their rows at ``positions`` (int ``[B, T]``) when given (decoding)."""
         heads, head_dim = query.shape[2:]
         max_len = self.max_len or kv_len
         hidden = self.hidden or head_dim
@@ -86,11 +97,15 @@ class SynthesizerCore(AttentionCore):
         q_len = query.shape[1]
         if self.kind == "random":
             table = self._table("table", (heads, max_len, max_len))
-            return synth.random_synthesizer_logits(table, q_len=q_len, kv_len=kv_len)
+            return synth.random_synthesizer_logits(
+                table, q_len=q_len, kv_len=kv_len, positions=positions
+            )
         if self.kind == "factorized_random":
             r1 = self._table("r1", (heads, max_len, self.rank))
             r2 = self._table("r2", (heads, max_len, self.rank))
-            return synth.factorized_random_logits(r1, r2, q_len=q_len, kv_len=kv_len)
+            return synth.factorized_random_logits(
+                r1, r2, q_len=q_len, kv_len=kv_len, positions=positions
+            )
         w1 = self.param("w1", dense, (heads, head_dim, hidden))
         b1 = self.param("b1", zeros, (heads, hidden))
         if self.kind == "dense":
@@ -104,15 +119,52 @@ class SynthesizerCore(AttentionCore):
         return synth.factorized_dense_logits(query, w1, b1, wa, ba, wb, bb, kv_len=kv_len)
 
     def prepare(self, query, key, value, deterministic):
+        # The synthetic logits depend on the keys' length: made by attend / decode_step.
         options = {"scale": self.scale} if self.scale is not None else {}
         alpha = 0.0
         if self.mixture:
             alpha = jnp.abs(self.param("alpha", nn.initializers.ones, ()))
-        return {
-            **options,
-            "synthetic_logits": self._logits(query, key.shape[1]),
-            "dot_product_weight": alpha,
-        }
+        return {**options, "dot_product_weight": alpha}
+
+    def attend(
+        self, query, key, value, kwargs, *, padding_mask, global_mask, is_causal, deterministic
+    ):
+        logits = self._logits(query, key.shape[1])
+        return synth.synthesizer_attention(
+            query,
+            key,
+            value,
+            synthetic_logits=logits,
+            padding_mask=padding_mask,
+            is_causal=is_causal,
+            **kwargs,
+        )
+
+    def decode_step(self, query, key, value, kwargs, *, padding_mask=None):
+        cache = self.pack_cache(key, value, padding_mask)
+        if cache is None:
+            return self.attend(
+                query,
+                key,
+                value,
+                kwargs,
+                padding_mask=padding_mask,
+                global_mask=None,
+                is_causal=True,
+                deterministic=True,
+            )
+        length = cache.valid.shape[1]
+        # Query t (slot p_t of its row) sees the row's written slots <= p_t.
+        seen = jnp.arange(length)[None, None, :] <= cache.positions[:, :, None]
+        out = synth.synthesizer_attention(
+            query,
+            cache.key,
+            cache.value,
+            synthetic_logits=self._logits(query, length, cache.positions),
+            mask=(seen & cache.valid[:, None, :])[:, None],
+            **kwargs,
+        )
+        return self.poison_if_full(out, cache.full)
 
 
 def _bench_options(rng, shape: benchspec.Shape):
