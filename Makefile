@@ -27,7 +27,7 @@ bench-quick: $(STAMP)
 	$(VENV)/bin/effjax bench --quick --out $(BENCH_OUT)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow"
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

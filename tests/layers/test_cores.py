@@ -34,9 +34,9 @@ def test_every_variant_with_a_core_runs_with_no_options(x, name):
             with pytest.raises(ValueError, match="causal"):
                 lay.init(jax.random.key(1), x)
             continue
-        variables = lay.init(jax.random.key(1), x)
         # One compiled program per call pattern: eager dispatch of a core's many small ops
         # costs more than compiling it.
+        variables = jax.jit(lay.init)(jax.random.key(1), x)
         apply = jax.jit(lay.apply)
         out = apply(variables, x)
         assert np.isfinite(out).all() and not np.allclose(out, 0.0)

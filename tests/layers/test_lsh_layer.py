@@ -31,7 +31,7 @@ def test_one_chunk_lsh_layer_equals_dense_layer_in_training_and_evaluation():
 def test_training_draws_new_rotations_and_evaluation_is_fixed():
     x = jax.random.normal(jax.random.key(0), (1, 64, 8))
     lsh, _ = layers(**OPTIONS)
-    variables = lsh.init(jax.random.key(1), x)
+    variables = jax.jit(lsh.init)(jax.random.key(1), x)
     apply = jax.jit(lsh.apply, static_argnames="deterministic")
 
     def train(seed):

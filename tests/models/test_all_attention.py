@@ -77,9 +77,10 @@ def test_global_memory_tokens_connect_every_real_pair_under_a_sliding_window():
     local = {"attention": "global_local", "attention_options": {"window_size": 1}}
     model = Encoder(tiny_config(num_layers=2, global_memory_tokens=2, **local))
     ids = random_ids(model.config, B, T)
-    variables = model.init(jax.random.key(1), ids, MASK)
+    variables = jax.jit(model.init)(jax.random.key(1), ids, MASK)
     assert variables["params"]["global_memory"].shape == (2, 16)
-    out = model.apply(variables, ids, MASK)
+    apply = jax.jit(model.apply)  # one program for both calls below, not op by op
+    out = apply(variables, ids, MASK)
     assert out.shape == (B, T, 16)  # the memory tokens are not in the output
 
     reach = _position_jacobian_norms(model, variables, ids, MASK)
@@ -94,7 +95,7 @@ def test_global_memory_tokens_connect_every_real_pair_under_a_sliding_window():
     assert reach[0, 0, 3] == 0.0 and reach[0, 0, 2] > 1e-6
 
     other = ids.at[1, 6:].set(7)  # padded tokens change nothing
-    np.testing.assert_allclose(model.apply(variables, other, MASK)[1, :6], out[1, :6], atol=1e-5)
+    np.testing.assert_allclose(apply(variables, other, MASK)[1, :6], out[1, :6], atol=1e-5)
 
 
 def test_global_memory_tokens_refuse_funnel_pooling():

@@ -45,8 +45,16 @@ def _step(cfg: DecoderConfig):
 
 
 @functools.cache
+@functools.cache
 def _params(cfg: DecoderConfig = CFG):
-    return DecoderLM(cfg).init(jax.random.key(1), TOKENS[:, :T])["params"]
+    # Jitted and cached: initialising op by op cost seconds per test.
+    return jax.jit(DecoderLM(cfg).init)(jax.random.key(1), TOKENS[:, :T])["params"]
+
+
+@functools.cache
+def _forward(cfg: DecoderConfig):
+    """Jitted ``(variables, ids) -> logits`` of a fresh ``DecoderLM(cfg)``."""
+    return jax.jit(DecoderLM(cfg).apply)
 
 
 def run_segments(cfg, tokens, memory=None, params=None):
@@ -64,12 +72,12 @@ def test_second_segment_equals_the_full_sequence_when_memory_covers_it():
     # With M = T, segment 2 sees exactly what positions T..2T-1 of one causal pass over
     # both segments see, at the same relative distances, in every layer.
     (first, second), memory = run_segments(CFG, TOKENS[:, : 2 * T])
-    full = DecoderLM(CFG.replace(mem_len=0)).apply({"params": _params()}, TOKENS[:, : 2 * T])
+    full = _forward(CFG.replace(mem_len=0))({"params": _params()}, TOKENS[:, : 2 * T])
     np.testing.assert_allclose(first, full[:, :T], atol=1e-5)
     np.testing.assert_allclose(second, full[:, T:], atol=1e-5)
     assert memory[MEMORY]["layer_1"]["memory"]["mask"].all()
     # ... and the memory is what carries it: segment 2 alone differs.
-    alone = DecoderLM(CFG.replace(mem_len=0)).apply({"params": _params()}, TOKENS[:, T : 2 * T])
+    alone = _forward(CFG.replace(mem_len=0))({"params": _params()}, TOKENS[:, T : 2 * T])
     assert np.abs(alone - second).max() > 1e-3
 
 
@@ -99,7 +107,7 @@ def test_prediction_depends_on_tokens_m_back_only_with_memory():
 
 
 def test_empty_or_padded_memory_changes_nothing():
-    no_memory = DecoderLM(CFG.replace(mem_len=0)).apply({"params": _params()}, TOKENS[:, :T])
+    no_memory = _forward(CFG.replace(mem_len=0))({"params": _params()}, TOKENS[:, :T])
     (fresh,), memory = run_segments(CFG, TOKENS[:, :T])
     np.testing.assert_allclose(fresh, no_memory, atol=1e-6)
     # Slots marked empty are ignored whatever they hold.
@@ -131,7 +139,7 @@ def test_no_gradient_flows_into_the_memory():
         logits = model.apply({"params": _params(), **state}, segment)
         return jnp.sum(logits**2)  # fmt: skip
 
-    grad = jax.grad(loss_of_memory)(memory[MEMORY]["layer_1"]["memory"]["hidden"])
+    grad = jax.jit(jax.grad(loss_of_memory))(memory[MEMORY]["layer_1"]["memory"]["hidden"])
     assert float(jnp.abs(grad).max()) == 0.0
 
     def two_segments(params):  # segment 1 writes the memory with the same params
@@ -141,7 +149,8 @@ def test_no_gradient_flows_into_the_memory():
     def constant_memory(params):
         return jnp.sum(model.apply({"params": params, **memory}, segment) ** 2)
 
-    through, held = jax.grad(two_segments)(_params()), jax.grad(constant_memory)(_params())
+    through = jax.jit(jax.grad(two_segments))(_params())
+    held = jax.jit(jax.grad(constant_memory))(_params())
     for a, b in zip(jax.tree.leaves(through), jax.tree.leaves(held), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
@@ -177,19 +186,23 @@ def test_cached_decoding_equals_greedy_reforward(mem_len):
     variables = {"params": _params()}
     prompt, steps = TOKENS[:, :3], 5
     generated = generate(model, variables, prompt, max_new_tokens=steps)
-    full = model.apply(variables, generated)
+    full = _forward(model.config)(variables, generated)
     assert generated[:, 3:].tolist() == jnp.argmax(full[:, 2:-1], axis=-1).tolist()
     # The cached logits themselves: the prompt in one call, then one token per call.
     decoder = model.clone(decode=True)
     state = {"cache": decoder.init(jax.random.key(0), generated)["cache"]}
+    # Jitted: two programs (3 tokens, then 1) instead of every operation dispatched alone.
+    apply = jax.jit(functools.partial(decoder.apply, mutable=["cache"]))
     cached = []
     for start, stop in [(0, 3), *((t, t + 1) for t in range(3, 3 + steps))]:
-        logits, state = decoder.apply(
-            {**variables, **state}, generated[:, start:stop], mutable=["cache"]
-        )
+        logits, state = apply({**variables, **state}, generated[:, start:stop])
         cached.append(logits)
     np.testing.assert_allclose(jnp.concatenate(cached, axis=1), full, atol=1e-5)
-    # A left-padded row decodes as it would alone.
+
+
+def test_a_left_padded_row_decodes_as_it_would_alone():
+    model = DecoderLM(CFG.replace(mem_len=0, positions="relative"))
+    variables, prompt, steps = {"params": _params()}, TOKENS[:, :3], 5
     mask = jnp.array([[True] * 3, [False, True, True]])
     ragged = generate(model, variables, prompt, prompt_mask=mask, max_new_tokens=steps)
     alone = generate(model, variables, prompt[1:, 1:], max_new_tokens=steps)
