@@ -26,8 +26,9 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(VENV)/bin/effjax bench --quick --out $(BENCH_OUT)
 
+# Whole files per worker: a module's fixtures and compiled programs are built once.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -7,9 +7,6 @@ import pytest
 from effjax import cli
 from effjax.bench import BenchConfig, measure, read_records, report, run_benchmark, suite
 
-# The module fixture runs once, on one worker (make test uses --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("bench_quick_run")
-
 DESIGN_FIELDS = {
     "variant",
     "options",

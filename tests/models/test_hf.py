@@ -19,9 +19,6 @@ from effjax.models import (
 )
 from tests.models.conftest import random_ids, right_padding, tiny_config
 
-# One worker loads MiniLM (session fixtures) for every module that reads it.
-pytestmark = pytest.mark.xdist_group("minilm")
-
 
 def torch_reference_pooling(hidden, mask):
     """sentence-transformers' Pooling(mean) + Normalize, written out in numpy."""

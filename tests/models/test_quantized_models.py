@@ -16,9 +16,6 @@ from effjax.layers import QuantizedArray
 from effjax.models import DecoderConfig, DecoderLM, EncoderForMaskedLM
 from tests.models.conftest import random_ids, tiny_config
 
-# One worker loads MiniLM (session fixtures) for every module that reads it.
-pytestmark = pytest.mark.xdist_group("minilm")
-
 B, T = 2, 6
 SIZES = dict(vocab_size=40, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32)
 

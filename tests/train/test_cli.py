@@ -15,9 +15,6 @@ import pytest
 from effjax.cli import main
 from effjax.train.checkpoint import checkpoint_manager
 
-# The module fixture runs once, on one worker (make test uses --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("smoke_run")
-
 ROOT = Path(__file__).resolve().parents[2]
 
 

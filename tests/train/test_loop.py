@@ -11,9 +11,6 @@ from effjax.train import loop
 from effjax.train.config import OptimizerConfig
 from tests.train._tiny import TinyClassifier, tiny_config, tiny_data
 
-# The module fixture runs once, on one worker (make test uses --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("loop_full_run")
-
 
 def _snapshot(directory):
     return {
