@@ -366,16 +366,28 @@ class AttentionCore(nn.Module):
         each step costs a full pass over ``L`` tokens.
         """
         cache = self.pack_cache(key, value, padding_mask)
-        call = dict(global_mask=None, is_causal=True, deterministic=True)
         if cache is None:
-            return self.attend(query, key, value, kwargs, padding_mask=padding_mask, **call)
+            return self.attend_causally(query, key, value, kwargs, padding_mask)
         batch, length = cache.valid.shape
         rows = jnp.arange(batch)[:, None]
         write = jnp.where(cache.real, cache.positions, length)
         queries = jnp.zeros((batch, length, *query.shape[2:]), query.dtype)
         queries = queries.at[rows, write].set(query, mode="drop")
-        out = self.attend(queries, cache.key, cache.value, kwargs, padding_mask=cache.valid, **call)
+        out = self.attend_causally(queries, cache.key, cache.value, kwargs, cache.valid)
         return self.poison_if_full(out[rows, cache.positions], cache.full)
+
+    def attend_causally(self, query, key, value, kwargs, padding_mask) -> jax.Array:
+        """:meth:`attend`, causal and deterministic (what decoding computes), no global mask."""
+        return self.attend(
+            query,
+            key,
+            value,
+            kwargs,
+            padding_mask=padding_mask,
+            global_mask=None,
+            is_causal=True,
+            deterministic=True,
+        )
 
     @staticmethod
     def poison_if_full(out: jax.Array, full: jax.Array) -> jax.Array:

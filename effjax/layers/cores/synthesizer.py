@@ -129,30 +129,22 @@ class SynthesizerCore(AttentionCore):
     def attend(
         self, query, key, value, kwargs, *, padding_mask, global_mask, is_causal, deterministic
     ):
-        logits = self._logits(query, key.shape[1])
-        return synth.synthesizer_attention(
+        kwargs = {**kwargs, "synthetic_logits": self._logits(query, key.shape[1])}
+        return super().attend(
             query,
             key,
             value,
-            synthetic_logits=logits,
+            kwargs,
             padding_mask=padding_mask,
+            global_mask=global_mask,
             is_causal=is_causal,
-            **kwargs,
+            deterministic=deterministic,
         )
 
     def decode_step(self, query, key, value, kwargs, *, padding_mask=None):
         cache = self.pack_cache(key, value, padding_mask)
         if cache is None:
-            return self.attend(
-                query,
-                key,
-                value,
-                kwargs,
-                padding_mask=padding_mask,
-                global_mask=None,
-                is_causal=True,
-                deterministic=True,
-            )
+            return self.attend_causally(query, key, value, kwargs, padding_mask)
         length = cache.valid.shape[1]
         # Query t (slot p_t of its row) sees the row's written slots <= p_t.
         seen = jnp.arange(length)[None, None, :] <= cache.positions[:, :, None]
