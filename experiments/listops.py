@@ -15,6 +15,9 @@ Regimes (the LRA task is 500 < length < 2000 tokens, depth <= 10):
   ``lra_short``: 60 < length < 200, depth <= 5, <= 10 arguments (configs/listops.py);
   ``shallow``: 10 < length < 64, depth <= 2, <= 5 arguments, a 3x longer schedule.
 
+``--steps N`` trains for N steps instead of the regime's; those runs form their own table
+(regime ``<regime>-<N>steps``), never a row with runs of another length.
+
 LRA numbers: Tay et al. 2020, "Long Range Arena", Table 1, ListOps column (see
 docs/references.md); not the same scale as ours, so compare orderings, not values.
 """
@@ -84,10 +87,12 @@ def _listops_config_module():
     return module
 
 
-def regime_config(regime: str, variant: str = "dense", seed: int = 0):
-    """configs/listops.py's experiment in ``regime``, with ``variant`` and ``seed``."""
+def regime_config(regime: str, variant: str = "dense", seed: int = 0, steps: int | None = None):
+    """configs/listops.py's experiment in ``regime``, with ``variant`` and ``seed``, trained
+    for ``steps`` (default: the regime's)."""
     module = _listops_config_module()
-    spec_changes, steps, learning_rate, boundaries = REGIMES[regime]
+    spec_changes, regime_steps, learning_rate, boundaries = REGIMES[regime]
+    steps = steps or regime_steps
     base = module.config
     spec = dataclasses.replace(base.data.listops, **spec_changes)
     max_tokens = spec.max_length + 1  # the CLS token
@@ -123,13 +128,22 @@ def validation_curve(workdir: Path) -> list[list[float]]:
     return curve
 
 
-def run_variant(regime: str, name: str, seed: int, workdir: Path, data) -> dict:
-    config = regime_config(regime, name, seed)
-    run_dir = workdir / regime / f"{name}-seed{seed}"
+def table_key(regime: str, steps: int | None) -> str:
+    """The results' name for ``regime`` trained for ``steps``: the regime's own name at
+    its own step count, else ``<regime>-<steps>steps``."""
+    return regime if steps in (None, REGIMES[regime][1]) else f"{regime}-{steps}steps"
+
+
+def run_variant(
+    regime: str, name: str, seed: int, workdir: Path, data, steps: int | None = None
+) -> dict:
+    config = regime_config(regime, name, seed, steps)
+    key = table_key(regime, steps)
+    run_dir = workdir / key / f"{name}-seed{seed}"
     start = time.perf_counter()
     result = loop.train(config, run_dir, model=tasks.build_model(config), data=data)
     return {
-        "regime": regime,
+        "regime": key,
         "variant": name,
         "seed": seed,
         "options": dict(config.model.attention_options),
@@ -310,6 +324,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=None, help="default: all registered")
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument(
+        "--steps", type=int, default=None, help="train steps (default: the regime's)"
+    )
+    parser.add_argument(
         "--import-from",
         metavar="COMMIT",
         help="add the earlier single-seed table of that commit (regime lra_short)",
@@ -344,9 +361,10 @@ def main() -> None:
     if args.lra_baseline:
         accuracy = lra_operator_baseline(args.lra_baseline)
         results["lra_operator_baseline"] = {"count": args.lra_baseline, "accuracy": accuracy}
-    config = regime_config(args.regime)
+    config = regime_config(args.regime, steps=args.steps)
     data = tasks.build_data(config)  # shared by every variant and seed
-    results["regimes"][args.regime] = {
+    key = table_key(args.regime, args.steps)
+    results["regimes"][key] = {
         "spec": dataclasses.asdict(config.data.listops),
         "steps": config.run.num_steps,
         "learning_rate": config.optimizer.learning_rate,
@@ -357,9 +375,11 @@ def main() -> None:
     done = {(r["regime"], r["variant"], r["seed"]) for r in results["runs"]}
     for seed in args.seeds:
         for name in args.variants or available():
-            if (args.regime, name, seed) in done:
+            if (key, name, seed) in done:
                 continue
-            results["runs"].append(run_variant(args.regime, name, seed, args.workdir, data))
+            results["runs"].append(
+                run_variant(args.regime, name, seed, args.workdir, data, args.steps)
+            )
             print(json.dumps({k: v for k, v in results["runs"][-1].items() if k != "curve"}))
             results["invocations"][-1] = provenance.stamp(sys.argv, start=start)
             save(results, args.out)
