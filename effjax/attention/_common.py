@@ -80,11 +80,17 @@ def check_qkv(query, key, value) -> AttentionDims:
 
 
 def check_token_mask(name: str, mask, batch: int, length: int, letter: str) -> jax.Array:
-    """Validates a per-token bool mask ``[B, letter]`` of shape ``(batch, length)``."""
+    """Validates a per-token bool mask ``[B, letter]`` of shape ``(batch, length)``.
+
+    The mask is returned as given (a list becomes a NumPy array): converting a NumPy mask
+    with ``jnp.asarray`` would make it a tracer under ``jit`` and lose what callers can
+    read from a concrete mask (e.g. the number of global tokens).
+    """
     shape = _shape(mask)
     if shape != (batch, length):
         raise ValueError(f"{name} must have shape [B, {letter}] = {(batch, length)}, got {shape}")
-    mask = jnp.asarray(mask)
+    if not hasattr(mask, "dtype"):
+        mask = np.asarray(mask)
     if mask.dtype != jnp.bool_:
         raise ValueError(f"{name} must be bool, got dtype {mask.dtype}")
     return mask

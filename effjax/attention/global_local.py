@@ -228,11 +228,8 @@ def global_local_attention(
     dims = _common.check_qkv(query, key, value)
     _common.check_self_attention("global_local_attention", query, key, dims)
     padding_mask = _common.check_padding_mask(padding_mask, dims)
-    # Counted from the argument as given: a NumPy mask is concrete, its jnp copy is
-    # traced under jit.
-    given_mask = global_mask
     global_mask = _common.check_token_mask("global_mask", global_mask, dims.batch, dims.q_len, "T")
-    num_slots = _resolve_max_global(given_mask, max_global_tokens)
+    num_slots = _resolve_max_global(global_mask, max_global_tokens)
     left, right = masks_lib.normalize_window(window_size)
     dilation = _common.check_positive("dilation", dilation)
     if block_size is not None:

@@ -74,6 +74,12 @@ def test_traced_global_mask_under_jit_with_a_static_bound(rng):
     )
     want = dot_product_attention(q, k, v, mask=global_local_mask(g, 2))
     np.testing.assert_allclose(fn(q, k, v, g), want, atol=1e-5)
+    # A NumPy mask closed over by a jitted function stays concrete: M is counted from it.
+    g_numpy = np.asarray(g)
+    closed = jax.jit(
+        lambda q, k, v: global_local_attention(q, k, v, window_size=2, global_mask=g_numpy)
+    )
+    np.testing.assert_allclose(closed(q, k, v), want, atol=1e-5)
 
 
 @pytest.mark.slow
