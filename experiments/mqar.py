@@ -53,6 +53,9 @@ DEFAULT_OUT = ROOT / "experiments/results/mqar"
 # methods' recurrent state (features x head dim) and local attention's window of keys.
 # Zoology's prediction concerns these: their recall degrades as pairs grow.
 FIXED_STATE = ("linear", "performer", "local")
+# The options of Setup that may differ between the cells of one results file (each run
+# records its own); the model, data and evaluation may not.
+TRAINING_KEYS = ("learning_rate", "warmup_steps", "max_steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,7 +259,7 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def markdown(results: dict) -> str:
-    setup, runs = results["setup"], results["runs"]
+    setup, runs = results["setup"], with_run_setups(results)["runs"]
     cells = _cells(runs)
     # Every registered variant has a row, dense first; a variant of another checkout too.
     variants = list(dict.fromkeys([*_variant_order(available()), *(r["variant"] for r in runs)]))
@@ -270,11 +273,12 @@ def markdown(results: dict) -> str:
         f"positions of {setup['eval_examples']} held-out sequences (the same for every "
         "variant and seed). Model: effjax.models.DecoderLM, "
         f"{setup['num_layers']} layers, width {setup['hidden_size']}, "
-        f"{setup['num_heads']} heads. AdamW {setup['learning_rate']:g}, "
-        f"{setup['warmup_steps']} warm-up steps then cosine over {setup['max_steps']} "
-        f"steps, batch {setup['batch_size']} of fresh sequences; a run stops at the first "
-        f"evaluation (every {setup['eval_every']} steps) with accuracy >= "
-        f"{setup['target_accuracy']}.",
+        f"{setup['num_heads']} heads. AdamW, warm-up steps then cosine over the run's step "
+        f"budget (learning rate, warm-up and budget below), batch {setup['batch_size']} of "
+        f"fresh sequences; a run stops at the first evaluation (every "
+        f"{setup['eval_every']} steps) with accuracy >= {setup['target_accuracy']}.",
+        "",
+        *schedule_lines(runs),
         "",
         "## Accuracy (mean ± sample s.d. over seeds; n = seeds)",
         "",
@@ -356,6 +360,30 @@ def markdown(results: dict) -> str:
         if step.get("note"):
             lines += ["", step["note"]]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def schedule_lines(runs: list[dict]) -> list[str]:
+    """The training options (:data:`TRAINING_KEYS`) each cell ran with; the variants are
+    named where they differ within a cell."""
+    per_cell: dict[tuple[int, int], dict[str, list[str]]] = {}
+    for run in runs:
+        if "error" in run:
+            continue
+        setup = run["setup"]
+        text = (
+            f"learning rate {setup['learning_rate']:g}, {setup['warmup_steps']} warm-up "
+            f"steps, at most {setup['max_steps']} steps"
+        )
+        cell = per_cell.setdefault((run["seq_len"], run["pairs"]), {})
+        cell.setdefault(text, []).append(run["variant"])
+    lines = ["Training options per cell:", ""]
+    for (t, p), texts in sorted(per_cell.items()):
+        parts = [
+            text if len(texts) == 1 else f"{text} ({', '.join(dict.fromkeys(names))})"
+            for text, names in texts.items()
+        ]
+        lines.append(f"- T={t}, P={p}: " + "; ".join(parts))
+    return lines
 
 
 def option_lines(runs: list[dict]) -> list[str]:
@@ -574,13 +602,27 @@ def save(results: dict, out: Path) -> None:
         plot(results, out.with_suffix(".png"))
 
 
+def with_run_setups(results: dict) -> dict:
+    """``results`` with each run's setup in the run (``run["setup"]``): a file written
+    before runs carried their own has one setup for all of its runs."""
+    for run in results["runs"]:
+        run.setdefault("setup", results["setup"])
+    return results
+
+
 def merge(results: dict, other: dict, path: Path) -> None:
-    """Adds ``other``'s runs (those not yet in ``results``) and invocations; both must
-    have the same setup, or their numbers would not be comparable."""
-    if other["setup"] != results["setup"]:
-        raise SystemExit(f"{path} was made with another setup than {results['setup']}")
-    done = {_run_key(r) for r in results["runs"]}
-    results["runs"] += [r for r in other["runs"] if _run_key(r) not in done]
+    """Adds ``other``'s runs (those not yet in ``results``) and invocations. Each run keeps
+    the training options it ran with (:data:`TRAINING_KEYS`, listed per cell in the
+    report); the rest of the setup (model, data, evaluation) must be the same, or the
+    numbers would not be comparable."""
+    ours, theirs = (
+        {k: v for k, v in setup.items() if k not in TRAINING_KEYS}
+        for setup in (results["setup"], other["setup"])
+    )
+    if ours != theirs:
+        raise SystemExit(f"{path} was made with another model or evaluation than {ours}")
+    done = {_run_key(r) for r in with_run_setups(results)["runs"]}
+    results["runs"] += [r for r in with_run_setups(other)["runs"] if _run_key(r) not in done]
     results["invocations"] = provenance.merge_invocations(
         results["invocations"], other["invocations"]
     )
@@ -641,7 +683,7 @@ def main() -> None:
         saved = json.loads(json_path.read_text())
         if saved["setup"] != results["setup"] and not args.report_only:
             raise SystemExit(f"{json_path} was made with another setup; use --out")
-        results = saved
+        results = with_run_setups(saved)
     for path in args.merge:
         merge(results, json.loads(path.read_text()), path)
     if args.merge:
@@ -664,7 +706,8 @@ def main() -> None:
                 for name in variants:
                     if (name, t, p, seed) in done:
                         continue
-                    results["runs"].append(run_or_error(setup, name, t, p, seed))
+                    run = run_or_error(setup, name, t, p, seed)
+                    results["runs"].append({**run, "setup": dataclasses.asdict(setup)})
                     results["invocations"][-1] = provenance.stamp(sys.argv, start=start)
                     save(results, out)
     results["invocations"][-1] = provenance.stamp(sys.argv, start=start)
