@@ -209,12 +209,20 @@ def markdown(results: dict) -> str:
     for regime, info in results["regimes"].items():
         runs = [r for r in results["runs"] if r["regime"] == regime]
         spec, base = info["spec"], info["baselines"]
+        base_regime = regime.partition("-")[0]
+        shortened = (
+            f" (set by `--steps`; the `{base_regime}` regime's own runs have "
+            f"{REGIMES[base_regime][1]} and a table of their own)"
+            if base_regime != regime
+            else ""
+        )
         lines += [
             "",
             f"## Regime `{regime}`: {spec['min_length']} < length < {spec['max_length']}, "
             f"depth <= {spec['max_depth']}, <= {spec['max_args']} arguments",
             "",
-            f"{info['steps']} steps, peak learning rate {info['learning_rate']:g}. Baselines "
+            f"{info['steps']} steps{shortened}, peak learning rate "
+            f"{info['learning_rate']:g}. Baselines "
             f"on this test split: majority class {100 * base['majority']:.1f}%, outermost "
             f"operator {100 * base['operator']:.1f}%.",
             "",
@@ -242,8 +250,8 @@ def markdown(results: dict) -> str:
             ]
     lines += [
         "",
-        "Validation curves: listops.png (one panel per regime, one line per run, the "
-        "operator baseline dashed).",
+        "Validation curves: listops.png (one panel per regime with curves, one line per "
+        "run, one colour per variant, the operator baseline dashed).",
         "",
         "## Provenance",
         "",
@@ -263,13 +271,20 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    regimes = list(results["regimes"])
+    regimes = [g for g in results["regimes"] if any(r["regime"] == g and r.get("curve")
+                                                    for r in results["runs"])]  # fmt: skip
     fig, axes = plt.subplots(1, len(regimes), figsize=(6 * len(regimes), 4), squeeze=False)
     for ax, regime in zip(axes[0], regimes, strict=True):
-        for run in results["runs"]:
-            if run["regime"] == regime and run.get("curve"):
-                steps, accs = zip(*run["curve"], strict=True)
-                ax.plot(steps, accs, marker=".", label=f"{run['variant']} s{run['seed']}")
+        runs = [r for r in results["runs"] if r["regime"] == regime and r.get("curve")]
+        colours = {
+            name: plt.get_cmap("tab20")(2 * i % 20 + 2 * i // 20)  # the dark hues first
+            for i, name in enumerate(dict.fromkeys(r["variant"] for r in runs))
+        }
+        for run in runs:
+            steps, accs = zip(*run["curve"], strict=True)
+            first = run is next(r for r in runs if r["variant"] == run["variant"])
+            ax.plot(steps, accs, marker=".", color=colours[run["variant"]], alpha=0.8,
+                    label=run["variant"] if first else None)  # fmt: skip
         base = results["regimes"][regime]["baselines"]["operator"]
         ax.axhline(base, color="gray", linestyle="--", label="operator baseline")
         ax.set(title=f"ListOps, {regime}", xlabel="step", ylabel="validation accuracy")
