@@ -233,10 +233,11 @@ def markdown(results: dict) -> str:
         for name in dict.fromkeys(r["variant"] for r in runs):
             mine = [r for r in runs if r["variant"] == name]
             accs = [r["test_accuracy"] for r in mine]
-            lra_name, lra_value = LRA.get(name, (name, float("nan")))
+            lra_name, lra_value = LRA.get(name, ("not in LRA", None))
+            lra_cell = "-" if lra_value is None else f"{lra_value:.2f}"
             margin = 100 * (np.mean(accs) - base["operator"])
             lines.append(
-                f"| {name} | {lra_name} | {lra_value:.2f} | {_mean_sd(accs)} | {margin:+.1f} "
+                f"| {name} | {lra_name} | {lra_cell} | {_mean_sd(accs)} | {margin:+.1f} "
                 f"| {mine[0]['steps']} | {np.mean([r['train_seconds'] for r in mine]):.0f} |"
             )
         imported = [r for r in runs if not r.get("curve")]
