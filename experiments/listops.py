@@ -251,8 +251,8 @@ def markdown(results: dict) -> str:
             ]
     lines += [
         "",
-        "Validation curves: listops.png (one panel per regime with curves, one line per "
-        "run, one colour per variant, the operator baseline dashed).",
+        "Validation curves: listops.png (one panel per regime with curves; per variant "
+        "the mean over seeds, shaded ± s.d.; the operator baseline dashed).",
         "",
         "## Provenance",
         "",
@@ -281,11 +281,13 @@ def plot(results: dict, path: Path) -> None:
             name: plt.get_cmap("tab20")(2 * i % 20 + 2 * i // 20)  # the dark hues first
             for i, name in enumerate(dict.fromkeys(r["variant"] for r in runs))
         }
-        for run in runs:
-            steps, accs = zip(*run["curve"], strict=True)
-            first = run is next(r for r in runs if r["variant"] == run["variant"])
-            ax.plot(steps, accs, marker=".", color=colours[run["variant"]], alpha=0.8,
-                    label=run["variant"] if first else None)  # fmt: skip
+        for name, colour in colours.items():
+            curves = [dict(r["curve"]) for r in runs if r["variant"] == name]
+            steps = sorted(set.intersection(*(set(c) for c in curves)))
+            accs = np.array([[c[s] for s in steps] for c in curves])
+            mean, sd = accs.mean(0), accs.std(0, ddof=1) if len(accs) > 1 else 0 * accs[0]
+            ax.plot(steps, mean, marker=".", color=colour, label=f"{name} (n={len(accs)})")
+            ax.fill_between(steps, mean - sd, mean + sd, color=colour, alpha=0.15)
         base = results["regimes"][regime]["baselines"]["operator"]
         ax.axhline(base, color="gray", linestyle="--", label="operator baseline")
         ax.set(title=f"ListOps, {regime}", xlabel="step", ylabel="validation accuracy")
