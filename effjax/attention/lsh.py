@@ -248,7 +248,7 @@ def _with_look_back(x: jax.Array) -> jax.Array:
     return jnp.concatenate([x, jnp.roll(x, 1, axis=0)], axis=1)
 
 
-def _attend_head_round(q, k, v, q_pos, k_pos, k_valid, look_back, q_chunks, k_chunks, **options):
+def _attend_head_round(q, k, v, q_pos, k_pos, k_valid, look_back, rounds, **options):
     """One head and round: its n query blocks ``[n, G*c, ...]`` and key chunks ``[n, c', ...]``.
 
     Builds each chunk's window (own chunk + the previous one where ``look_back [n]``) here,
@@ -258,20 +258,18 @@ def _attend_head_round(q, k, v, q_pos, k_pos, k_valid, look_back, q_chunks, k_ch
     look_back_ok = (jnp.arange(2 * key_chunk)[None, :] < key_chunk) | look_back[:, None]
     k_valid = _with_look_back(k_valid) & look_back_ok
     k, v, k_pos = _with_look_back(k), _with_look_back(v), _with_look_back(k_pos)
-    if k_chunks is not None:
-        k_chunks = _with_look_back(k_chunks)
-    return _chunk_attention(q, k, v, q_pos, k_pos, k_valid, q_chunks, k_chunks, **options)
+    return _chunk_attention(q, k, v, q_pos, k_pos, k_valid, rounds, **options)
 
 
 def _chunk_attention(
-    q, k, v, q_pos, k_pos, k_valid, q_chunks, k_chunks, *, scale, is_causal, shared_qk, offset
+    q, k, v, q_pos, k_pos, k_valid, rounds, *, scale, is_causal, shared_qk, offset
 ):
     """Softmax attention of every query block to its key window, all rounds and chunks at once.
 
     Shapes, with Z = B*K*R*n windows, M = G*c queries and D = 2c' keys per window:
       q [Z,M,H], k [Z,D,H], v [Z,D,Hv], q_pos [Z,M], k_pos / k_valid [Z,D];
-      q_chunks [Z,M,R] / k_chunks [Z,D,R]: the chunk of each item in every round (None with
-      one round). Flat 3-d batches keep XLA's CPU dot on its fast path.
+      rounds [Z,M,D]: how many rounds put each pair in one window (None with one round,
+      see :func:`_rounds_sharing`). Flat 3-d batches keep XLA's CPU dot on its fast path.
     Returns the window outputs [Z,M,Hv] and their log-sum-exps [Z,M].
     """
     logits = jnp.einsum("zmh,zdh->zmd", q.astype(jnp.float32), k.astype(jnp.float32))
@@ -282,14 +280,10 @@ def _chunk_attention(
         mask = mask & (key_pos <= query_pos + offset)
     if shared_qk:
         logits = jnp.where(key_pos == query_pos, jnp.float32(SELF_LOGIT), logits)
-    if q_chunks is not None:
+    if rounds is not None:
         # A key that several rounds put in this query's window would be counted once per
         # round by the log-sum-exp combination; subtracting log(count) counts it once.
-        # Unsigned view: negative gaps wrap to large values, so one compare tests 0 <= gap <= 1.
-        gap = q_chunks[:, :, None, :] - k_chunks[:, None, :, :]
-        unsigned = jnp.uint16 if gap.dtype == jnp.int16 else jnp.uint32
-        count = jnp.sum((gap.astype(unsigned) <= 1).astype(jnp.int32), axis=-1)
-        logits = logits - jnp.log(jnp.maximum(count, 1).astype(jnp.float32))
+        logits = logits - jnp.log(jnp.maximum(rounds, 1).astype(jnp.float32))
     unnormalised, inverse, lse = _blockwise.unnormalised_softmax(logits, mask)
     out = jnp.einsum("zmd,zdh->zmh", unnormalised, v.astype(jnp.float32))
     return out * inverse[..., None], lse
@@ -423,7 +417,7 @@ def lsh_attention(
         windows.keys(layout.k_perm),
         _sorted_key_validity(dims, padding_mask, layout, windows),
         layout.look_back.reshape(windows.count),
-        *_sorted_chunk_ids(layout, windows, num_hashes, num_buckets),
+        _rounds_sharing(*_sorted_chunk_ids(layout, windows, num_hashes, num_buckets), windows),
     )
     return _combine_rounds(out, lse, layout, windows, dims).astype(value.dtype)
 
@@ -526,6 +520,32 @@ def _sorted_chunk_ids(layout: _Layout, windows: _Windows, num_hashes: int, num_b
     small = layout.num_chunks + num_buckets < np.iinfo(np.int16).max
     ids = jnp.int16 if small else jnp.int32
     return windows.queries(q_chunks).astype(ids), windows.keys(k_chunks).astype(ids)
+
+
+def _rounds_sharing(q_chunks, k_chunks, windows: _Windows) -> jax.Array | None:
+    """uint8 ``[Z, G*c, 2c']``: in how many rounds each query of a window and each key of
+    its window (own chunk, then the previous one) share a window, from the chunk ids
+    ``q_chunks [Z, G*c, R]`` and ``k_chunks [Z, c', R]``; None with one round.
+
+    Counted here, once for all windows, rather than per logit inside the mapped blocks,
+    where XLA:CPU ran the R compares ~3x slower; uint8 (up to 255 rounds) keeps it a
+    quarter of the logits' size.
+    """
+    if q_chunks is None:
+        return None
+    num_rounds = q_chunks.shape[-1]
+    q_ids, k_ids = jnp.moveaxis(q_chunks, -1, 0), jnp.moveaxis(k_chunks, -1, 0)
+    # Each head-round's n windows, k_ids [R, Z/n, n, c'] with the previous chunk rolled in.
+    k_ids = k_ids.reshape(num_rounds, -1, windows.num_chunks, windows.k_chunk)
+    k_ids = jnp.concatenate([k_ids, jnp.roll(k_ids, 1, axis=2)], axis=-1)
+    k_ids = k_ids.reshape(num_rounds, windows.count, 2 * windows.k_chunk)
+    unsigned = jnp.uint16 if q_ids.dtype == jnp.int16 else jnp.uint32
+    count = jnp.uint8 if num_rounds <= np.iinfo(np.uint8).max else jnp.int32
+    # Unsigned view: negative gaps wrap to large values, so one compare tests 0 <= gap <= 1.
+    return sum(
+        ((q_ids[r][:, :, None] - k_ids[r][:, None, :]).astype(unsigned) <= 1).astype(count)
+        for r in range(num_rounds)
+    )
 
 
 def _combine_rounds(out, lse, layout: _Layout, windows: _Windows, dims) -> jax.Array:
