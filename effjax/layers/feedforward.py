@@ -15,9 +15,24 @@ from effjax.layers.quantized import QuantizedArray, int8_matmul, kernel_param
 Dtype = Any
 Activation = Callable[[jax.Array], jax.Array]
 
+
+def gelu_erf(x: jax.Array) -> jax.Array:
+    """The exact GELU ``x * (1 + erf(x / sqrt(2))) / 2``, written as PyTorch's ``gelu`` and
+    transformers' ``hidden_act="gelu"`` compute it. ``jax.nn.gelu(approximate=False)`` is
+    the same function through ``erfc``, which XLA:CPU expands to two polynomials, an
+    ``exp`` and divisions (its fusion took ~1.5x the time of this one at ``[4096, 3072]``).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> float(gelu_erf(jnp.float32(1.0)))  # doctest: +ELLIPSIS
+      0.841...
+    """
+    return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
+
+
 #: Activations by Hugging Face ``hidden_act`` name. "gelu" is the exact (erf) GELU.
 ACTIVATIONS: dict[str, Activation] = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu": gelu_erf,
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
