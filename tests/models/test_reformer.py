@@ -35,13 +35,15 @@ def test_the_preset_is_a_reversible_lsh_decoder_with_chunked_feed_forward():
 def test_sinusoidal_positions_are_used_and_unknown_positions_refused():
     tokens = copy_batch(jax.random.key(0))
     model = DecoderLM(config(positions="sinusoidal", attention="dense", attention_options={}))
-    variables = model.init(jax.random.key(1), tokens)
+    variables = jax.jit(model.init)(jax.random.key(1), tokens)
     assert "position_embeddings" not in variables["params"]  # fixed, not learned
     learned = DecoderLM(model.config.replace(positions="learned"))
-    assert "position_embeddings" in learned.init(jax.random.key(1), tokens)["params"]
+    assert (
+        "position_embeddings" in jax.eval_shape(learned.init, jax.random.key(1), tokens)["params"]
+    )
     # Positions reach the output: the same token at two positions gets two predictions.
     same = jnp.zeros_like(tokens)
-    logits = model.apply(variables, same)
+    logits = jax.jit(model.apply)(variables, same)
     assert not np.allclose(logits[:, 1], logits[:, 2], atol=1e-4)
     with pytest.raises(ValueError, match="positions must be one of"):
         config(positions="rotary")
@@ -97,7 +99,7 @@ def test_dense_and_one_chunk_lsh_models_agree():
     """Same parameters: LSH with one chunk covering the sequence is full attention."""
     tokens = copy_batch(jax.random.key(0), batch=1)
     lsh_model = DecoderLM(config(num_layers=1, attention_options={**LSH, "chunk_size": 32}))
-    params = lsh_model.init(jax.random.key(1), tokens)
+    params = jax.jit(lsh_model.init)(jax.random.key(1), tokens)
     dense_model = DecoderLM(config(num_layers=1, attention="dense", attention_options={}))
     np.testing.assert_allclose(
         jax.jit(lsh_model.apply)(params, tokens),
