@@ -172,6 +172,24 @@ def baselines(data) -> dict[str, float]:
     return {"majority": float(majority_acc), "operator": float(operator_acc)}
 
 
+def token_lengths(data) -> dict[str, float]:
+    """Mean and longest input (with the CLS token) over every split."""
+    lengths = [len(ids) for ids, _ in data.splits.values() for ids in ids]
+    return {"mean": float(np.mean(lengths)), "max": int(np.max(lengths))}
+
+
+def same_runs(runs: list[dict]) -> list[list[str]]:
+    """Groups of variants with the same test accuracy on every seed (two or more seeds)."""
+    by_variant: dict[str, dict] = {}
+    for r in runs:
+        by_variant.setdefault(r["variant"], {})[r["seed"]] = r["test_accuracy"]
+    groups: dict[tuple, list[str]] = {}
+    for name, accs in by_variant.items():
+        if len(accs) > 1:
+            groups.setdefault(tuple(sorted(accs.items())), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
 def lra_operator_baseline(count: int) -> float:
     """The operator baseline in-sample on ``count`` LRA-length expressions (LRA's spec)."""
     spec = listops.ListOpsSpec(seed=1)
@@ -225,6 +243,20 @@ def markdown(results: dict) -> str:
             f"{info['learning_rate']:g}. Baselines "
             f"on this test split: majority class {100 * base['majority']:.1f}%, outermost "
             f"operator {100 * base['operator']:.1f}%.",
+        ]
+        if "token_lengths" in info:
+            lengths = info["token_lengths"]
+            lines[-1] += (
+                f" Inputs (with the CLS token) are {lengths['mean']:.1f} tokens long on "
+                f"average, {lengths['max']} at most: a variant whose window, blocks or "
+                "chunks cover that many tokens computes dense attention here."
+            )
+        for names in same_runs(runs):
+            lines[-1] += (
+                f" Same test accuracy on every seed (the same computation up to rounding): "
+                f"{', '.join(names)}."
+            )
+        lines += [
             "",
             "| variant | LRA model | LRA ListOps (%) | test acc. (%) | minus operator "
             "baseline (points) | steps | train time per run (s) |",
@@ -373,6 +405,10 @@ def main() -> None:
     for other in args.merge:
         merge(results, json.loads(other.read_text()))
     if args.report_only:
+        for key, info in results["regimes"].items():
+            if "token_lengths" not in info:  # runs from before lengths were recorded
+                config = regime_config(key.partition("-")[0])
+                info["token_lengths"] = token_lengths(tasks.build_data(config))
         save(results, args.out)
         return
     results["invocations"].append(provenance.stamp(sys.argv, start=start))
@@ -387,6 +423,7 @@ def main() -> None:
         "steps": config.run.num_steps,
         "learning_rate": config.optimizer.learning_rate,
         "baselines": baselines(data),
+        "token_lengths": token_lengths(data),
     }
     if args.import_from:
         import_rows(results, args.import_from)
