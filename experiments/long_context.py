@@ -169,10 +169,10 @@ def train_model(label: str, attention: str, data: ClassificationData, args):
     return model, result["state"]
 
 
-def measure(model, state, tokens, mask, labels) -> tuple[np.ndarray, np.ndarray]:
-    """Per-example cross-entropy and correctness."""
+def measure(apply, state, tokens, mask, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Per-example cross-entropy and correctness under ``apply`` (a jitted model.apply)."""
     variables = {"params": state.params, **state.collections}
-    logits = jax.jit(lambda v, t, m: model.apply(v, t, m))(variables, tokens, mask)
+    logits = apply(variables, tokens, mask)
     logp = jax.nn.log_softmax(np.asarray(logits, dtype=np.float32))
     loss = -np.take_along_axis(np.asarray(logp), labels[:, None], axis=1)[:, 0]
     return loss, np.asarray(logits).argmax(-1) == labels
@@ -182,10 +182,11 @@ def evaluate_model(label, attention, model, state, splits, args, seconds) -> lis
     """The perturbation rows and the drop-beyond-d curve of one trained model."""
     test_tokens, test_labels = splits["test"]
     distant = answer_position(test_tokens, args.pairs) >= 2 + NEAR
+    apply = jax.jit(model.apply)  # compiled once for the model's 21 evaluations
     rows = []
     for how in PERTURBATIONS:
         tokens, mask = perturb(test_tokens, how, seed=3)
-        loss, correct = measure(model, state, tokens, mask, test_labels)
+        loss, correct = measure(apply, state, tokens, mask, test_labels)
         for where, select in (("near", ~distant), ("distant", distant)):
             rows.append({"model": label, "variant": attention, "perturbation": how,
                          "answer": where, "loss": float(loss[select].mean()),
@@ -193,7 +194,7 @@ def evaluate_model(label, attention, model, state, splits, args, seconds) -> lis
                          "train_seconds": seconds})  # fmt: skip
     for keep in range(args.pairs + 1):
         tokens, mask = perturb(test_tokens, "drop", seed=3, keep=keep)
-        loss, correct = measure(model, state, tokens, mask, test_labels)
+        loss, correct = measure(apply, state, tokens, mask, test_labels)
         rows.append({"model": label, "variant": attention, "perturbation": f"keep {keep}",
                      "keep": keep, "answer": "all", "loss": float(loss.mean()),
                      "accuracy": float(correct.mean()), "train_seconds": seconds})  # fmt: skip
