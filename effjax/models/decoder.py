@@ -217,24 +217,23 @@ class DecoderLM(nn.Module):
       ...                     intermediate_size=64, max_position_embeddings=32)
       >>> model = DecoderLM(cfg)
       >>> ids = jnp.ones((2, 8), jnp.int32)
-      >>> variables = model.init(jax.random.key(0), ids)
-      >>> model.apply(variables, ids).shape
+      >>> variables = jax.jit(model.init)(jax.random.key(0), ids)
+      >>> jax.jit(model.apply)(variables, ids).shape
       (2, 8, 64)
 
       Decoding by hand, prompts ``[5, 6, 7]`` and ``[9]`` (left-padded), then one token:
 
       >>> decoder = model.clone(decode=True)
-      >>> cache = decoder.init(jax.random.key(0), jnp.zeros((2, 8), jnp.int32))["cache"]
+      >>> cache = jax.jit(decoder.init)(jax.random.key(0), jnp.zeros((2, 8), jnp.int32))["cache"]
+      >>> step = jax.jit(decoder.apply, static_argnames="mutable")
       >>> prompt = jnp.array([[5, 6, 7], [0, 0, 9]])
       >>> mask = jnp.array([[1, 1, 1], [0, 0, 1]])
       >>> params = {"params": variables["params"]}
-      >>> logits, state = decoder.apply({**params, "cache": cache}, prompt, mask,
-      ...                               mutable=["cache"])
-      >>> alone = model.apply(variables, jnp.array([[9]]))
+      >>> logits, state = step({**params, "cache": cache}, prompt, mask, mutable="cache")
+      >>> alone = jax.jit(model.apply)(variables, jnp.array([[9]]))
       >>> bool(jnp.allclose(logits[1, -1], alone[0, -1], atol=1e-5))
       True
-      >>> logits, state = decoder.apply({**params, **state}, jnp.array([[1], [2]]),
-      ...                               mutable=["cache"])
+      >>> logits, state = step({**params, **state}, jnp.array([[1], [2]]), mutable="cache")
       >>> logits.shape
       (2, 1, 64)
     """
@@ -441,7 +440,7 @@ def generate(
       ...                     intermediate_size=64, max_position_embeddings=16)
       >>> model = DecoderLM(cfg)
       >>> prompt = jnp.ones((2, 4), jnp.int32)
-      >>> variables = model.init(jax.random.key(0), prompt)
+      >>> variables = jax.jit(model.init)(jax.random.key(0), prompt)
       >>> generate(model, variables, prompt, max_new_tokens=5).shape
       (2, 9)
 
