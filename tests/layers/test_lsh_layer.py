@@ -52,7 +52,7 @@ def test_shared_qk_layer_uses_queries_as_keys():
     x = jax.random.normal(jax.random.key(0), (1, 16, 32))
     options = {"shared_qk": True, "num_hashes": 2, "num_buckets": 4, "chunk_size": 4}
     layer = MultiHeadAttention(num_heads=4, attention="lsh", attention_options=options)
-    variables = layer.init(jax.random.key(1), x)
+    variables = jax.jit(layer.init)(jax.random.key(1), x)
     params = variables["params"]
     assert "key" not in params
 
@@ -62,10 +62,10 @@ def test_shared_qk_layer_uses_queries_as_keys():
     q, v = proj(params["query"], x), proj(params["value"], x)
     # The fixed evaluation key of a top-level layer's core (module path "core").
     rng = jax.random.fold_in(jax.random.key(0), zlib.crc32(b"core"))
-    o = lsh_attention(q, None, v, rng=rng, **options)
+    o = jax.jit(lambda q, v: lsh_attention(q, None, v, rng=rng, **options))(q, v)
     want = (
         jnp.einsum("btnh,nhd->btd", o, params["out"]["kernel"]) + params["out"]["bias"][None, None]
     )
-    np.testing.assert_allclose(layer.apply(variables, x), want, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(layer.apply)(variables, x), want, atol=1e-5)
     with pytest.raises(ValueError, match="shared_qk needs self-attention"):
-        layer.clone(num_kv_heads=2).init(jax.random.key(1), x)
+        jax.eval_shape(layer.clone(num_kv_heads=2).init, jax.random.key(1), x)
