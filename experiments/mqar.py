@@ -431,8 +431,13 @@ def findings(cells: dict, grid: list, setup: dict) -> list[str]:
     lines += guess_lines(cells, grid)
 
     def drop(name, t) -> tuple[int, int, float] | None:
-        """(fewest pairs, most pairs, accuracy lost between them) at length ``t``."""
-        pairs = sorted(p for tt, p in grid if tt == t and not math.isnan(mean(name, t, p)))
+        """(fewest pairs, most pairs, accuracy lost between them) at length ``t``, over the
+        cells where both ``name`` and dense ran (so that the two drops span the same pairs)."""
+        pairs = sorted(
+            p
+            for tt, p in grid
+            if tt == t and not math.isnan(mean(name, t, p) + mean("dense", t, p))
+        )
         if len(pairs) < 2:
             return None
         return pairs[0], pairs[-1], mean(name, t, pairs[0]) - mean(name, t, pairs[-1])
@@ -455,14 +460,14 @@ def findings(cells: dict, grid: list, setup: dict) -> list[str]:
     lengths = sorted({t for t, _ in grid})
     for name in [n for n in FIXED_STATE if n in names]:
         for t in lengths:
-            ours, base = drop(name, t), drop("dense", t)
-            if ours is None or base is None:
+            if (ours := drop(name, t)) is None:
                 continue
             low, high, lost = ours
-            verdict = "degrades more than dense" if lost > base[2] + 0.02 else "does not"
+            base = mean("dense", t, low) - mean("dense", t, high)
+            verdict = "degrades more than dense" if lost > base + 0.02 else "does not"
             lines.append(
                 f"- {name} (fixed state), T={t}: loses {100 * lost:.1f} points from P={low} "
-                f"to P={high}, dense {100 * base[2]:.1f}: {verdict}."
+                f"to P={high}, dense {100 * base:.1f}: {verdict}."
             )
     behind = behind_dense(cells, grid, [n for n in FIXED_STATE if n in names])
     return [*lines, "", *behind] if behind else lines
