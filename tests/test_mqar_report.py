@@ -63,9 +63,13 @@ def test_merge_refuses_another_model():
 
 
 def test_the_fixed_state_drop_is_compared_with_dense_over_the_same_pairs():
-    results = part(32, 2, {("dense", 0): 0.8, ("linear", 0): 0.6})
-    mqar.merge(results, part(32, 4, {("dense", 0): 1.0, ("linear", 0): 0.3}), "p4.json")
+    results = part(32, 2, {("dense", 0): 0.8, ("linear", 0): 0.6, ("local", 0): 0.98})
+    mqar.merge(results, part(32, 4, {**{("dense", 0): 1.0, ("linear", 0): 0.3},
+                                     ("local", 0): 0.98}), "p4.json")  # fmt: skip
     mqar.merge(results, part(32, 8, {("dense", 0): 0.4}), "p8.json")
     text = mqar.markdown(results)
     # Dense gains 20 points from 2 to 4 pairs (it loses 40 from 2 to 8, where linear did not run).
     assert "- linear (fixed state), T=32: loses 30.0 points from P=2 to P=4, dense -20.0: " in text
+    assert (
+        "- local (fixed state), T=32: loses 0.0 points from P=2 to P=4, dense -20.0: does " in text
+    )
