@@ -24,8 +24,11 @@ PADDING = jnp.arange(8)[None, :] < jnp.array([[8], [6]])
 
 
 def run(core, **kwargs):
-    variables = core.init(jax.random.key(1), Q, K, V)
-    return variables, core.apply(variables, Q, K, V, padding_mask=PADDING, **kwargs)
+    variables = jax.jit(core.init)(jax.random.key(1), Q, K, V)
+    apply = jax.jit(
+        lambda variables: core.apply(variables, Q, K, V, padding_mask=PADDING, **kwargs)
+    )
+    return variables, apply(variables)
 
 
 def test_routing_centroids_follow_the_moving_average_through_upkeep():
@@ -55,11 +58,16 @@ def test_routing_mixes_local_heads():
     core = RoutingCore(local_heads=1, num_clusters=2, local_window=2)
     variables, out = run(core, is_causal=True)
     mu = variables[ROUTING_CENTROIDS]["centroids"]
-    local = ea.local_attention(Q[:, :, :1], K[:, :, :1], V[:, :, :1], window_size=(2, 0),
-                               padding_mask=PADDING, is_causal=True)  # fmt: skip
-    routed = ea.routing_attention(Q[:, :, 1:], K[:, :, 1:], V[:, :, 1:], centroids=mu,
-                                  padding_mask=PADDING, is_causal=True)  # fmt: skip
-    np.testing.assert_allclose(out, jnp.concatenate([local, routed], axis=2), atol=1e-6)
+
+    @jax.jit
+    def want(mu):
+        local = ea.local_attention(Q[:, :, :1], K[:, :, :1], V[:, :, :1], window_size=(2, 0),
+                                   padding_mask=PADDING, is_causal=True)  # fmt: skip
+        routed = ea.routing_attention(Q[:, :, 1:], K[:, :, 1:], V[:, :, 1:], centroids=mu,
+                                      padding_mask=PADDING, is_causal=True)  # fmt: skip
+        return jnp.concatenate([local, routed], axis=2)
+
+    np.testing.assert_allclose(out, want(mu), atol=1e-6)
 
 
 def test_sinkhorn_sorting_network_by_hand():
