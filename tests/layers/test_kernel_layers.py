@@ -140,11 +140,11 @@ def test_linformer_layerwise_sharing_uses_one_projection_for_all_layers(x):
             return h
 
     model = TwoLayers()
-    params = model.init(jax.random.key(1), x)["params"]
+    params = jax.jit(model.init)(jax.random.key(1), x)["params"]
     layer_params = [p for name, p in params.items() if name.startswith("MultiHeadAttention")]
     assert len(layer_params) == 2
     assert all("core" not in p for p in layer_params)
-    grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x) ** 2))(params)
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x) ** 2)))(params)
 
     # The shared gradient is the sum of what each layer contributes: perturb one layer's copy.
     def loss_with_two_copies(p0, p1):
@@ -158,7 +158,7 @@ def test_linformer_layerwise_sharing_uses_one_projection_for_all_layers(x):
             h = h + layer.apply({"params": params[f"MultiHeadAttention_{i}"]}, h)
         return jnp.sum(h**2)
 
-    g0, g1 = jax.grad(loss_with_two_copies, argnums=(0, 1))(
+    g0, g1 = jax.jit(jax.grad(loss_with_two_copies, argnums=(0, 1)))(
         params["shared_projection"], params["shared_projection"]
     )
     np.testing.assert_allclose(grads["shared_projection"], g0 + g1, rtol=1e-4, atol=1e-5)

@@ -109,7 +109,7 @@ def test_global_attention_mask_reaches_every_layer_as_its_global_mask(global_lm)
     apply = jax.jit(model.apply)
     got = apply({"params": params}, seq, global_attention_mask=jnp.asarray(marks))
     reference = DecoderLM(model.config.replace(attention=_global_reference, attention_options={}))
-    want = reference.apply({"params": params}, seq, global_attention_mask=marks)
+    want = jax.jit(reference.apply)({"params": params}, seq, global_attention_mask=marks)
     np.testing.assert_allclose(got, want, atol=1e-5)
     # The marks matter: without them late positions lose the view of the early tokens,
     # while position 0 (before any global token) sees the same one token.
