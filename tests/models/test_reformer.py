@@ -45,6 +45,12 @@ def test_sinusoidal_positions_are_used_and_unknown_positions_refused():
     same = jnp.zeros_like(tokens)
     logits = jax.jit(model.apply)(variables, same)
     assert not np.allclose(logits[:, 1], logits[:, 2], atol=1e-4)
+    # At initialisation the position codes are on the token embeddings' scale, so
+    # neither drowns the other.
+    codes = model.apply({}, same, None, method=DecoderLM._position_embeddings)[0]
+    token_table = variables["params"]["token_embeddings"]["embedding"]
+    ratio = np.linalg.norm(codes, axis=-1).mean() / np.linalg.norm(token_table, axis=-1).mean()
+    assert 0.7 < ratio < 1.4, ratio
     with pytest.raises(ValueError, match="positions must be one of"):
         config(positions="rotary")
 
@@ -61,7 +67,7 @@ def test_each_half_of_the_reversible_stack_gets_relative_sinusoidal_positions():
         gram = np.asarray(half @ half.T)
         # Toeplitz: the entry at (p, q) equals the one at (p + 1, q + 1).
         np.testing.assert_allclose(gram[1:, 1:], gram[:-1, :-1], atol=1e-4)
-        assert gram[0, 0] > gram[0, 5] + 1.0  # and it does vary with the offset
+        assert gram[0, 0] - gram[0, 5] > 0.1 * gram[0, 0]  # and it does vary with the offset
 
 
 @pytest.mark.slow  # compiles the full reversible LSH model's gradient
